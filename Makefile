@@ -1,0 +1,11 @@
+.PHONY: run test bench fmt lint
+run:   ## run api + worker against local PostgreSQL and Redis
+	./scripts/run.sh
+test:  ## every check and test
+	./scripts/test.sh
+bench: ## every benchmark, one table
+	./scripts/bench.sh
+fmt:
+	cargo fmt --all
+lint:
+	cargo clippy --workspace --all-targets -- -D warnings

@@ -1,0 +1,160 @@
+//! Bearer-token extractors. `AuthUser` accepts any valid access token;
+//! `AdminUser` also requires `role: admin`.
+
+use axum::{extract::FromRequestParts, http::request::Parts};
+use clicknback_core::{
+    models::user::Role,
+    services::{Actor, auth::TokenError},
+};
+use uuid::Uuid;
+
+use crate::{error::ApiError, middleware::current_request_id, state::AppState};
+
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    pub id: Uuid,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminUser(pub AuthUser);
+
+impl AdminUser {
+    pub fn actor(&self) -> Actor {
+        Actor {
+            user_id: self.0.id,
+            request_id: Some(current_request_id()),
+        }
+    }
+}
+
+pub fn bearer_token(parts: &Parts) -> Option<&str> {
+    let value = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer_token(parts)
+            .ok_or_else(|| ApiError::unauthorized("a bearer token is required"))?;
+        let claims = state.tokens.verify(token).map_err(|e| match e {
+            TokenError::Expired => ApiError::unauthorized("the token has expired"),
+            TokenError::Invalid => ApiError::unauthorized("the token is invalid"),
+        })?;
+        Ok(AuthUser {
+            id: claims.sub,
+            role: claims.role,
+        })
+    }
+}
+
+impl FromRequestParts<AppState> for AdminUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        if user.role != Role::Admin {
+            return Err(ApiError::forbidden("this endpoint requires an admin token"));
+        }
+        Ok(AdminUser(user))
+    }
+}
+
+/// The client's address as the listener saw it (`unknown` in-process).
+#[derive(Debug, Clone)]
+pub struct ClientIp(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip().to_string())
+                .unwrap_or_else(|| "unknown".into()),
+        ))
+    }
+}
+
+/// An admin for the job board: an admin bearer token, or admin email and
+/// password as HTTP Basic credentials (so a browser can open `/board`).
+/// Verified Basic credentials are remembered for a minute to spare argon2.
+#[derive(Debug, Clone)]
+pub struct BoardAdmin(pub Uuid);
+
+type BasicCache = std::sync::Mutex<std::collections::HashMap<[u8; 32], (Uuid, std::time::Instant)>>;
+
+fn basic_cache() -> &'static BasicCache {
+    static CACHE: std::sync::OnceLock<BasicCache> = std::sync::OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+fn basic_challenge(detail: &str) -> ApiError {
+    ApiError::new(axum::http::StatusCode::UNAUTHORIZED, "unauthorized", detail).with_header(
+        axum::http::header::WWW_AUTHENTICATE,
+        "Basic realm=\"ClickNBack board\", charset=\"UTF-8\"",
+    )
+}
+
+impl FromRequestParts<AppState> for BoardAdmin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if bearer_token(parts).is_some() {
+            return AdminUser::from_request_parts(parts, state)
+                .await
+                .map(|a| BoardAdmin(a.0.id));
+        }
+        let raw = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Basic ")
+                    .or_else(|| v.strip_prefix("basic "))
+            })
+            .ok_or_else(|| basic_challenge("admin credentials are required"))?;
+        use base64::Engine;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(raw.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| basic_challenge("malformed credentials"))?;
+        let (email, password) = decoded
+            .split_once(':')
+            .ok_or_else(|| basic_challenge("malformed credentials"))?;
+        let fingerprint = clicknback_core::crypto::sha256(decoded.as_bytes());
+        if let Some((id, at)) = basic_cache()
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&fingerprint).copied())
+            && at.elapsed() < std::time::Duration::from_secs(60)
+        {
+            return Ok(BoardAdmin(id));
+        }
+        let mut conn = state.conn().await?;
+        let user = clicknback_core::services::users::authenticate(&mut conn, email, password)
+            .await
+            .map_err(|_| basic_challenge("wrong email or password"))?;
+        if user.role != "admin" {
+            return Err(ApiError::forbidden("the board requires an admin account"));
+        }
+        if let Ok(mut c) = basic_cache().lock() {
+            c.retain(|_, (_, at)| at.elapsed() < std::time::Duration::from_secs(60));
+            c.insert(fingerprint, (user.id, std::time::Instant::now()));
+        }
+        Ok(BoardAdmin(user.id))
+    }
+}

@@ -1,0 +1,278 @@
+//! The job system for operators: queue counts, job lists, one job, live
+//! workers, and the actions (re-queue dead jobs, delete a job, pause and
+//! resume a queue). Served under `/v1/admin` (admin bearer token) and under
+//! `/board/api` for the board page (admin bearer token or Basic credentials).
+
+use axum::{
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use clicknback_core::services::{
+    Actor, audit,
+    ops::{self, JobView, OpsError, QueueStats, WorkerView},
+};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::{
+    auth::BoardAdmin,
+    error::{ApiError, ApiResult, Json, Path, Problem, Query},
+    state::AppState,
+};
+
+impl From<OpsError> for ApiError {
+    fn from(e: OpsError) -> Self {
+        match e {
+            OpsError::NotFound => ApiError::not_found("job"),
+            OpsError::UnknownQueue(_) => ApiError::not_found("queue"),
+            OpsError::UnknownState(_) => ApiError::bad_request("invalid_state", e.to_string()),
+            OpsError::Db(d) => d.into(),
+            OpsError::Redis(r) => {
+                tracing::error!(error = %r, "redis unavailable for the board");
+                ApiError::unavailable("Redis is unavailable; retry shortly")
+            }
+        }
+    }
+}
+
+async fn redis(state: &AppState) -> ApiResult<redis::aio::ConnectionManager> {
+    state
+        .redis
+        .get()
+        .await
+        .map_err(|e| OpsError::Redis(e).into())
+}
+
+/// Every queue with its counts by state and the outbox backlog in front of it.
+#[utoipa::path(get, path = "/v1/admin/queues", tag = "jobs", security(("bearer" = [])), responses(
+    (status = 200, body = Vec<QueueStats>), (status = 401, body = Problem), (status = 403, body = Problem),
+    (status = 503, body = Problem),
+))]
+pub async fn queues(
+    State(state): State<AppState>,
+    _admin: BoardAdmin,
+) -> ApiResult<Json<Vec<QueueStats>>> {
+    let mut conn = state.conn().await?;
+    let mut r = redis(&state).await?;
+    Ok(Json(
+        ops::stats(&mut conn, &mut r, &state.config.redis_namespace).await?,
+    ))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct JobsQuery {
+    /// scheduled, ready, running, retrying, done, dead or outbox (default dead).
+    pub state: Option<String>,
+    /// At most this many (1 to 200, default 50).
+    pub limit: Option<i64>,
+}
+
+/// Jobs of a queue in one state.
+#[utoipa::path(get, path = "/v1/admin/queues/{queue}/jobs", tag = "jobs", security(("bearer" = [])),
+    params(("queue" = String, Path), JobsQuery), responses(
+    (status = 200, body = Vec<JobView>), (status = 400, body = Problem), (status = 404, body = Problem),
+    (status = 401, body = Problem), (status = 403, body = Problem),
+))]
+pub async fn jobs(
+    State(state): State<AppState>,
+    _admin: BoardAdmin,
+    Path(queue): Path<String>,
+    Query(q): Query<JobsQuery>,
+) -> ApiResult<Json<Vec<JobView>>> {
+    let queue = ops::parse_queue(&queue)?;
+    let mut conn = state.conn().await?;
+    let mut r = redis(&state).await?;
+    let list = ops::list(
+        &mut conn,
+        &mut r,
+        &state.config.redis_namespace,
+        queue,
+        q.state.as_deref().unwrap_or("dead"),
+        q.limit.unwrap_or(50),
+    )
+    .await?;
+    Ok(Json(list))
+}
+
+/// One job, wherever it is.
+#[utoipa::path(get, path = "/v1/admin/queues/{queue}/jobs/{task_id}", tag = "jobs", security(("bearer" = [])),
+    params(("queue" = String, Path), ("task_id" = String, Path)), responses(
+    (status = 200, body = JobView), (status = 404, body = Problem),
+    (status = 401, body = Problem), (status = 403, body = Problem),
+))]
+pub async fn job(
+    State(state): State<AppState>,
+    _admin: BoardAdmin,
+    Path((queue, task_id)): Path<(String, String)>,
+) -> ApiResult<Json<JobView>> {
+    let queue = ops::parse_queue(&queue)?;
+    let mut conn = state.conn().await?;
+    let mut r = redis(&state).await?;
+    Ok(Json(
+        ops::job(
+            &mut conn,
+            &mut r,
+            &state.config.redis_namespace,
+            queue,
+            &task_id,
+        )
+        .await?,
+    ))
+}
+
+/// Workers alive, with their last heartbeat.
+#[utoipa::path(get, path = "/v1/admin/workers", tag = "jobs", security(("bearer" = [])), responses(
+    (status = 200, body = Vec<WorkerView>), (status = 401, body = Problem), (status = 403, body = Problem),
+))]
+pub async fn workers(
+    State(state): State<AppState>,
+    _admin: BoardAdmin,
+) -> ApiResult<Json<Vec<WorkerView>>> {
+    let mut r = redis(&state).await?;
+    Ok(Json(
+        ops::workers(&mut r, &state.config.redis_namespace).await?,
+    ))
+}
+
+async fn record(
+    state: &AppState,
+    admin: &BoardAdmin,
+    action: &str,
+    detail: serde_json::Value,
+) -> ApiResult<()> {
+    let mut conn = state.conn().await?;
+    let actor = Actor {
+        user_id: admin.0,
+        request_id: Some(crate::middleware::current_request_id()),
+    };
+    audit::record(&mut conn, &actor, action, "job", None, None, Some(detail)).await?;
+    Ok(())
+}
+
+/// Re-queues one dead job (a fresh attempt 1, through the outbox).
+#[utoipa::path(post, path = "/v1/admin/dead-jobs/{id}/requeue", tag = "jobs", security(("bearer" = [])),
+    params(("id" = i64, Path)), responses(
+    (status = 200, description = "`{task_id}` of the new job"), (status = 404, body = Problem),
+    (status = 401, body = Problem), (status = 403, body = Problem),
+))]
+pub async fn requeue_dead(
+    State(state): State<AppState>,
+    admin: BoardAdmin,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let mut conn = state.conn().await?;
+    let task_id = ops::requeue_dead(&mut conn, id).await?;
+    record(
+        &state,
+        &admin,
+        "job.requeue",
+        json!({ "dead_id": id, "task_id": task_id }),
+    )
+    .await?;
+    Ok(Json(json!({ "task_id": task_id })))
+}
+
+/// Re-queues every dead job of a queue.
+#[utoipa::path(post, path = "/v1/admin/queues/{queue}/dead/requeue", tag = "jobs", security(("bearer" = [])),
+    params(("queue" = String, Path)), responses(
+    (status = 200, description = "`{requeued: n}`"), (status = 404, body = Problem),
+    (status = 401, body = Problem), (status = 403, body = Problem),
+))]
+pub async fn requeue_all(
+    State(state): State<AppState>,
+    admin: BoardAdmin,
+    Path(queue): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let q = ops::parse_queue(&queue)?;
+    let mut conn = state.conn().await?;
+    let n = ops::requeue_all_dead(&mut conn, q).await?;
+    record(
+        &state,
+        &admin,
+        "job.requeue_all",
+        json!({ "queue": queue, "requeued": n }),
+    )
+    .await?;
+    Ok(Json(json!({ "requeued": n })))
+}
+
+/// Deletes a waiting, finished or dead job.
+#[utoipa::path(delete, path = "/v1/admin/queues/{queue}/jobs/{task_id}", tag = "jobs", security(("bearer" = [])),
+    params(("queue" = String, Path), ("task_id" = String, Path)), responses(
+    (status = 204, description = "deleted"), (status = 404, body = Problem),
+    (status = 401, body = Problem), (status = 403, body = Problem),
+))]
+pub async fn delete(
+    State(state): State<AppState>,
+    admin: BoardAdmin,
+    Path((queue, task_id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let q = ops::parse_queue(&queue)?;
+    let mut conn = state.conn().await?;
+    let mut r = redis(&state).await?;
+    ops::delete_job(
+        &mut conn,
+        &mut r,
+        &state.config.redis_namespace,
+        q,
+        &task_id,
+    )
+    .await?;
+    record(
+        &state,
+        &admin,
+        "job.delete",
+        json!({ "queue": queue, "task_id": task_id }),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn set_paused(
+    state: AppState,
+    admin: BoardAdmin,
+    queue: String,
+    paused: bool,
+) -> ApiResult<Json<serde_json::Value>> {
+    let q = ops::parse_queue(&queue)?;
+    let mut r = redis(&state).await?;
+    ops::set_paused(&mut r, &state.config.redis_namespace, q, paused)
+        .await
+        .map_err(OpsError::Redis)?;
+    let action = if paused {
+        "queue.pause"
+    } else {
+        "queue.resume"
+    };
+    record(&state, &admin, action, json!({ "queue": queue })).await?;
+    Ok(Json(json!({ "queue": queue, "paused": paused })))
+}
+
+/// Pauses a queue: its jobs wait (in the outbox and Redis) until it is resumed.
+#[utoipa::path(post, path = "/v1/admin/queues/{queue}/pause", tag = "jobs", security(("bearer" = [])),
+    params(("queue" = String, Path)), responses(
+    (status = 200, description = "`{queue, paused: true}`"), (status = 404, body = Problem),
+    (status = 401, body = Problem), (status = 403, body = Problem),
+))]
+pub async fn pause(
+    State(state): State<AppState>,
+    admin: BoardAdmin,
+    Path(queue): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    set_paused(state, admin, queue, true).await
+}
+
+/// Resumes a paused queue.
+#[utoipa::path(post, path = "/v1/admin/queues/{queue}/resume", tag = "jobs", security(("bearer" = [])),
+    params(("queue" = String, Path)), responses(
+    (status = 200, description = "`{queue, paused: false}`"), (status = 404, body = Problem),
+    (status = 401, body = Problem), (status = 403, body = Problem),
+))]
+pub async fn resume(
+    State(state): State<AppState>,
+    admin: BoardAdmin,
+    Path(queue): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    set_paused(state, admin, queue, false).await
+}

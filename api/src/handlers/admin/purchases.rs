@@ -1,0 +1,213 @@
+//! Review of flagged purchases, and merchants' link quality.
+
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use clicknback_core::{
+    schema::{purchases, rewards},
+    services::{
+        link_quality::{self, LinkStats},
+        rewards::{self as reward_svc, RewardError},
+    },
+};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{
+    auth::AdminUser,
+    error::{ApiError, ApiResult, Json, Path, Problem, Query},
+    handlers::{ListQuery, Page},
+    state::AppState,
+};
+
+impl From<RewardError> for ApiError {
+    fn from(e: RewardError) -> Self {
+        match e {
+            RewardError::IllegalTransition { .. } => ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "invalid_transition",
+                e.to_string(),
+            ),
+            RewardError::Db(diesel::result::Error::NotFound) => ApiError::not_found("reward"),
+            RewardError::Db(d) => d.into(),
+            RewardError::Ledger(l) => ApiError::internal(l),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReviewItem {
+    pub purchase_id: Uuid,
+    pub merchant_id: Uuid,
+    pub order_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub status: String,
+    pub cashback_minor: Option<i64>,
+    pub fraud_score: Option<f64>,
+    pub fraud_reasons: Option<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ReviewQuery {
+    /// Purchase status to list (default `flagged`).
+    pub status: Option<String>,
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+type Row = (
+    Uuid,
+    Uuid,
+    String,
+    i64,
+    String,
+    String,
+    DateTime<Utc>,
+    Option<i64>,
+    Option<f64>,
+    Option<serde_json::Value>,
+);
+
+/// Purchases by status, newest first (flagged ones by default).
+#[utoipa::path(get, path = "/v1/admin/purchases", tag = "admin", security(("bearer" = [])),
+    params(ReviewQuery), responses(
+    (status = 200, body = Page<ReviewItem>), (status = 400, body = Problem),
+    (status = 401, body = Problem), (status = 403, body = Problem),
+))]
+pub async fn list(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    Query(q): Query<ReviewQuery>,
+) -> ApiResult<Json<Page<ReviewItem>>> {
+    let (limit, cursor) = ListQuery {
+        limit: q.limit,
+        cursor: q.cursor,
+    }
+    .parse(&state.cursors)?;
+    let status = q.status.unwrap_or_else(|| "flagged".into());
+    let mut conn = state.conn().await?;
+    let mut query = purchases::table
+        .left_join(
+            rewards::table.on(rewards::purchase_id
+                .eq(purchases::id)
+                .and(rewards::status.ne("voided"))),
+        )
+        .filter(purchases::status.eq(&status))
+        .order((purchases::created_at.desc(), purchases::id.desc()))
+        .limit(limit + 1)
+        .select((
+            purchases::id,
+            purchases::merchant_id,
+            purchases::order_id,
+            purchases::amount_minor,
+            purchases::currency,
+            purchases::status,
+            purchases::created_at,
+            rewards::amount_minor.nullable(),
+            rewards::fraud_score.nullable(),
+            rewards::fraud_reasons.nullable(),
+        ))
+        .into_boxed();
+    if let Some(c) = cursor {
+        query = query.filter(
+            purchases::created_at
+                .lt(c.created_at)
+                .or(purchases::created_at
+                    .eq(c.created_at)
+                    .and(purchases::id.lt(c.id))),
+        );
+    }
+    let rows: Vec<Row> = query.load(&mut conn).await?;
+    Ok(Json(Page::from_rows(
+        rows,
+        limit,
+        &state.cursors,
+        |r| (r.6, r.0),
+        |r| ReviewItem {
+            purchase_id: r.0,
+            merchant_id: r.1,
+            order_id: r.2,
+            amount_minor: r.3,
+            currency: r.4,
+            status: r.5,
+            created_at: r.6,
+            cashback_minor: r.7,
+            fraud_score: r.8,
+            fraud_reasons: r.9,
+        },
+    )))
+}
+
+async fn review(
+    state: AppState,
+    admin: AdminUser,
+    id: Uuid,
+    approve: bool,
+) -> ApiResult<Json<serde_json::Value>> {
+    let mut conn = state.conn().await?;
+    let r = reward_svc::review(&mut conn, &admin.actor(), id, approve).await?;
+    Ok(Json(
+        serde_json::json!({ "purchase_id": id, "reward_status": r.status, "cashback_minor": r.amount_minor }),
+    ))
+}
+
+/// Approves a flagged purchase: its reward is credited and follows the normal flow.
+#[utoipa::path(post, path = "/v1/admin/purchases/{id}/approve", tag = "admin", security(("bearer" = [])),
+    params(("id" = Uuid, Path)), responses(
+    (status = 200, description = "`{purchase_id, reward_status, cashback_minor}`"), (status = 404, body = Problem),
+    (status = 409, description = "not flagged", body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+))]
+pub async fn approve(
+    State(state): State<AppState>,
+    admin: AdminUser,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<serde_json::Value>> {
+    review(state, admin, id, true).await
+}
+
+/// Rejects a flagged purchase: its reward is reversed (no money had moved).
+#[utoipa::path(post, path = "/v1/admin/purchases/{id}/reject", tag = "admin", security(("bearer" = [])),
+    params(("id" = Uuid, Path)), responses(
+    (status = 200, description = "`{purchase_id, reward_status, cashback_minor}`"), (status = 404, body = Problem),
+    (status = 409, description = "not flagged", body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+))]
+pub async fn reject(
+    State(state): State<AppState>,
+    admin: AdminUser,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<serde_json::Value>> {
+    review(state, admin, id, false).await
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct DaysQuery {
+    /// Days to cover, today included (1 to 90, default 1).
+    pub days: Option<i64>,
+}
+
+/// Purchase-token link quality of a merchant: matched, mismatched, rate.
+#[utoipa::path(get, path = "/v1/admin/merchants/{id}/link-stats", tag = "admin", security(("bearer" = [])),
+    params(("id" = Uuid, Path), DaysQuery), responses(
+    (status = 200, body = LinkStats), (status = 400, body = Problem), (status = 404, body = Problem),
+    (status = 401, body = Problem), (status = 403, body = Problem),
+))]
+pub async fn link_stats(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    Path(id): Path<Uuid>,
+    Query(q): Query<DaysQuery>,
+) -> ApiResult<Json<LinkStats>> {
+    let days = q.days.unwrap_or(1);
+    if !(1..=90).contains(&days) {
+        return Err(ApiError::bad_request(
+            "invalid_query_parameter",
+            "days must be from 1 to 90",
+        ));
+    }
+    let mut conn = state.conn().await?;
+    clicknback_core::services::merchants::get(&mut conn, id).await?;
+    Ok(Json(link_quality::stats(&mut conn, id, days).await?))
+}

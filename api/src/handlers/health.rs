@@ -1,0 +1,67 @@
+//! Liveness, readiness and the Prometheus scrape endpoint.
+
+use axum::{
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+use crate::state::AppState;
+
+/// The process is alive.
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "alive")))]
+pub async fn healthz() -> impl IntoResponse {
+    axum::Json(json!({ "status": "ok" }))
+}
+
+/// PostgreSQL and Redis are reachable and every migration is applied.
+#[utoipa::path(get, path = "/readyz", tag = "ops", responses(
+    (status = 200, description = "ready"),
+    (status = 503, description = "a dependency is not ready; `checks` says which"),
+))]
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let timeout = std::time::Duration::from_secs(2);
+    let database = match tokio::time::timeout(timeout, async {
+        let mut conn = state.db.get().await.map_err(|e| e.to_string())?;
+        clicknback_core::db::migrations_applied(&mut conn)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await
+    {
+        Ok(Ok(true)) => "ok",
+        Ok(Ok(false)) => "migrations_pending",
+        Ok(Err(_)) | Err(_) => "unreachable",
+    };
+    let redis = match tokio::time::timeout(timeout, state.redis.ping()).await {
+        Ok(Ok(())) => "ok",
+        _ => "unreachable",
+    };
+    let ready = database == "ok" && redis == "ok";
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(json!({
+            "status": if ready { "ready" } else { "not_ready" },
+            "checks": { "database": database, "redis": redis },
+        })),
+    )
+        .into_response()
+}
+
+/// Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "metrics", content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    crate::observability::refresh_gauges(&state).await;
+    let body = state
+        .metrics
+        .as_ref()
+        .map(|h| h.render())
+        .unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}

@@ -1,0 +1,104 @@
+//! Request handlers, one module per resource. Each validates input, calls a
+//! core service, and shapes the response; none holds business rules.
+
+pub mod admin;
+pub mod auth;
+pub mod board;
+pub mod health;
+pub mod me;
+pub mod track;
+pub mod webhooks;
+
+use axum::http::{HeaderMap, HeaderValue, header};
+use chrono::{DateTime, Utc};
+use clicknback_core::services::pagination::{self, Cursor, CursorCodec};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::{ApiError, ApiResult};
+
+/// `?limit=&cursor=`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ListQuery {
+    /// Page size, 1 to 100 (default 20).
+    pub limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+impl ListQuery {
+    /// The validated limit and decoded cursor.
+    pub fn parse(&self, codec: &CursorCodec) -> ApiResult<(i64, Option<Cursor>)> {
+        let limit = pagination::limit(self.limit)?;
+        let cursor = self
+            .cursor
+            .as_deref()
+            .map(|c| codec.decode(c))
+            .transpose()?;
+        Ok((limit, cursor))
+    }
+}
+
+/// A page of results.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Page<T> {
+    pub data: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// Builds a page from `limit + 1` rows.
+    pub fn from_rows<R>(
+        rows: Vec<R>,
+        limit: i64,
+        codec: &CursorCodec,
+        key: impl Fn(&R) -> (DateTime<Utc>, Uuid),
+        view: impl Fn(R) -> T,
+    ) -> Self {
+        let (rows, next_cursor) = pagination::page(rows, limit, codec, |r| {
+            let (created_at, id) = key(r);
+            Cursor { created_at, id }
+        });
+        Page {
+            data: rows.into_iter().map(view).collect(),
+            next_cursor,
+        }
+    }
+}
+
+pub fn etag(version: i32) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{version}\"")).expect("digits and quotes are a valid header")
+}
+
+/// The version an `If-Match` header names. Updates require it.
+pub fn if_match(headers: &HeaderMap) -> ApiResult<i32> {
+    let raw = headers
+        .get(header::IF_MATCH)
+        .ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::PRECONDITION_REQUIRED,
+                "precondition_required",
+                "send If-Match with the ETag of the resource you are changing",
+            )
+        })?
+        .to_str()
+        .unwrap_or_default()
+        .trim();
+    let raw = raw.strip_prefix("W/").unwrap_or(raw);
+    raw.trim_matches('"').parse().map_err(|_| {
+        ApiError::new(
+            axum::http::StatusCode::PRECONDITION_FAILED,
+            "precondition_failed",
+            "If-Match does not name a current ETag of this resource",
+        )
+    })
+}
+
+/// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
+pub fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}

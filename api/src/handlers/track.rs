@@ -1,0 +1,224 @@
+//! The SDK's endpoints, called from the shopper's browser or app with the
+//! merchant's publishable key (click, purchase) or the user's token
+//! (identify). Rate limited per client address, in Redis.
+
+use axum::{
+    extract::{FromRequestParts, State},
+    http::{HeaderName, StatusCode, request::Parts},
+    response::{IntoResponse, Response},
+};
+use clicknback_core::{
+    models::merchant::Merchant,
+    services::{
+        merchants,
+        rate_limit::{self, Decision, Limit},
+        tracking::{self, LinkOutcome, TouchpointView, TrackError},
+    },
+};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::{
+    auth::{AuthUser, ClientIp},
+    error::{ApiError, ApiResult, Json, Problem},
+    state::AppState,
+};
+
+impl From<TrackError> for ApiError {
+    fn from(e: TrackError) -> Self {
+        match e {
+            TrackError::Invalid(fields) => ApiError::validation(fields),
+            TrackError::Db(d) => d.into(),
+        }
+    }
+}
+
+/// The merchant named by `X-Publishable-Key`.
+pub struct PublishableMerchant(pub Merchant);
+
+impl FromRequestParts<AppState> for PublishableMerchant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let key = parts
+            .headers
+            .get("x-publishable-key")
+            .and_then(|v| v.to_str().ok())
+            .filter(|k| !k.is_empty() && k.len() <= 128)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_publishable_key",
+                    "send the merchant's X-Publishable-Key",
+                )
+            })?;
+        let mut conn = state.conn().await?;
+        let m = merchants::find_by_publishable_key(&mut conn, key)
+            .await?
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_publishable_key",
+                    "unknown publishable key",
+                )
+            })?;
+        if !m.is_active() {
+            return Err(ApiError::forbidden("this merchant is suspended"));
+        }
+        Ok(PublishableMerchant(m))
+    }
+}
+
+fn limit_headers(d: &Decision) -> [(HeaderName, String); 2] {
+    [
+        (
+            HeaderName::from_static("ratelimit-policy"),
+            d.policy_header(),
+        ),
+        (HeaderName::from_static("ratelimit"), d.limit_header()),
+    ]
+}
+
+/// Counts the call against the client's limit; 429 past it.
+async fn limited(state: &AppState, ip: &str) -> ApiResult<Decision> {
+    let l = Limit {
+        limit: state.config.track_per_minute,
+        window: std::time::Duration::from_secs(60),
+    };
+    let key = format!("{}:rl:track:{ip}", state.config.redis_namespace);
+    let d = match state.redis.get().await {
+        Ok(mut r) => rate_limit::hit(&mut r, &key, l).await,
+        Err(_) => {
+            tracing::warn!("rate limiter unavailable; allowing the request");
+            return Ok(Decision {
+                allowed: true,
+                limit: l.limit,
+                remaining: l.limit,
+                reset_secs: 60,
+                window_secs: 60,
+            });
+        }
+    };
+    if !d.allowed {
+        metrics::counter!("rate_limited_total", "limit" => "track").increment(1);
+        let mut err = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "too many requests; retry in {} seconds",
+                d.reset_secs.max(1)
+            ),
+        )
+        .with_header(
+            axum::http::header::RETRY_AFTER,
+            &d.reset_secs.max(1).to_string(),
+        );
+        for (k, v) in limit_headers(&d) {
+            err = err.with_header(k, &v);
+        }
+        return Err(err);
+    }
+    Ok(d)
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClickRequest {
+    pub anon_id: String,
+    pub offer_id: Option<Uuid>,
+    pub landing_url: Option<String>,
+}
+
+/// Records a click on a referral link (a touchpoint) for the browser's anonymous id.
+#[utoipa::path(post, path = "/v1/track/click", tag = "sdk",
+    params(("X-Publishable-Key" = String, Header)), request_body = ClickRequest, responses(
+    (status = 201, body = TouchpointView), (status = 401, body = Problem), (status = 403, body = Problem),
+    (status = 422, body = Problem), (status = 429, body = Problem),
+))]
+pub async fn click(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    PublishableMerchant(m): PublishableMerchant,
+    Json(body): Json<ClickRequest>,
+) -> ApiResult<Response> {
+    let d = limited(&state, &ip).await?;
+    let mut conn = state.conn().await?;
+    let t = tracking::click(
+        &mut conn,
+        &m,
+        &body.anon_id,
+        body.offer_id,
+        body.landing_url.as_deref(),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, limit_headers(&d), Json(t)).into_response())
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdentifyRequest {
+    pub anon_id: String,
+}
+
+/// Links the browser's anonymous id to the signed-in user.
+#[utoipa::path(post, path = "/v1/track/identify", tag = "sdk", security(("bearer" = [])),
+    request_body = IdentifyRequest, responses(
+    (status = 204, description = "linked"), (status = 401, body = Problem),
+    (status = 422, body = Problem), (status = 429, body = Problem),
+))]
+pub async fn identify(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    user: AuthUser,
+    Json(body): Json<IdentifyRequest>,
+) -> ApiResult<Response> {
+    let d = limited(&state, &ip).await?;
+    let mut conn = state.conn().await?;
+    tracking::identify(&mut conn, user.id, &body.anon_id).await?;
+    Ok((StatusCode::NO_CONTENT, limit_headers(&d)).into_response())
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PurchaseConfirmation {
+    pub anon_id: String,
+    pub order_id: String,
+    pub purchase_token: String,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct PurchaseConfirmationResult {
+    /// `linked`, `pending` (the purchase has not arrived yet) or `mismatch`.
+    pub result: LinkOutcome,
+}
+
+/// The checkout page's purchase confirmation, with the token that must match
+/// the merchant's webhook for the purchase to be linked to this browser.
+#[utoipa::path(post, path = "/v1/track/purchase", tag = "sdk",
+    params(("X-Publishable-Key" = String, Header)), request_body = PurchaseConfirmation, responses(
+    (status = 202, body = PurchaseConfirmationResult), (status = 401, body = Problem), (status = 403, body = Problem),
+    (status = 422, body = Problem), (status = 429, body = Problem),
+))]
+pub async fn purchase(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    PublishableMerchant(m): PublishableMerchant,
+    Json(body): Json<PurchaseConfirmation>,
+) -> ApiResult<Response> {
+    let d = limited(&state, &ip).await?;
+    let mut conn = state.conn().await?;
+    let result = tracking::confirm_purchase(
+        &mut conn,
+        &m,
+        &body.anon_id,
+        &body.order_id,
+        &body.purchase_token,
+    )
+    .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        limit_headers(&d),
+        Json(PurchaseConfirmationResult { result }),
+    )
+        .into_response())
+}

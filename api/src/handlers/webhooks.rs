@@ -1,0 +1,209 @@
+//! Signed merchant webhooks (Standard Webhooks): purchases and their status.
+//!
+//! Order of checks: the merchant exists (404); an idempotency key is present
+//! (`Idempotency-Key`, else `webhook-id`; 400); the signature over the raw body
+//! verifies (401); the merchant is not suspended (403); the body is JSON of the
+//! right shape (415/400/422). Then the core service does the rest in one
+//! transaction.
+
+use axum::{
+    extract::State,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use chrono::Utc;
+use clicknback_core::{
+    models::merchant::Merchant,
+    services::{
+        idempotency::{IdempotencyKey, Outcome},
+        merchants,
+        purchases::{self, PurchaseRequest, PurchaseView, StatusRequest},
+    },
+    signature::{self, SignedHeaders},
+};
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use crate::{
+    error::{ApiError, ApiResult, Path, Problem, RawBody},
+    state::AppState,
+};
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A verified webhook: the merchant, the idempotency key header and the JSON body.
+struct Verified {
+    merchant: Merchant,
+    key: Option<String>,
+    json: serde_json::Value,
+}
+
+async fn verify(
+    state: &AppState,
+    merchant_id: Uuid,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ApiResult<Verified> {
+    let mut conn = state.conn().await?;
+    let merchant = merchants::get(&mut conn, merchant_id).await?;
+    drop(conn);
+
+    let key = header_str(headers, "idempotency-key")
+        .or_else(|| header_str(headers, "webhook-id"))
+        .map(str::to_owned);
+    if key.is_none() {
+        return Err(ApiError::bad_request(
+            "idempotency_key_missing",
+            "send an Idempotency-Key header (or webhook-id)",
+        ));
+    }
+
+    let secrets = merchants::verification_secrets(&state.keys, &merchant, Utc::now())?;
+    signature::verify(
+        &secrets,
+        &SignedHeaders {
+            id: header_str(headers, "webhook-id"),
+            timestamp: header_str(headers, "webhook-timestamp"),
+            signature: header_str(headers, "webhook-signature"),
+        },
+        body,
+        Utc::now().timestamp(),
+        state.config.webhook_tolerance.as_secs() as i64,
+    )
+    .map_err(|e| {
+        tracing::warn!(merchant.id = %merchant_id, reason = %e, "webhook signature refused");
+        metrics::counter!("webhook_signature_failures_total").increment(1);
+        ApiError::new(StatusCode::UNAUTHORIZED, "invalid_signature", e.to_string())
+    })?;
+
+    if !merchant.is_active() {
+        return Err(ApiError::forbidden("this merchant is suspended"));
+    }
+
+    let is_json = header_str(headers, header::CONTENT_TYPE.as_str())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            let v = v.trim().to_ascii_lowercase();
+            v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
+        });
+    if !is_json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as JSON with Content-Type: application/json",
+        ));
+    }
+    let json: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|_| ApiError::bad_request("invalid_json", "the body is not valid JSON"))?;
+    Ok(Verified {
+        merchant,
+        key,
+        json,
+    })
+}
+
+fn typed<T: DeserializeOwned>(json: &serde_json::Value) -> ApiResult<T> {
+    T::deserialize(json).map_err(|e| {
+        ApiError::validation(vec![clicknback_core::services::FieldError::new(
+            "body",
+            &e.to_string(),
+        )])
+    })
+}
+
+fn respond(outcome: Outcome) -> Response {
+    let status = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::ACCEPTED);
+    let mut res = (status, axum::Json(outcome.body)).into_response();
+    if outcome.replayed {
+        res.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    res
+}
+
+fn key_for(v: &Verified, endpoint: &str) -> ApiResult<IdempotencyKey> {
+    Ok(IdempotencyKey::new(
+        format!("merchant:{}", v.merchant.id),
+        endpoint,
+        v.key.as_deref(),
+        &v.json,
+    )?)
+}
+
+/// Reports a purchase. Accepted purchases are attributed in the background.
+#[utoipa::path(post, path = "/v1/webhooks/{merchant_id}/purchases", tag = "webhooks",
+    params(
+        ("merchant_id" = Uuid, Path),
+        ("webhook-id" = String, Header, description = "message id (also the idempotency key when Idempotency-Key is absent)"),
+        ("webhook-timestamp" = i64, Header, description = "unix seconds; within 5 minutes of now"),
+        ("webhook-signature" = String, Header, description = "`v1,<base64 HMAC-SHA256>`, space-separated for several"),
+        ("Idempotency-Key" = Option<String>, Header, description = "at most 255 characters"),
+    ),
+    request_body = PurchaseRequest,
+    responses(
+        (status = 202, description = "accepted; `Idempotent-Replayed: true` on a replay", body = PurchaseView),
+        (status = 400, description = "missing idempotency key or malformed JSON", body = Problem),
+        (status = 401, description = "bad or missing signature", body = Problem),
+        (status = 403, description = "merchant suspended", body = Problem),
+        (status = 404, description = "unknown merchant", body = Problem),
+        (status = 409, description = "order already reported, or the same key is in flight", body = Problem),
+        (status = 415, body = Problem),
+        (status = 422, description = "invalid fields, or key reused with another body", body = Problem),
+    ))]
+pub async fn purchase(
+    State(state): State<AppState>,
+    Path(merchant_id): Path<Uuid>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> ApiResult<Response> {
+    let v = verify(&state, merchant_id, &headers, &body).await?;
+    let key = key_for(&v, "POST /v1/webhooks/{merchant_id}/purchases")?;
+    let request: PurchaseRequest = typed(&v.json)?;
+    let valid = request.validate(Utc::now()).map_err(ApiError::validation)?;
+    let mut conn = state.conn().await?;
+    let outcome = purchases::ingest(
+        &mut conn,
+        &v.merchant,
+        &key,
+        valid,
+        state.config.attribution_delay,
+    )
+    .await?;
+    Ok(respond(outcome))
+}
+
+/// Confirms or reverses a reported purchase.
+#[utoipa::path(post, path = "/v1/webhooks/{merchant_id}/purchases/{order_id}/status", tag = "webhooks",
+    params(
+        ("merchant_id" = Uuid, Path), ("order_id" = String, Path),
+        ("webhook-id" = String, Header), ("webhook-timestamp" = i64, Header),
+        ("webhook-signature" = String, Header), ("Idempotency-Key" = Option<String>, Header),
+    ),
+    request_body = StatusRequest,
+    responses(
+        (status = 202, description = "accepted; the reward moves in the background", body = PurchaseView),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, description = "unknown merchant or order", body = Problem),
+        (status = 409, description = "illegal transition (e.g. confirm after reverse) or key in flight", body = Problem),
+        (status = 415, body = Problem), (status = 422, body = Problem),
+    ))]
+pub async fn purchase_status(
+    State(state): State<AppState>,
+    Path((merchant_id, order_id)): Path<(Uuid, String)>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> ApiResult<Response> {
+    let v = verify(&state, merchant_id, &headers, &body).await?;
+    let key = key_for(
+        &v,
+        &format!("POST /v1/webhooks/{merchant_id}/purchases/{order_id}/status"),
+    )?;
+    let request: StatusRequest = typed(&v.json)?;
+    request.validate().map_err(ApiError::validation)?;
+    let mut conn = state.conn().await?;
+    let outcome =
+        purchases::request_status(&mut conn, &v.merchant, &order_id, &key, request).await?;
+    Ok(respond(outcome))
+}

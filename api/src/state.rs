@@ -1,0 +1,66 @@
+//! What every handler shares: configuration, the database pool, Redis, and the
+//! keys for tokens, cursors and sealed secrets.
+
+use std::sync::Arc;
+
+use clicknback_core::{
+    config::Config,
+    crypto::Keyring,
+    db::{DbConn, DbPool},
+    redis_conn::RedisHandle,
+    services::{auth::Tokens, pagination::CursorCodec},
+};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::error::ApiError;
+
+#[derive(Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+pub struct Inner {
+    pub config: Config,
+    pub db: DbPool,
+    pub redis: RedisHandle,
+    pub keys: Keyring,
+    pub tokens: Tokens,
+    pub cursors: CursorCodec,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(
+        config: Config,
+        db: DbPool,
+        redis: RedisHandle,
+        metrics: Option<PrometheusHandle>,
+    ) -> Self {
+        let keys = Keyring::new(&config.data_encryption_keys);
+        let tokens = Tokens::new(
+            config.jwt_secret.expose().as_bytes(),
+            &config.jwt_issuer,
+            &config.jwt_audience,
+            config.access_token_ttl,
+        );
+        let cursors = CursorCodec::new(config.jwt_secret.expose().as_bytes());
+        Self(Arc::new(Inner {
+            config,
+            db,
+            redis,
+            keys,
+            tokens,
+            cursors,
+            metrics,
+        }))
+    }
+
+    pub async fn conn(&self) -> Result<DbConn, ApiError> {
+        Ok(self.db.get().await?)
+    }
+}

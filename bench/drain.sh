@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Job drain benchmarks, sourced by scripts/bench.sh (needs its variables).
+#
+#   drain    N small no-op jobs pre-filled into the maintenance queue (outbox,
+#            relayed under the Redis bound); time until the worker finished
+#            all of them, jobs/s, and the worker's peak memory. Beside it, raw
+#            Redis LPUSH/RPOP throughput measured in the same run.
+#   backlog  a backlog of BACKLOG_JOBS due jobs plus BURST_JOBS jobs that fail
+#            once and whose retries fall due together: everything drains.
+
+fill_noop() { # count fail_times
+  psql "$DB_URL" -qc "INSERT INTO outbox (queue, task_id, payload, run_at)
+    SELECT 'maintenance', 'canary:$RANDOM-$1-$2-' || g,
+           jsonb_build_object('job', 'Canary', 'data', jsonb_build_object('key', 'b' || g, 'noop', true, 'fail_times', $2)),
+           now()
+      FROM generate_series(1, $1) g" >/dev/null
+}
+
+done_count() { redis-cli -p "$REDIS_PORT" scard "$1:maintenance:done"; }
+
+# Runs a worker until the maintenance queue's done set reaches $2; prints
+# "seconds peak_kib", timed from the first finished job (process start-up
+# excluded) to the last.
+run_worker_until() { # namespace target
+  local ns="$1" target="$2" start end pid peak=0 hwm
+  REDIS_NAMESPACE="$ns" RUST_LOG=error QUEUE_CONCURRENCY_MAINTENANCE="${DRAIN_CONCURRENCY:-64}" \
+    JOB_FETCH_BATCH="${DRAIN_BATCH:-100}" JOB_POLL_INTERVAL_MS=50 OUTBOX_POLL_INTERVAL_MS=20 \
+    JOB_RETRY_CANARY="attempts=3,base=1s,cap=2s,jitter=0" WORKER_ADDR="127.0.0.1:0" \
+    "$BIN/clicknback-worker" run >"$WORK/worker.log" 2>&1 &
+  pid=$!
+  start=""
+  while :; do
+    hwm=$(awk '/VmHWM/ {print $2}' /proc/$pid/status 2>/dev/null || echo 0)
+    [ "${hwm:-0}" -gt "$peak" ] && peak=$hwm
+    n=$(done_count "$ns")
+    [ -z "$start" ] && [ "$n" -gt 0 ] && start=$(date +%s.%N) && first=$n
+    [ "$n" -ge "$target" ] && break
+    kill -0 "$pid" 2>/dev/null || { cat "$WORK/worker.log" >&2; die "worker exited"; }
+    sleep 0.02
+  done
+  end=$(date +%s.%N)
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  redis-cli -p "$REDIS_PORT" --scan --pattern "$ns:*" | xargs -r -n 500 redis-cli -p "$REDIS_PORT" del >/dev/null
+  # The jobs finished before the first observation are credited at the same rate.
+  echo "$(python3 -c "d=$end-$start; print(round(d * $target / ($target - $first), 3))") $peak"
+}
+
+bench_drain() {
+  local n="${DRAIN_JOBS:-20000}"
+  for i in $(seq 1 "$RUNS"); do
+    log "drain: run $i/$RUNS ($n no-op jobs)"
+    psql "$DB_URL" -qc "TRUNCATE outbox" >/dev/null
+    fill_noop "$n" 0
+    read -r secs peak < <(run_worker_until "drain$$-$i" "$n")
+    local raw
+    raw=$(redis-benchmark -p "$REDIS_PORT" -n 100000 -t lpush,rpop --csv 2>/dev/null \
+      | awk -F'","' '/^"LPUSH/ {p=$2} /^"RPOP/ {q=$2} END {print p, q}')
+    echo "{\"jobs\": $n, \"seconds\": $secs, \"per_second\": $(python3 -c "print(round($n / $secs, 1))"), \"peak_kib\": $peak, \"redis_lpush\": ${raw% *}, \"redis_rpop\": ${raw#* }}" >>"$WORK/drain.jsonl"
+  done
+}
+
+bench_backlog() {
+  local n="${BACKLOG_JOBS:-100000}" burst="${BURST_JOBS:-20000}"
+  log "backlog: $n due jobs + $burst jobs failing once, retries due together"
+  psql "$DB_URL" -qc "TRUNCATE outbox; TRUNCATE dead_jobs" >/dev/null
+  fill_noop "$n" 0
+  fill_noop "$burst" 1
+  # Every run of every job ends in the done set: n + 2 × burst.
+  read -r secs peak < <(run_worker_until "backlog$$" $(( n + 2 * burst )))
+  local dead unsent
+  dead=$(psql "$DB_URL" -tAc "SELECT count(*) FROM dead_jobs")
+  unsent=$(psql "$DB_URL" -tAc "SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+  echo "{\"jobs\": $n, \"burst\": $burst, \"runs\": $(( n + 2 * burst )), \"seconds\": $secs, \"per_second\": $(python3 -c "print(round(($n + 2 * $burst) / $secs, 1))"), \"peak_kib\": $peak, \"dead\": $dead, \"left_in_outbox\": $unsent}" >"$WORK/backlog.json"
+}

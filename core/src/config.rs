@@ -1,0 +1,630 @@
+//! Configuration, read once from the environment (and an optional `.env` in
+//! development) and validated before anything starts.
+//!
+//! A missing or malformed value stops the program with one line naming the
+//! variable and the form it expects. Secrets have no default outside
+//! `APP_ENV=development`.
+
+use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
+
+use base64::Engine;
+
+/// The one error configuration loading can produce: which variable, and what it should look like.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {var} {problem}; expected {expected}")]
+pub struct ConfigError {
+    pub var: String,
+    pub problem: String,
+    pub expected: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppEnv {
+    Development,
+    Production,
+}
+
+/// A secret value: never printed by `Debug`.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Settings shared by the api and the worker.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub app_env: AppEnv,
+    pub database_url: String,
+    pub database_pool_size: usize,
+    pub redis_url: String,
+    /// Prefix of every Redis key this deployment uses (queues, limits, caches).
+    pub redis_namespace: String,
+    pub api_addr: SocketAddr,
+    pub worker_addr: SocketAddr,
+    pub jwt_secret: Secret,
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    pub access_token_ttl: Duration,
+    /// Current data-encryption key first, then previous keys still accepted for decryption.
+    pub data_encryption_keys: Vec<[u8; 32]>,
+    pub smtp_url: Secret,
+    pub email_from: String,
+    pub attribution_delay: Duration,
+    pub webhook_tolerance: Duration,
+    /// How long a rotated-out webhook secret keeps verifying.
+    pub webhook_secret_grace: Duration,
+    pub idempotency_retention: Duration,
+    pub max_body_bytes: usize,
+    /// Failed logins allowed per email and client address within `login_window`.
+    pub login_max_failures: u64,
+    pub login_window: Duration,
+    /// SDK tracking calls allowed per client address per minute.
+    pub track_per_minute: u64,
+    pub run_migrations_on_start: bool,
+    pub relay: RelayConfig,
+    pub worker: WorkerConfig,
+    pub attribution: AttributionConfig,
+}
+
+/// How purchases are attributed and rewarded.
+#[derive(Debug, Clone)]
+pub struct AttributionConfig {
+    /// Touchpoints older than this before the purchase do not count.
+    pub window: Duration,
+    /// A purchase with no user this long after it arrived becomes `unattributed`.
+    pub unattributed_after: Duration,
+    /// How long a purchase waiting for its user waits before the next look.
+    pub recheck: Duration,
+    /// Rewards scoring at or above this are flagged for review.
+    pub fraud_threshold: f64,
+    /// Pending rewards older than this are confirmed automatically.
+    pub hold_period: Duration,
+    /// Link-quality alert: mismatch rate above this over at least `link_min_attempts` in 24 h.
+    pub link_mismatch_rate: f64,
+    pub link_min_attempts: i64,
+}
+
+/// How the worker runs jobs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Workers heartbeat this often; a worker silent for
+    /// `heartbeat × missed_heartbeats` has its in-flight jobs re-queued.
+    pub heartbeat: Duration,
+    pub missed_heartbeats: usize,
+    /// How often an idle worker asks Redis for due jobs.
+    pub poll_interval: Duration,
+    pub fetch_batch: usize,
+    /// Concurrency per queue, in `Queue::ALL` order.
+    pub concurrency: Vec<(crate::jobs::Queue, usize)>,
+    /// Retry policy per job name.
+    pub retry: Vec<(&'static str, crate::retry::RetryPolicy)>,
+    /// How long running jobs may take to finish after SIGTERM/SIGINT.
+    pub shutdown_grace: Duration,
+    /// Completed jobs are removed from Redis after this long.
+    pub job_retention: Duration,
+    /// Sent outbox rows are deleted after this long.
+    pub outbox_retention: Duration,
+    /// Cron expressions (6 fields, seconds first) per schedule name.
+    pub schedules: Vec<(&'static str, String)>,
+}
+
+impl WorkerConfig {
+    pub fn concurrency_of(&self, q: crate::jobs::Queue) -> usize {
+        self.concurrency
+            .iter()
+            .find(|(x, _)| *x == q)
+            .map(|(_, n)| *n)
+            .unwrap_or(1)
+    }
+
+    pub fn retry_of(&self, job: &str) -> crate::retry::RetryPolicy {
+        self.retry
+            .iter()
+            .find(|(name, _)| *name == job)
+            .map(|(_, p)| *p)
+            .unwrap_or(crate::retry::RetryPolicy::new(
+                5,
+                Duration::from_secs(5),
+                Duration::from_secs(300),
+                0.2,
+            ))
+    }
+
+    pub fn schedule_of(&self, name: &str) -> Option<&str> {
+        self.schedules
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, s)| s.as_str())
+    }
+}
+
+/// Default retry policies, by job name.
+pub const DEFAULT_RETRY: &[(&str, &str, u32, u64, u64)] = &[
+    // (job name, env suffix, attempts, base secs, cap secs)
+    ("AttributePurchase", "ATTRIBUTE_PURCHASE", 10, 5, 600),
+    (
+        "ApplyRewardTransition",
+        "APPLY_REWARD_TRANSITION",
+        10,
+        5,
+        600,
+    ),
+    ("SendEmail", "SEND_EMAIL", 12, 10, 1_800),
+    ("ProcessPayout", "PROCESS_PAYOUT", 10, 30, 3_600),
+    ("RecomputeUserStats", "RECOMPUTE_USER_STATS", 5, 5, 300),
+    ("RunSchedule", "RUN_SCHEDULE", 3, 5, 60),
+    ("Canary", "CANARY", 3, 1, 10),
+];
+
+/// Default cron schedules (seconds minutes hours day-of-month month day-of-week).
+pub const DEFAULT_SCHEDULES: &[(&str, &str, &str)] = &[
+    // (schedule name, env var, default)
+    (
+        "sweep_attributions",
+        "SCHEDULE_SWEEP_ATTRIBUTIONS",
+        "*/30 * * * * *",
+    ),
+    ("auto_confirm", "SCHEDULE_AUTO_CONFIRM", "0 0 * * * *"),
+    (
+        "purge_idempotency_keys",
+        "SCHEDULE_PURGE_IDEMPOTENCY_KEYS",
+        "0 5 * * * *",
+    ),
+    (
+        "reconcile_ledger",
+        "SCHEDULE_RECONCILE_LEDGER",
+        "0 10 * * * *",
+    ),
+    (
+        "link_quality_alert",
+        "SCHEDULE_LINK_QUALITY_ALERT",
+        "0 15 * * * *",
+    ),
+];
+
+/// Default concurrency per queue.
+const DEFAULT_CONCURRENCY: &[(crate::jobs::Queue, &str, u64)] = &[
+    (
+        crate::jobs::Queue::Attribution,
+        "QUEUE_CONCURRENCY_ATTRIBUTION",
+        8,
+    ),
+    (crate::jobs::Queue::Rewards, "QUEUE_CONCURRENCY_REWARDS", 8),
+    (crate::jobs::Queue::Emails, "QUEUE_CONCURRENCY_EMAILS", 4),
+    (crate::jobs::Queue::Payouts, "QUEUE_CONCURRENCY_PAYOUTS", 4),
+    (crate::jobs::Queue::Stats, "QUEUE_CONCURRENCY_STATS", 4),
+    (
+        crate::jobs::Queue::Maintenance,
+        "QUEUE_CONCURRENCY_MAINTENANCE",
+        2,
+    ),
+];
+
+/// How the outbox relay moves rows into Redis.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    pub batch_size: i64,
+    pub poll_interval: Duration,
+    pub max_backoff: Duration,
+    /// Upper bound on jobs held in Redis per queue (scheduled + ready); the
+    /// outbox keeps the rest until there is room.
+    pub queue_bound: u64,
+    /// Rows due further ahead than this stay in the outbox.
+    pub lookahead: Duration,
+}
+
+/// Reads variables through a lookup function so tests can build a configuration in code.
+pub struct Env<F: Fn(&str) -> Option<String>> {
+    lookup: F,
+    dev: bool,
+}
+
+impl<F: Fn(&str) -> Option<String>> Env<F> {
+    pub fn new(lookup: F) -> Result<Self, ConfigError> {
+        let dev = match lookup("APP_ENV").as_deref().map(str::trim) {
+            None | Some("") | Some("production") => false,
+            Some("development") => true,
+            Some(other) => {
+                return Err(ConfigError {
+                    var: "APP_ENV".into(),
+                    problem: format!("is {other:?}"),
+                    expected: "`development` or `production`".into(),
+                });
+            }
+        };
+        Ok(Self { lookup, dev })
+    }
+
+    pub fn is_development(&self) -> bool {
+        self.dev
+    }
+
+    pub fn raw(&self, var: &str) -> Option<String> {
+        (self.lookup)(var)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn missing(var: &str, expected: &str) -> ConfigError {
+        ConfigError {
+            var: var.into(),
+            problem: "is not set".into(),
+            expected: expected.into(),
+        }
+    }
+
+    /// A required value; in development only, `dev_default` stands in when it is unset.
+    pub fn required(
+        &self,
+        var: &str,
+        expected: &str,
+        dev_default: Option<&str>,
+    ) -> Result<String, ConfigError> {
+        match (self.raw(var), dev_default) {
+            (Some(v), _) => Ok(v),
+            (None, Some(d)) if self.dev => Ok(d.to_owned()),
+            (None, _) => Err(Self::missing(var, expected)),
+        }
+    }
+
+    pub fn or(&self, var: &str, default: &str) -> String {
+        self.raw(var).unwrap_or_else(|| default.to_owned())
+    }
+
+    pub fn parsed<T: FromStr>(
+        &self,
+        var: &str,
+        default: T,
+        expected: &str,
+    ) -> Result<T, ConfigError> {
+        match self.raw(var) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| ConfigError {
+                var: var.into(),
+                problem: format!("is {v:?}"),
+                expected: expected.into(),
+            }),
+        }
+    }
+
+    /// An integer inside `range`.
+    pub fn int_in(
+        &self,
+        var: &str,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<u64, ConfigError> {
+        let expected = format!("an integer from {} to {}", range.start(), range.end());
+        let v: u64 = self.parsed(var, default, &expected)?;
+        if range.contains(&v) {
+            Ok(v)
+        } else {
+            Err(ConfigError {
+                var: var.into(),
+                problem: format!("is {v}"),
+                expected,
+            })
+        }
+    }
+
+    pub fn secs(
+        &self,
+        var: &str,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<Duration, ConfigError> {
+        self.int_in(var, default, range).map(Duration::from_secs)
+    }
+
+    pub fn millis(
+        &self,
+        var: &str,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<Duration, ConfigError> {
+        self.int_in(var, default, range).map(Duration::from_millis)
+    }
+
+    pub fn bool(&self, var: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.raw(var).as_deref() {
+            None => Ok(default),
+            Some("true" | "1" | "yes") => Ok(true),
+            Some("false" | "0" | "no") => Ok(false),
+            Some(v) => Err(ConfigError {
+                var: var.into(),
+                problem: format!("is {v:?}"),
+                expected: "`true` or `false`".into(),
+            }),
+        }
+    }
+}
+
+/// Development-only stand-ins for secrets; refused outside `APP_ENV=development`.
+const DEV_JWT_SECRET: &str = "development-only-jwt-secret-change-me-0123456789";
+const DEV_DATA_KEY: &str = "ZGV2ZWxvcG1lbnQtb25seS1kYXRhLWtleS0zMmJ5dGU=";
+
+fn parse_key(var: &str, value: &str) -> Result<[u8; 32], ConfigError> {
+    let bad = |problem: &str| ConfigError {
+        var: var.into(),
+        problem: problem.into(),
+        expected: "base64 of exactly 32 random bytes (e.g. `openssl rand -base64 32`)".into(),
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(value)
+        .map_err(|_| bad("is not valid base64"))?;
+    bytes
+        .try_into()
+        .map_err(|_| bad("does not decode to 32 bytes"))
+}
+
+fn worker_config<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<WorkerConfig, ConfigError> {
+    let mut concurrency = Vec::new();
+    for (q, var, default) in DEFAULT_CONCURRENCY {
+        concurrency.push((*q, env.int_in(var, *default, 1..=1_000)? as usize));
+    }
+    let mut retry = Vec::new();
+    for (job, suffix, attempts, base, cap) in DEFAULT_RETRY {
+        let default = crate::retry::RetryPolicy::new(
+            *attempts,
+            Duration::from_secs(*base),
+            Duration::from_secs(*cap),
+            0.2,
+        );
+        let var = format!("JOB_RETRY_{suffix}");
+        let policy = match env.raw(&var) {
+            Some(raw) => crate::retry::RetryPolicy::parse(&var, &raw, default)?,
+            None => default,
+        };
+        retry.push((*job, policy));
+    }
+    let mut schedules = Vec::new();
+    for (name, var, default) in DEFAULT_SCHEDULES {
+        let expr = env.or(var, default);
+        if expr.split_whitespace().count() < 6 {
+            return Err(ConfigError {
+                var: (*var).into(),
+                problem: format!("is {expr:?}"),
+                expected: "a cron expression with seconds first, like `*/30 * * * * *`".into(),
+            });
+        }
+        schedules.push((*name, expr));
+    }
+    Ok(WorkerConfig {
+        heartbeat: env.secs("JOB_HEARTBEAT_SECS", 5, 1..=300)?,
+        missed_heartbeats: env.int_in("JOB_MISSED_HEARTBEATS", 3, 2..=100)? as usize,
+        poll_interval: env.millis("JOB_POLL_INTERVAL_MS", 200, 10..=30_000)?,
+        fetch_batch: env.int_in("JOB_FETCH_BATCH", 20, 1..=500)? as usize,
+        concurrency,
+        retry,
+        shutdown_grace: env.secs("SHUTDOWN_GRACE_SECS", 30, 0..=3_600)?,
+        job_retention: env.secs("JOB_RETENTION_SECS", 3_600, 10..=2_592_000)?,
+        outbox_retention: env.secs("OUTBOX_RETENTION_SECS", 86_400, 60..=2_592_000)?,
+        schedules,
+    })
+}
+
+impl Config {
+    /// Loads from the process environment, reading `.env` first in development.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        if std::env::var("APP_ENV").as_deref() == Ok("development") {
+            let _ = dotenvy::dotenv();
+        }
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env::new(lookup)?;
+        let app_env = if env.is_development() {
+            AppEnv::Development
+        } else {
+            AppEnv::Production
+        };
+
+        let database_url = env.required(
+            "DATABASE_URL",
+            "a PostgreSQL URL like postgres://user@host:5432/db",
+            Some("postgres://postgres@127.0.0.1:5432/clicknback"),
+        )?;
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            return Err(ConfigError {
+                var: "DATABASE_URL".into(),
+                problem: "does not start with postgres://".into(),
+                expected: "a PostgreSQL URL like postgres://user@host:5432/db".into(),
+            });
+        }
+        let redis_url = env.required(
+            "REDIS_URL",
+            "a Redis URL like redis://127.0.0.1:6379/0",
+            Some("redis://127.0.0.1:6379/0"),
+        )?;
+        if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
+            return Err(ConfigError {
+                var: "REDIS_URL".into(),
+                problem: "does not start with redis:// or rediss://".into(),
+                expected: "a Redis URL like redis://127.0.0.1:6379/0".into(),
+            });
+        }
+
+        let redis_namespace = env.or("REDIS_NAMESPACE", "clicknback");
+        if !redis_namespace
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(ConfigError {
+                var: "REDIS_NAMESPACE".into(),
+                problem: format!("is {redis_namespace:?}"),
+                expected: "letters, digits, `_` or `-`".into(),
+            });
+        }
+
+        let jwt_secret = env.required(
+            "JWT_SECRET",
+            "a random string of at least 32 characters",
+            Some(DEV_JWT_SECRET),
+        )?;
+        if jwt_secret.len() < 32 {
+            return Err(ConfigError {
+                var: "JWT_SECRET".into(),
+                problem: format!("has {} characters", jwt_secret.len()),
+                expected: "a random string of at least 32 characters".into(),
+            });
+        }
+
+        let current_key = env.required(
+            "DATA_ENCRYPTION_KEY",
+            "base64 of exactly 32 random bytes (e.g. `openssl rand -base64 32`)",
+            Some(DEV_DATA_KEY),
+        )?;
+        let mut data_encryption_keys = vec![parse_key("DATA_ENCRYPTION_KEY", &current_key)?];
+        if let Some(previous) = env.raw("DATA_ENCRYPTION_PREVIOUS_KEYS") {
+            for k in previous.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+                data_encryption_keys.push(parse_key("DATA_ENCRYPTION_PREVIOUS_KEYS", k)?);
+            }
+        }
+
+        let smtp_url = env.required(
+            "SMTP_URL",
+            "an SMTP URL like smtp://user:pass@host:587?tls=required or smtp://127.0.0.1:1025",
+            Some("smtp://127.0.0.1:1025"),
+        )?;
+        if !(smtp_url.starts_with("smtp://") || smtp_url.starts_with("smtps://")) {
+            return Err(ConfigError {
+                var: "SMTP_URL".into(),
+                problem: "does not start with smtp:// or smtps://".into(),
+                expected: "an SMTP URL like smtp://127.0.0.1:1025".into(),
+            });
+        }
+
+        let addr = |var: &str, default: &str| -> Result<SocketAddr, ConfigError> {
+            env.parsed(
+                var,
+                default.parse().expect("valid default address"),
+                "a socket address like 127.0.0.1:8080",
+            )
+        };
+
+        Ok(Self {
+            app_env,
+            database_url,
+            database_pool_size: env.int_in("DATABASE_POOL_SIZE", 16, 1..=512)? as usize,
+            redis_url,
+            redis_namespace,
+            api_addr: addr("API_ADDR", "127.0.0.1:8080")?,
+            worker_addr: addr("WORKER_ADDR", "127.0.0.1:8081")?,
+            jwt_secret: Secret::new(jwt_secret),
+            jwt_issuer: env.or("JWT_ISSUER", "clicknback"),
+            jwt_audience: env.or("JWT_AUDIENCE", "clicknback-api"),
+            access_token_ttl: env.secs("ACCESS_TOKEN_TTL_SECS", 900, 60..=86_400)?,
+            data_encryption_keys,
+            smtp_url: Secret::new(smtp_url),
+            email_from: env.or("EMAIL_FROM", "ClickNBack <no-reply@clicknback.local>"),
+            attribution_delay: env.secs("ATTRIBUTION_DELAY_SECS", 60, 0..=86_400)?,
+            webhook_tolerance: env.secs("WEBHOOK_TOLERANCE_SECS", 300, 1..=3_600)?,
+            webhook_secret_grace: env.secs("WEBHOOK_SECRET_GRACE_SECS", 86_400, 0..=2_592_000)?,
+            idempotency_retention: env.secs(
+                "IDEMPOTENCY_RETENTION_SECS",
+                86_400,
+                60..=2_592_000,
+            )?,
+            max_body_bytes: env.int_in("MAX_BODY_BYTES", 65_536, 1_024..=10_485_760)? as usize,
+            login_max_failures: env.int_in("LOGIN_MAX_FAILURES", 5, 1..=1_000)?,
+            login_window: env.secs("LOGIN_WINDOW_SECS", 900, 1..=86_400)?,
+            track_per_minute: env.int_in("TRACK_RATE_LIMIT_PER_MINUTE", 300, 1..=1_000_000)?,
+            run_migrations_on_start: env.bool("RUN_MIGRATIONS_ON_START", true)?,
+            relay: RelayConfig {
+                batch_size: env.int_in("OUTBOX_BATCH_SIZE", 2_000, 1..=10_000)? as i64,
+                poll_interval: env.millis("OUTBOX_POLL_INTERVAL_MS", 200, 10..=60_000)?,
+                max_backoff: env.secs("OUTBOX_MAX_BACKOFF_SECS", 30, 1..=3_600)?,
+                queue_bound: env.int_in("QUEUE_MAX_IN_REDIS", 5_000, 100..=7_000)?,
+                lookahead: env.secs("OUTBOX_LOOKAHEAD_SECS", 300, 0..=86_400)?,
+            },
+            worker: worker_config(&env)?,
+            attribution: AttributionConfig {
+                window: env.secs("ATTRIBUTION_WINDOW_SECS", 30 * 86_400, 60..=365 * 86_400)?,
+                unattributed_after: env.secs(
+                    "UNATTRIBUTED_AFTER_SECS",
+                    7 * 86_400,
+                    0..=365 * 86_400,
+                )?,
+                recheck: env.secs("ATTRIBUTION_RECHECK_SECS", 300, 1..=86_400)?,
+                fraud_threshold: env.parsed("FRAUD_THRESHOLD", 0.7, "a number from 0 to 1")?,
+                hold_period: env.secs("REWARD_HOLD_SECS", 30 * 86_400, 0..=365 * 86_400)?,
+                link_mismatch_rate: env.parsed(
+                    "LINK_MISMATCH_ALERT_RATE",
+                    0.05,
+                    "a number from 0 to 1",
+                )?,
+                link_min_attempts: env.int_in("LINK_MISMATCH_MIN_ATTEMPTS", 20, 1..=1_000_000)?
+                    as i64,
+            },
+        })
+    }
+
+    pub fn is_development(&self) -> bool {
+        self.app_env == AppEnv::Development
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn development_has_defaults_for_everything() {
+        let cfg = load(&[("APP_ENV", "development")]).unwrap();
+        assert_eq!(cfg.api_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(cfg.attribution_delay, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn production_requires_secrets_and_names_the_variable() {
+        let err = load(&[
+            ("DATABASE_URL", "postgres://x@h/db"),
+            ("REDIS_URL", "redis://h"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "JWT_SECRET");
+        assert!(err.to_string().contains("JWT_SECRET is not set"));
+    }
+
+    #[test]
+    fn malformed_values_are_named_with_their_expected_form() {
+        let err = load(&[
+            ("APP_ENV", "development"),
+            ("ATTRIBUTION_DELAY_SECS", "soon"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "ATTRIBUTION_DELAY_SECS");
+        assert!(err.expected.contains("integer"));
+        let err = load(&[
+            ("APP_ENV", "development"),
+            ("DATA_ENCRYPTION_KEY", "c2hvcnQ="),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "DATA_ENCRYPTION_KEY");
+        let err = load(&[("APP_ENV", "staging")]).unwrap_err();
+        assert_eq!(err.var, "APP_ENV");
+    }
+}

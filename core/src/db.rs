@@ -1,0 +1,138 @@
+//! PostgreSQL access: the connection pool, embedded migrations and the error
+//! helpers every service shares. Functions take a connection, never the pool.
+
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_async::{
+    AsyncConnection, AsyncPgConnection, RunQueryDsl,
+    async_connection_wrapper::AsyncConnectionWrapper,
+    pooled_connection::{
+        AsyncDieselConnectionManager,
+        deadpool::{Object, Pool},
+    },
+};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+pub type DbPool = Pool<AsyncPgConnection>;
+pub type DbConn = Object<AsyncPgConnection>;
+
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");
+
+/// Any key for the advisory lock that serialises migrations across processes.
+const MIGRATION_LOCK_KEY: i64 = 0x636c_6b62_6d69_6772; // "clkbmigr"
+
+pub fn pool(database_url: &str, max_size: usize) -> anyhow::Result<DbPool> {
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(database_url);
+    Ok(Pool::builder(manager)
+        .max_size(max_size)
+        .wait_timeout(Some(std::time::Duration::from_secs(10)))
+        .create_timeout(Some(std::time::Duration::from_secs(10)))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()?)
+}
+
+/// Applies pending migrations. Two processes starting together take turns on
+/// an advisory lock, so the second finds nothing left to do.
+pub async fn run_migrations(database_url: &str) -> anyhow::Result<Vec<String>> {
+    let url = database_url.to_owned();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
+        use diesel::Connection;
+        let mut conn: AsyncConnectionWrapper<AsyncPgConnection> =
+            <AsyncConnectionWrapper<AsyncPgConnection> as Connection>::establish(&url)?;
+        diesel::RunQueryDsl::execute(
+            diesel::sql_query("SELECT pg_advisory_lock($1)")
+                .bind::<diesel::sql_types::BigInt, _>(MIGRATION_LOCK_KEY),
+            &mut conn,
+        )?;
+        let result = conn
+            .run_pending_migrations(MIGRATIONS)
+            .map(|applied| applied.iter().map(|v| v.to_string()).collect::<Vec<_>>())
+            .map_err(|e| anyhow::anyhow!("applying migrations failed: {e}"));
+        diesel::RunQueryDsl::execute(
+            diesel::sql_query("SELECT pg_advisory_unlock($1)")
+                .bind::<diesel::sql_types::BigInt, _>(MIGRATION_LOCK_KEY),
+            &mut conn,
+        )?;
+        result
+    })
+    .await?
+}
+
+/// The versions of every embedded migration.
+pub fn embedded_versions() -> Vec<String> {
+    use diesel::migration::MigrationSource;
+    MigrationSource::<diesel::pg::Pg>::migrations(&MIGRATIONS)
+        .map(|ms| ms.iter().map(|m| m.name().version().to_string()).collect())
+        .unwrap_or_default()
+}
+
+#[derive(diesel::QueryableByName)]
+struct Version {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    version: String,
+}
+
+/// Whether every embedded migration has been applied to this database.
+pub async fn migrations_applied(conn: &mut AsyncPgConnection) -> Result<bool, DieselError> {
+    let applied: Vec<Version> = diesel::sql_query("SELECT version FROM __diesel_schema_migrations")
+        .load(conn)
+        .await?;
+    let applied: std::collections::HashSet<String> =
+        applied.into_iter().map(|v| v.version).collect();
+    Ok(embedded_versions().iter().all(|v| applied.contains(v)))
+}
+
+/// Connects once outside the pool (for CLI commands and checks).
+pub async fn connect(database_url: &str) -> Result<AsyncPgConnection, diesel::ConnectionError> {
+    AsyncPgConnection::establish(database_url).await
+}
+
+/// The name of the unique constraint a write violated, if that is what failed.
+pub fn unique_violation(err: &DieselError) -> Option<&str> {
+    match err {
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
+            info.constraint_name()
+        }
+        _ => None,
+    }
+}
+
+/// Whether a write broke a CHECK constraint of the given name.
+pub fn check_violation(err: &DieselError, name: &str) -> bool {
+    matches!(err, DieselError::DatabaseError(DatabaseErrorKind::CheckViolation, info)
+        if info.constraint_name() == Some(name))
+}
+
+#[derive(diesel::QueryableByName)]
+struct Locked {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    locked: bool,
+}
+
+async fn try_lock(conn: &mut AsyncPgConnection, sql: &str, key: i64) -> Result<bool, DieselError> {
+    let row: Locked = diesel::sql_query(sql)
+        .bind::<diesel::sql_types::BigInt, _>(key)
+        .get_result(conn)
+        .await?;
+    Ok(row.locked)
+}
+
+/// A transaction-scoped advisory lock that is taken only if free.
+pub async fn try_xact_lock(conn: &mut AsyncPgConnection, key: i64) -> Result<bool, DieselError> {
+    try_lock(conn, "SELECT pg_try_advisory_xact_lock($1) AS locked", key).await
+}
+
+/// A session advisory lock that is taken only if free; release it with
+/// [`session_unlock`] on the same connection (a closed connection releases it).
+pub async fn try_session_lock(conn: &mut AsyncPgConnection, key: i64) -> Result<bool, DieselError> {
+    try_lock(conn, "SELECT pg_try_advisory_lock($1) AS locked", key).await
+}
+
+pub async fn session_unlock(conn: &mut AsyncPgConnection, key: i64) -> Result<bool, DieselError> {
+    try_lock(conn, "SELECT pg_advisory_unlock($1) AS locked", key).await
+}
+
+/// A stable 64-bit lock key for a string (first 8 bytes of its SHA-256).
+pub fn lock_key(s: &str) -> i64 {
+    let d = crate::crypto::sha256(s.as_bytes());
+    i64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}

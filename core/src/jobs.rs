@@ -1,0 +1,320 @@
+//! Job payloads, their queues, and how to enqueue them.
+//!
+//! Jobs that must happen are written as outbox rows in the same transaction as
+//! the data they act on ([`enqueue`]); the worker's relay moves them into the
+//! apalis Redis queues. Nothing here talks to Redis.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use uuid::Uuid;
+
+use crate::schema::outbox;
+
+/// The queues of SPEC §4, plus `maintenance` for the cron schedules' work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Queue {
+    Attribution,
+    Rewards,
+    Emails,
+    Payouts,
+    Stats,
+    Maintenance,
+}
+
+impl Queue {
+    pub const ALL: [Queue; 6] = [
+        Queue::Attribution,
+        Queue::Rewards,
+        Queue::Emails,
+        Queue::Payouts,
+        Queue::Stats,
+        Queue::Maintenance,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Queue::Attribution => "attribution",
+            Queue::Rewards => "rewards",
+            Queue::Emails => "emails",
+            Queue::Payouts => "payouts",
+            Queue::Stats => "stats",
+            Queue::Maintenance => "maintenance",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Queue> {
+        Queue::ALL.into_iter().find(|q| q.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A job type: its name, its queue, and the key that makes its enqueue idempotent.
+pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
+    const NAME: &'static str;
+    const QUEUE: Queue;
+    /// Identifies this job's effect; enqueueing the same key twice is a no-op.
+    fn key(&self) -> String;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttributePurchase {
+    pub purchase_id: Uuid,
+    /// Set after a late identity merge: re-check a processed purchase whose
+    /// reward is still pending and move it to the latest click if that changed.
+    #[serde(default)]
+    pub reattribute: bool,
+}
+
+impl Job for AttributePurchase {
+    const NAME: &'static str = "AttributePurchase";
+    const QUEUE: Queue = Queue::Attribution;
+    fn key(&self) -> String {
+        format!("attribute:{}", self.purchase_id)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardTransition {
+    Confirmed,
+    Reversed,
+}
+
+impl RewardTransition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RewardTransition::Confirmed => "confirmed",
+            RewardTransition::Reversed => "reversed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyRewardTransition {
+    pub purchase_id: Uuid,
+    pub to: RewardTransition,
+    pub reason: Option<String>,
+    /// What asked for it: `merchant_webhook`, `admin_review`, `auto_confirm`.
+    pub source: String,
+}
+
+impl Job for ApplyRewardTransition {
+    const NAME: &'static str = "ApplyRewardTransition";
+    const QUEUE: Queue = Queue::Rewards;
+    fn key(&self) -> String {
+        format!("reward:{}:{}", self.purchase_id, self.to.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmailKind {
+    Welcome,
+    RewardCredited,
+    PayoutPaid,
+    PayoutFailed,
+}
+
+impl EmailKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EmailKind::Welcome => "welcome",
+            EmailKind::RewardCredited => "reward_credited",
+            EmailKind::PayoutPaid => "payout_paid",
+            EmailKind::PayoutFailed => "payout_failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendEmail {
+    pub kind: EmailKind,
+    pub to: String,
+    pub data: serde_json::Value,
+    /// What caused the email (e.g. `welcome:<user_id>`): the sent-log key.
+    pub dedupe_key: String,
+}
+
+impl Job for SendEmail {
+    const NAME: &'static str = "SendEmail";
+    const QUEUE: Queue = Queue::Emails;
+    fn key(&self) -> String {
+        format!("email:{}", self.dedupe_key)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessPayout {
+    pub payout_id: Uuid,
+}
+
+impl Job for ProcessPayout {
+    const NAME: &'static str = "ProcessPayout";
+    const QUEUE: Queue = Queue::Payouts;
+    fn key(&self) -> String {
+        format!("payout:{}", self.payout_id)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecomputeUserStats {
+    pub user_id: Uuid,
+}
+
+impl Job for RecomputeUserStats {
+    const NAME: &'static str = "RecomputeUserStats";
+    const QUEUE: Queue = Queue::Stats;
+    fn key(&self) -> String {
+        format!("stats:{}", self.user_id)
+    }
+}
+
+/// A scheduled (cron) task, enqueued once per tick cluster-wide.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSchedule {
+    pub schedule: String,
+    /// The tick, unix seconds.
+    pub tick: i64,
+}
+
+impl Job for RunSchedule {
+    const NAME: &'static str = "RunSchedule";
+    const QUEUE: Queue = Queue::Maintenance;
+    fn key(&self) -> String {
+        format!("cron:{}:{}", self.schedule, self.tick)
+    }
+}
+
+/// A probe of the job pipeline: fails `fail_times` times (or for good when
+/// `permanent`), sleeps `sleep_ms`, then records its one effect under `key`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Canary {
+    pub key: String,
+    #[serde(default)]
+    pub fail_times: i32,
+    #[serde(default)]
+    pub permanent: bool,
+    #[serde(default)]
+    pub sleep_ms: u64,
+    /// Fail (retryably) until an operator marks the canary fixed.
+    #[serde(default)]
+    pub fail_until_fixed: bool,
+    /// Record nothing: measures the job platform's own cost per job.
+    #[serde(default)]
+    pub noop: bool,
+}
+
+impl Job for Canary {
+    const NAME: &'static str = "Canary";
+    const QUEUE: Queue = Queue::Maintenance;
+    fn key(&self) -> String {
+        format!("canary:{}", self.key)
+    }
+}
+
+/// The queue a job name belongs to.
+pub fn queue_of(job: &str) -> Option<Queue> {
+    Some(match job {
+        AttributePurchase::NAME => AttributePurchase::QUEUE,
+        ApplyRewardTransition::NAME => ApplyRewardTransition::QUEUE,
+        SendEmail::NAME => SendEmail::QUEUE,
+        ProcessPayout::NAME => ProcessPayout::QUEUE,
+        RecomputeUserStats::NAME => RecomputeUserStats::QUEUE,
+        RunSchedule::NAME => RunSchedule::QUEUE,
+        Canary::NAME => Canary::QUEUE,
+        _ => return None,
+    })
+}
+
+/// What the relay pushes into Redis: the job's name and payload, which attempt
+/// this is, and the task id it was enqueued under.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobEnvelope {
+    pub job: String,
+    pub payload: serde_json::Value,
+    pub attempt: i32,
+    pub task_id: String,
+    pub enqueued_at: DateTime<Utc>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = outbox)]
+struct NewOutboxRow<'a> {
+    queue: &'a str,
+    task_id: &'a str,
+    payload: serde_json::Value,
+    attempt: i32,
+    run_at: DateTime<Utc>,
+    next_attempt_at: DateTime<Utc>,
+}
+
+/// Writes a job into the outbox, due at `run_at`. Idempotent by the job's key:
+/// returns false when a job with that task id was already enqueued.
+pub async fn enqueue<J: Job>(
+    conn: &mut AsyncPgConnection,
+    job: &J,
+    run_at: DateTime<Utc>,
+) -> Result<bool, diesel::result::Error> {
+    enqueue_as(conn, job, &job.key(), 1, run_at).await
+}
+
+/// Like [`enqueue`] under an explicit task id and attempt number (retries,
+/// re-queues and sweeps use ids of their own).
+pub async fn enqueue_as<J: Job>(
+    conn: &mut AsyncPgConnection,
+    job: &J,
+    task_id: &str,
+    attempt: i32,
+    run_at: DateTime<Utc>,
+) -> Result<bool, diesel::result::Error> {
+    let payload = serde_json::json!({
+        "job": J::NAME,
+        "data": serde_json::to_value(job).expect("job payloads serialize"),
+    });
+    enqueue_raw(conn, J::QUEUE, task_id, payload, attempt, run_at).await
+}
+
+/// Writes an already-encoded `{job, data}` payload (used to re-queue dead jobs).
+pub async fn enqueue_raw(
+    conn: &mut AsyncPgConnection,
+    queue: Queue,
+    task_id: &str,
+    payload: serde_json::Value,
+    attempt: i32,
+    run_at: DateTime<Utc>,
+) -> Result<bool, diesel::result::Error> {
+    let inserted = diesel::insert_into(outbox::table)
+        .values(NewOutboxRow {
+            queue: queue.as_str(),
+            task_id,
+            payload,
+            attempt,
+            run_at,
+            next_attempt_at: Utc::now(),
+        })
+        .on_conflict(outbox::task_id)
+        .do_nothing()
+        .execute(conn)
+        .await?;
+    Ok(inserted == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_names_roundtrip() {
+        for q in Queue::ALL {
+            assert_eq!(Queue::parse(q.as_str()), Some(q));
+        }
+    }
+}

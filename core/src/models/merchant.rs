@@ -1,0 +1,48 @@
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use uuid::Uuid;
+
+use crate::schema::merchants;
+
+#[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
+#[diesel(table_name = merchants, check_for_backend(diesel::pg::Pg))]
+pub struct Merchant {
+    pub id: Uuid,
+    pub name: String,
+    pub status: String,
+    pub publishable_key: String,
+    pub webhook_secret_encrypted: Vec<u8>,
+    pub previous_secret_encrypted: Option<Vec<u8>>,
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
+    pub webhook_rate_limit_per_minute: Option<i32>,
+    pub version: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Merchant {
+    pub fn is_active(&self) -> bool {
+        self.status == "active"
+    }
+
+    /// The view of a merchant that may be shown and audited: no secrets.
+    pub fn public_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "name": self.name,
+            "status": self.status,
+            "publishable_key": self.publishable_key,
+            "webhook_rate_limit_per_minute": self.webhook_rate_limit_per_minute,
+            "version": self.version,
+        })
+    }
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = merchants)]
+pub struct NewMerchant<'a> {
+    pub id: Uuid,
+    pub name: &'a str,
+    pub publishable_key: &'a str,
+    pub webhook_secret_encrypted: Vec<u8>,
+}

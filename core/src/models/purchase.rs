@@ -1,0 +1,62 @@
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use uuid::Uuid;
+
+use crate::schema::purchases;
+
+#[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
+#[diesel(table_name = purchases, check_for_backend(diesel::pg::Pg))]
+pub struct Purchase {
+    pub id: Uuid,
+    pub merchant_id: Uuid,
+    pub order_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub status: String,
+    pub purchased_at: DateTime<Utc>,
+    pub customer_ref: Option<String>,
+    pub purchase_token: Option<String>,
+    pub sub_id: Option<String>,
+    pub identity_group_id: Option<Uuid>,
+    pub user_id: Option<Uuid>,
+    pub attribute_after: DateTime<Utc>,
+    pub rewards_processed_at: Option<DateTime<Utc>>,
+    pub status_reason: Option<String>,
+    pub merchant_decision: Option<String>,
+    pub merchant_decision_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Purchase {
+    /// Purchases whose delayed attribution is due and has not run, oldest first.
+    /// Served by the partial index `purchases_due_attribution_idx`.
+    pub fn due_for_attribution(
+        now: DateTime<Utc>,
+    ) -> purchases::BoxedQuery<'static, diesel::pg::Pg> {
+        purchases::table
+            .filter(purchases::rewards_processed_at.is_null())
+            .filter(purchases::status.eq("received"))
+            .filter(purchases::attribute_after.le(now))
+            .order((purchases::attribute_after.asc(), purchases::id.asc()))
+            .into_boxed()
+    }
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = purchases)]
+pub struct NewPurchase<'a> {
+    pub id: Uuid,
+    pub merchant_id: Uuid,
+    pub order_id: &'a str,
+    pub amount_minor: i64,
+    pub currency: &'a str,
+    pub purchased_at: DateTime<Utc>,
+    pub customer_ref: Option<&'a str>,
+    pub purchase_token: Option<&'a str>,
+    pub sub_id: Option<&'a str>,
+    pub identity_group_id: Option<Uuid>,
+    pub user_id: Option<Uuid>,
+    pub attribute_after: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}

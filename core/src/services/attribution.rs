@@ -1,0 +1,429 @@
+//! Delayed purchase attribution (`AttributePurchase`).
+//!
+//! In one transaction, with the purchase locked: resolve its identity group
+//! and user, the group's last touchpoint for the merchant inside the
+//! attribution window, and the offer active when the purchase was made; compute
+//! the cashback (rate, per-purchase cap, then the user's remaining monthly cap,
+//! taken under a row lock so two attributions cannot both take the last of
+//! it); score fraud; write the reward and its ledger credit, mark the purchase
+//! processed, apply a merchant decision that arrived first, and enqueue the
+//! reward email. Idempotent: a purchase already processed is left alone.
+
+use chrono::{DateTime, Datelike, Duration, NaiveDate, Timelike, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::{
+    fraud::{FraudInput, FraudScorer},
+    offers,
+    rewards::{self as reward_money, RewardError},
+};
+use crate::{
+    config::AttributionConfig,
+    jobs::{self, EmailKind, RewardTransition, SendEmail},
+    models::{
+        purchase::Purchase,
+        reward::{NewReward, Reward},
+    },
+    money::cashback_minor,
+    schema::{
+        identity_groups, identity_nodes, merchants, monthly_cap_usage, purchases, rewards,
+        touchpoints, users,
+    },
+};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    AlreadyProcessed,
+    /// No user known yet: looked at again at `recheck_at`.
+    Waiting {
+        recheck_at: DateTime<Utc>,
+    },
+    /// No user, touchpoint or offer: no cashback.
+    Unattributed {
+        reason: &'static str,
+    },
+    Rewarded {
+        reward_id: Uuid,
+        amount_minor: i64,
+        flagged: bool,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttributionError {
+    #[error("purchase not found")]
+    NotFound,
+    #[error(transparent)]
+    Reward(#[from] RewardError),
+    #[error(transparent)]
+    Db(#[from] diesel::result::Error),
+}
+
+/// The group a (possibly merged) group id now lives in.
+pub async fn surviving_group(
+    conn: &mut AsyncPgConnection,
+    mut group: Uuid,
+) -> Result<Uuid, diesel::result::Error> {
+    for _ in 0..32 {
+        let next: Option<Uuid> = identity_groups::table
+            .find(group)
+            .select(identity_groups::merged_into_id)
+            .first(conn)
+            .await?;
+        match next {
+            Some(n) => group = n,
+            None => return Ok(group),
+        }
+    }
+    Ok(group)
+}
+
+fn month_of(t: DateTime<Utc>) -> NaiveDate {
+    NaiveDate::from_ymd_opt(t.year(), t.month(), 1).expect("first of a month exists")
+}
+
+/// Takes up to `wanted` from the user's monthly cap for the offer; returns what was granted.
+async fn take_from_monthly_cap(
+    conn: &mut AsyncPgConnection,
+    user: Uuid,
+    offer: Uuid,
+    month: NaiveDate,
+    cap: i64,
+    wanted: i64,
+) -> Result<i64, diesel::result::Error> {
+    diesel::insert_into(monthly_cap_usage::table)
+        .values((
+            monthly_cap_usage::user_id.eq(user),
+            monthly_cap_usage::offer_id.eq(offer),
+            monthly_cap_usage::month.eq(month),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await?;
+    let used: i64 = monthly_cap_usage::table
+        .find((user, offer, month))
+        .select(monthly_cap_usage::used_minor)
+        .for_update()
+        .first(conn)
+        .await?;
+    let granted = wanted.min((cap - used).max(0));
+    if granted > 0 {
+        diesel::update(monthly_cap_usage::table.find((user, offer, month)))
+            .set(monthly_cap_usage::used_minor.eq(used + granted))
+            .execute(conn)
+            .await?;
+    }
+    Ok(granted)
+}
+
+async fn fraud_input(
+    conn: &mut AsyncPgConnection,
+    p: &Purchase,
+    user: Uuid,
+    rate_bps: i32,
+    at_max: bool,
+) -> Result<FraudInput, diesel::result::Error> {
+    #[derive(QueryableByName)]
+    struct History {
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Double>)]
+        avg: Option<f64>,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        recent: i64,
+    }
+    let h: History = diesel::sql_query(
+        "SELECT avg(amount_minor)::float8 AS avg,
+                count(*) FILTER (WHERE purchased_at > $3 - interval '1 hour' AND purchased_at <= $3) AS recent
+           FROM purchases WHERE user_id = $1 AND id <> $2",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(user)
+    .bind::<diesel::sql_types::Uuid, _>(p.id)
+    .bind::<diesel::sql_types::Timestamptz, _>(p.purchased_at)
+    .get_result(conn)
+    .await?;
+    let (avg, recent) = (h.avg, h.recent);
+    let merchant_created: DateTime<Utc> = merchants::table
+        .find(p.merchant_id)
+        .select(merchants::created_at)
+        .first(conn)
+        .await?;
+    Ok(FraudInput {
+        amount_minor: p.amount_minor,
+        user_average_minor: avg.map(|a| a as i64),
+        user_purchases_last_hour: recent,
+        merchant_age_days: (p.purchased_at - merchant_created).num_days(),
+        hour_utc: p.purchased_at.hour(),
+        rate_bps,
+        at_max_cashback: at_max,
+    })
+}
+
+/// Attributes a purchase (see the module doc).
+pub async fn attribute(
+    conn: &mut AsyncPgConnection,
+    purchase_id: Uuid,
+    cfg: &AttributionConfig,
+    scorer: &dyn FraudScorer,
+) -> Result<Outcome, AttributionError> {
+    conn.transaction::<Outcome, AttributionError, _>(async move |conn| {
+        let p: Purchase = purchases::table
+            .find(purchase_id)
+            .select(Purchase::as_select())
+            .for_update()
+            .first(conn)
+            .await
+            .optional()?
+            .ok_or(AttributionError::NotFound)?;
+        if p.rewards_processed_at.is_some() || p.status != "received" {
+            return Ok(Outcome::AlreadyProcessed);
+        }
+        let now = Utc::now();
+        let group = match p.identity_group_id {
+            Some(g) => Some(surviving_group(conn, g).await?),
+            None => None,
+        };
+        let user: Option<Uuid> = match group {
+            Some(g) => identity_nodes::table
+                .filter(identity_nodes::group_id.eq(g))
+                .filter(identity_nodes::kind.eq("user"))
+                .select(identity_nodes::user_id)
+                .first::<Option<Uuid>>(conn)
+                .await
+                .optional()?
+                .flatten(),
+            None => None,
+        };
+        let Some(user) = user else {
+            let give_up =
+                p.created_at + Duration::from_std(cfg.unattributed_after).unwrap_or_default();
+            if now >= give_up {
+                return unattributed(conn, p.id, group, "no user").await;
+            }
+            let recheck_at =
+                (now + Duration::from_std(cfg.recheck).unwrap_or_default()).min(give_up);
+            diesel::update(purchases::table.find(p.id))
+                .set((
+                    purchases::attribute_after.eq(recheck_at),
+                    purchases::identity_group_id.eq(group),
+                ))
+                .execute(conn)
+                .await?;
+            return Ok(Outcome::Waiting { recheck_at });
+        };
+        let window_start = p.purchased_at - Duration::from_std(cfg.window).unwrap_or_default();
+        let touchpoint: Option<Uuid> = touchpoints::table
+            .filter(touchpoints::group_id.eq(group.unwrap_or_default()))
+            .filter(touchpoints::merchant_id.eq(p.merchant_id))
+            .filter(touchpoints::created_at.ge(window_start))
+            .filter(touchpoints::created_at.le(p.created_at))
+            .order(touchpoints::created_at.desc())
+            .select(touchpoints::id)
+            .first(conn)
+            .await
+            .optional()?;
+        let Some(touchpoint) = touchpoint else {
+            return unattributed(conn, p.id, group, "no touchpoint in the attribution window")
+                .await;
+        };
+        let Some(offer) = offers::active_at(conn, p.merchant_id, p.purchased_at).await? else {
+            return unattributed(conn, p.id, group, "no active offer").await;
+        };
+
+        let mut amount = cashback_minor(p.amount_minor, offer.rate_bps);
+        let at_max = offer.max_cashback_minor.is_some_and(|m| amount >= m);
+        if let Some(max) = offer.max_cashback_minor {
+            amount = amount.min(max);
+        }
+        if let Some(cap) = offer.monthly_cap_minor {
+            amount =
+                take_from_monthly_cap(conn, user, offer.id, month_of(p.purchased_at), cap, amount)
+                    .await?;
+        }
+        let fraud = scorer.score(&fraud_input(conn, &p, user, offer.rate_bps, at_max).await?);
+        let flagged = fraud.score >= cfg.fraud_threshold;
+        let seq: i32 = rewards::table
+            .filter(rewards::purchase_id.eq(p.id))
+            .select(diesel::dsl::max(rewards::attribution_seq))
+            .first::<Option<i32>>(conn)
+            .await?
+            .unwrap_or(0)
+            + 1;
+        let reward: Reward = diesel::insert_into(rewards::table)
+            .values(NewReward {
+                id: Uuid::now_v7(),
+                purchase_id: p.id,
+                attribution_seq: seq,
+                user_id: user,
+                offer_id: offer.id,
+                touchpoint_id: Some(touchpoint),
+                identity_group_id: group,
+                amount_minor: amount,
+                currency: &p.currency,
+                status: if flagged { "flagged" } else { "pending" },
+                fraud_score: fraud.score,
+                fraud_reasons: serde_json::to_value(&fraud.reasons).unwrap_or_default(),
+            })
+            .returning(Reward::as_returning())
+            .get_result(conn)
+            .await?;
+        reward_money::credit(conn, &reward).await?;
+        diesel::update(purchases::table.find(p.id))
+            .set((
+                purchases::status.eq(if flagged { "flagged" } else { "attributed" }),
+                purchases::user_id.eq(user),
+                purchases::identity_group_id.eq(group),
+                purchases::rewards_processed_at.eq(now),
+            ))
+            .execute(conn)
+            .await?;
+        if !flagged {
+            // A merchant decision that arrived before attribution applies now.
+            match p.merchant_decision.as_deref() {
+                Some("confirmed") => {
+                    reward_money::confirm(conn, reward.id).await?;
+                    set_purchase_status(conn, p.id, RewardTransition::Confirmed).await?;
+                }
+                Some("reversed") => {
+                    reward_money::reverse(conn, reward.id, "reversed").await?;
+                    set_purchase_status(conn, p.id, RewardTransition::Reversed).await?;
+                }
+                _ => {}
+            }
+            if amount > 0 && p.merchant_decision.as_deref() != Some("reversed") {
+                let email: String = users::table
+                    .find(user)
+                    .select(users::email)
+                    .first(conn)
+                    .await?;
+                let merchant: String = merchants::table
+                    .find(p.merchant_id)
+                    .select(merchants::name)
+                    .first(conn)
+                    .await?;
+                let job = SendEmail {
+                    kind: EmailKind::RewardCredited,
+                    to: email,
+                    data: serde_json::json!({
+                        "amount_minor": amount,
+                        "currency": p.currency,
+                        "order_id": p.order_id,
+                        "merchant": merchant,
+                    }),
+                    dedupe_key: format!("reward:{}", reward.id),
+                };
+                jobs::enqueue(conn, &job, now).await?;
+            }
+        }
+        metrics::counter!("rewards_total", "status" => if flagged { "flagged" } else { "pending" })
+            .increment(1);
+        Ok(Outcome::Rewarded {
+            reward_id: reward.id,
+            amount_minor: amount,
+            flagged,
+        })
+    })
+    .await
+}
+
+async fn unattributed(
+    conn: &mut AsyncPgConnection,
+    purchase: Uuid,
+    group: Option<Uuid>,
+    reason: &'static str,
+) -> Result<Outcome, AttributionError> {
+    diesel::update(purchases::table.find(purchase))
+        .set((
+            purchases::status.eq("unattributed"),
+            purchases::rewards_processed_at.eq(Utc::now()),
+            purchases::identity_group_id.eq(group),
+            purchases::status_reason.eq(reason),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(Outcome::Unattributed { reason })
+}
+
+async fn set_purchase_status(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    to: RewardTransition,
+) -> Result<(), diesel::result::Error> {
+    diesel::update(purchases::table.find(id))
+        .set(purchases::status.eq(to.as_str()))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Re-attribution after a late merge: a processed purchase whose reward is
+/// still pending moves to the group's latest click if that changed. The old
+/// reward is voided (its money returned, its monthly cap usage released) and
+/// a new attribution is credited, in one transaction. Confirmed, flagged or
+/// reversed rewards are never re-attributed.
+pub async fn reattribute(
+    conn: &mut AsyncPgConnection,
+    purchase_id: Uuid,
+    cfg: &AttributionConfig,
+    scorer: &dyn FraudScorer,
+) -> Result<Outcome, AttributionError> {
+    let changed = conn
+        .transaction::<bool, AttributionError, _>(async move |conn| {
+            let p: Purchase = purchases::table
+                .find(purchase_id)
+                .select(Purchase::as_select())
+                .for_update()
+                .first(conn)
+                .await
+                .optional()?
+                .ok_or(AttributionError::NotFound)?;
+            let Some(group) = p.identity_group_id else { return Ok(false) };
+            let live: Option<Reward> = rewards::table
+                .filter(rewards::purchase_id.eq(p.id))
+                .filter(rewards::status.eq("pending"))
+                .select(Reward::as_select())
+                .for_update()
+                .first(conn)
+                .await
+                .optional()?;
+            let Some(old) = live else {
+                tracing::info!(purchase.id = %p.id, "no pending reward; nothing to re-attribute");
+                return Ok(false);
+            };
+            let group = surviving_group(conn, group).await?;
+            let window_start = p.purchased_at - Duration::from_std(cfg.window).unwrap_or_default();
+            let latest: Option<Uuid> = touchpoints::table
+                .filter(touchpoints::group_id.eq(group))
+                .filter(touchpoints::merchant_id.eq(p.merchant_id))
+                .filter(touchpoints::created_at.ge(window_start))
+                .filter(touchpoints::created_at.le(p.created_at))
+                .order(touchpoints::created_at.desc())
+                .select(touchpoints::id)
+                .first(conn)
+                .await
+                .optional()?;
+            if latest.is_none() || latest == old.touchpoint_id {
+                tracing::info!(purchase.id = %p.id, "the latest click is unchanged; nothing to re-attribute");
+                return Ok(false);
+            }
+            reward_money::reverse(conn, old.id, "voided").await?;
+            let month = month_of(p.purchased_at);
+            diesel::update(monthly_cap_usage::table.find((old.user_id, old.offer_id, month)))
+                .set(monthly_cap_usage::used_minor.eq(diesel::dsl::sql::<diesel::sql_types::BigInt>("GREATEST(used_minor - ")
+                    .bind::<diesel::sql_types::BigInt, _>(old.amount_minor)
+                    .sql(", 0)")))
+                .execute(conn)
+                .await?;
+            diesel::update(purchases::table.find(p.id))
+                .set((purchases::rewards_processed_at.eq(None::<DateTime<Utc>>), purchases::status.eq("received"), purchases::identity_group_id.eq(group)))
+                .execute(conn)
+                .await?;
+            tracing::info!(purchase.id = %p.id, reward.id = %old.id, "late merge: reward voided for re-attribution");
+            Ok(true)
+        })
+        .await?;
+    if !changed {
+        return Ok(Outcome::AlreadyProcessed);
+    }
+    attribute(conn, purchase_id, cfg, scorer).await
+}

@@ -1,0 +1,330 @@
+//! The double-entry ledger. Every movement is one transfer from a debit
+//! account to a credit account, with an id derived from what caused it and
+//! unique in the database, so posting the same transfer twice moves money
+//! once. Balances (credits minus debits) are kept in step with the transfers
+//! in the caller's transaction; the database refuses a user balance below zero
+//! (and a receivable above zero: a receivable holds what a user owes).
+//!
+//! Reward lifecycle: attribution credits `pending`; confirmation moves pending
+//! to `available`, settling any receivable first; reversal voids what is still
+//! pending, or takes a confirmed amount back from `available` and books the
+//! shortfall the user already spent on their `receivable`.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use crate::{
+    db,
+    schema::{ledger_accounts, ledger_transfers},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AccountKind {
+    Pending,
+    Available,
+    Reserved,
+    PaidOut,
+    Receivable,
+    CashbackExpense,
+    PayoutClearing,
+}
+
+impl AccountKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountKind::Pending => "pending",
+            AccountKind::Available => "available",
+            AccountKind::Reserved => "reserved",
+            AccountKind::PaidOut => "paid_out",
+            AccountKind::Receivable => "receivable",
+            AccountKind::CashbackExpense => "cashback_expense",
+            AccountKind::PayoutClearing => "payout_clearing",
+        }
+    }
+
+    pub fn is_platform(self) -> bool {
+        matches!(
+            self,
+            AccountKind::CashbackExpense | AccountKind::PayoutClearing
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("insufficient funds")]
+    InsufficientFunds,
+    #[error("amount must be positive")]
+    NotPositive,
+    #[error(transparent)]
+    Db(#[from] diesel::result::Error),
+}
+
+/// Whose account: a user's, or the platform's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccountRef {
+    pub user: Option<Uuid>,
+    pub kind: AccountKind,
+}
+
+impl AccountRef {
+    pub fn user(user: Uuid, kind: AccountKind) -> Self {
+        Self {
+            user: Some(user),
+            kind,
+        }
+    }
+    pub fn platform(kind: AccountKind) -> Self {
+        Self { user: None, kind }
+    }
+}
+
+/// The id of an account, created on first use.
+pub async fn account_id(
+    conn: &mut AsyncPgConnection,
+    account: AccountRef,
+    currency: &str,
+) -> Result<Uuid, diesel::result::Error> {
+    if let Some(id) = find_account(conn, account, currency).await? {
+        return Ok(id);
+    }
+    diesel::insert_into(ledger_accounts::table)
+        .values((
+            ledger_accounts::id.eq(Uuid::now_v7()),
+            ledger_accounts::user_id.eq(account.user),
+            ledger_accounts::kind.eq(account.kind.as_str()),
+            ledger_accounts::currency.eq(currency),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await?;
+    find_account(conn, account, currency)
+        .await?
+        .ok_or(diesel::result::Error::NotFound)
+}
+
+async fn find_account(
+    conn: &mut AsyncPgConnection,
+    account: AccountRef,
+    currency: &str,
+) -> Result<Option<Uuid>, diesel::result::Error> {
+    let mut q = ledger_accounts::table
+        .filter(ledger_accounts::kind.eq(account.kind.as_str()))
+        .filter(ledger_accounts::currency.eq(currency.to_owned()))
+        .select(ledger_accounts::id)
+        .into_boxed();
+    q = match account.user {
+        Some(u) => q.filter(ledger_accounts::user_id.eq(u)),
+        None => q.filter(ledger_accounts::user_id.is_null()),
+    };
+    q.first::<Uuid>(conn).await.optional()
+}
+
+/// A balance (credits minus debits); zero for an account never used.
+pub async fn balance(
+    conn: &mut AsyncPgConnection,
+    account: AccountRef,
+    currency: &str,
+) -> Result<i64, diesel::result::Error> {
+    let id = account_id(conn, account, currency).await?;
+    ledger_accounts::table
+        .find(id)
+        .select(ledger_accounts::balance_minor)
+        .first(conn)
+        .await
+}
+
+/// One movement of money.
+#[derive(Debug, Clone)]
+pub struct Transfer {
+    /// Derived from the cause, e.g. `reward:<purchase>:1:credit`.
+    pub id: String,
+    pub from: AccountRef,
+    pub to: AccountRef,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub kind: &'static str,
+    pub user_id: Option<Uuid>,
+    pub purchase_id: Option<Uuid>,
+    pub reward_id: Option<Uuid>,
+    pub payout_id: Option<Uuid>,
+}
+
+/// Whether a transfer moved money now or had already been posted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Posted {
+    Now,
+    Already,
+}
+
+/// Posts a transfer inside the caller's transaction. Idempotent by id.
+pub async fn post(conn: &mut AsyncPgConnection, t: &Transfer) -> Result<Posted, LedgerError> {
+    if t.amount_minor <= 0 {
+        return Err(LedgerError::NotPositive);
+    }
+    let debit = account_id(conn, t.from, &t.currency).await?;
+    let credit = account_id(conn, t.to, &t.currency).await?;
+    let inserted = diesel::insert_into(ledger_transfers::table)
+        .values((
+            ledger_transfers::id.eq(&t.id),
+            ledger_transfers::debit_account_id.eq(debit),
+            ledger_transfers::credit_account_id.eq(credit),
+            ledger_transfers::amount_minor.eq(t.amount_minor),
+            ledger_transfers::currency.eq(&t.currency),
+            ledger_transfers::kind.eq(t.kind),
+            ledger_transfers::user_id.eq(t.user_id),
+            ledger_transfers::purchase_id.eq(t.purchase_id),
+            ledger_transfers::reward_id.eq(t.reward_id),
+            ledger_transfers::payout_id.eq(t.payout_id),
+        ))
+        .on_conflict(ledger_transfers::id)
+        .do_nothing()
+        .execute(conn)
+        .await?;
+    if inserted == 0 {
+        return Ok(Posted::Already);
+    }
+    // Lock both rows in id order so concurrent transfers cannot deadlock.
+    let (first, second) = if debit < credit {
+        (debit, credit)
+    } else {
+        (credit, debit)
+    };
+    for id in [first, second] {
+        let delta = if id == debit {
+            -t.amount_minor
+        } else {
+            t.amount_minor
+        };
+        let r = diesel::update(ledger_accounts::table.find(id))
+            .set(ledger_accounts::balance_minor.eq(ledger_accounts::balance_minor + delta))
+            .execute(conn)
+            .await;
+        match r {
+            Err(e) if db::check_violation(&e, "ledger_accounts_user_balance_non_negative") => {
+                return Err(LedgerError::InsufficientFunds);
+            }
+            other => {
+                other?;
+            }
+        }
+    }
+    Ok(Posted::Now)
+}
+
+/// A user's balances in one currency.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct WalletBalance {
+    pub currency: String,
+    pub pending_minor: i64,
+    pub available_minor: i64,
+    pub reserved_minor: i64,
+    pub paid_out_minor: i64,
+    /// What the user owes after a reversal of cashback already spent.
+    pub receivable_minor: i64,
+}
+
+/// Every currency the user has touched.
+pub async fn wallet(
+    conn: &mut AsyncPgConnection,
+    user: Uuid,
+) -> Result<Vec<WalletBalance>, diesel::result::Error> {
+    let rows: Vec<(String, String, i64)> = ledger_accounts::table
+        .filter(ledger_accounts::user_id.eq(user))
+        .select((
+            ledger_accounts::currency,
+            ledger_accounts::kind,
+            ledger_accounts::balance_minor,
+        ))
+        .order(ledger_accounts::currency.asc())
+        .load(conn)
+        .await?;
+    let mut out: Vec<WalletBalance> = Vec::new();
+    for (currency, kind, balance) in rows {
+        if out.last().is_none_or(|w| w.currency != currency) {
+            out.push(WalletBalance {
+                currency: currency.clone(),
+                ..Default::default()
+            });
+        }
+        let w = out.last_mut().expect("just pushed");
+        match kind.as_str() {
+            "pending" => w.pending_minor = balance,
+            "available" => w.available_minor = balance,
+            "reserved" => w.reserved_minor = balance,
+            "paid_out" => w.paid_out_minor = balance,
+            "receivable" => w.receivable_minor = -balance,
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// A ledger row as a user's transaction history shows it.
+#[derive(Debug, Clone, Queryable, serde::Serialize, utoipa::ToSchema)]
+pub struct TransferView {
+    pub id: String,
+    pub kind: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub purchase_id: Option<Uuid>,
+    pub payout_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What broke an invariant, for the reconciliation report.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Breach {
+    pub check: &'static str,
+    pub detail: String,
+}
+
+#[derive(QueryableByName)]
+struct Detail {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    detail: String,
+}
+
+/// Checks every ledger invariant; returns what is broken (empty when sound).
+pub async fn reconcile(conn: &mut AsyncPgConnection) -> Result<Vec<Breach>, diesel::result::Error> {
+    let checks: [(&'static str, &'static str); 4] = [
+        (
+            "balanced_per_currency",
+            "SELECT currency || ': accounts sum to ' || sum(balance_minor) AS detail
+               FROM ledger_accounts GROUP BY currency HAVING sum(balance_minor) <> 0",
+        ),
+        (
+            "balance_matches_transfers",
+            "SELECT a.id::text || ' (' || a.kind || ') holds ' || a.balance_minor || ' but its transfers give '
+                    || (COALESCE(c.s, 0) - COALESCE(d.s, 0)) AS detail
+               FROM ledger_accounts a
+               LEFT JOIN (SELECT credit_account_id AS id, sum(amount_minor) AS s FROM ledger_transfers GROUP BY 1) c ON c.id = a.id
+               LEFT JOIN (SELECT debit_account_id AS id, sum(amount_minor) AS s FROM ledger_transfers GROUP BY 1) d ON d.id = a.id
+              WHERE a.balance_minor <> COALESCE(c.s, 0) - COALESCE(d.s, 0)",
+        ),
+        (
+            "user_balances_not_negative",
+            "SELECT id::text || ' (' || kind || ') is ' || balance_minor AS detail FROM ledger_accounts
+              WHERE user_id IS NOT NULL AND ((kind <> 'receivable' AND balance_minor < 0)
+                                          OR (kind = 'receivable' AND balance_minor > 0))",
+        ),
+        (
+            "processed_purchases_have_transfers",
+            "SELECT 'purchase ' || r.purchase_id::text || ' reward ' || r.id::text || ' has no credit transfer' AS detail
+               FROM rewards r
+              WHERE r.status IN ('pending', 'confirmed') AND r.amount_minor > 0
+                AND NOT EXISTS (SELECT 1 FROM ledger_transfers t WHERE t.reward_id = r.id AND t.kind = 'reward_credit')",
+        ),
+    ];
+    let mut out = Vec::new();
+    for (check, sql) in checks {
+        let rows: Vec<Detail> = diesel::sql_query(sql).load(conn).await?;
+        out.extend(rows.into_iter().map(|r| Breach {
+            check,
+            detail: r.detail,
+        }));
+    }
+    Ok(out)
+}

@@ -1,0 +1,355 @@
+//! Offers: at most one active per merchant (enforced by a partial unique index),
+//! updates guarded by their version, and an activation history so attribution
+//! can find the offer that was active when a purchase was made.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::{Actor, audit, pagination::Cursor};
+use crate::{
+    db,
+    models::offer::{NewOffer, Offer},
+    schema::{merchants, offer_activations, offers},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OfferError {
+    #[error("offer not found")]
+    NotFound,
+    #[error("merchant not found")]
+    MerchantNotFound,
+    #[error("the offer was changed since it was read")]
+    Stale,
+    #[error("the merchant already has an active offer; deactivate it first")]
+    AnotherActive,
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Db(#[from] diesel::result::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct OfferInput {
+    pub name: String,
+    pub rate_bps: i32,
+    pub max_cashback_minor: Option<i64>,
+    pub monthly_cap_minor: Option<i64>,
+    pub starts_at: Option<DateTime<Utc>>,
+    pub ends_at: Option<DateTime<Utc>>,
+}
+
+impl OfferInput {
+    pub fn validate(&self) -> Result<(), OfferError> {
+        let n = self.name.trim();
+        if n.is_empty() || n.chars().count() > 200 {
+            return Err(OfferError::Invalid(
+                "name must be 1 to 200 characters".into(),
+            ));
+        }
+        if !(0..=10_000).contains(&self.rate_bps) {
+            return Err(OfferError::Invalid(
+                "rate_bps must be from 0 to 10000".into(),
+            ));
+        }
+        if self.max_cashback_minor.is_some_and(|v| v < 0)
+            || self.monthly_cap_minor.is_some_and(|v| v < 0)
+        {
+            return Err(OfferError::Invalid("caps must not be negative".into()));
+        }
+        if let (Some(s), Some(e)) = (self.starts_at, self.ends_at)
+            && s >= e
+        {
+            return Err(OfferError::Invalid(
+                "starts_at must be before ends_at".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn map_active_conflict(e: OfferError) -> OfferError {
+    match e {
+        OfferError::Db(ref d)
+            if matches!(
+                db::unique_violation(d),
+                Some("offers_one_active_per_merchant" | "offer_activations_one_open_per_merchant")
+            ) =>
+        {
+            OfferError::AnotherActive
+        }
+        other => other,
+    }
+}
+
+fn to_json(o: &Offer) -> serde_json::Value {
+    serde_json::to_value(o).unwrap_or_default()
+}
+
+async fn open_activation(
+    conn: &mut AsyncPgConnection,
+    o: &Offer,
+) -> Result<(), diesel::result::Error> {
+    diesel::insert_into(offer_activations::table)
+        .values((
+            offer_activations::id.eq(Uuid::now_v7()),
+            offer_activations::offer_id.eq(o.id),
+            offer_activations::merchant_id.eq(o.merchant_id),
+            offer_activations::activated_at.eq(Utc::now()),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+async fn close_activation(
+    conn: &mut AsyncPgConnection,
+    o: &Offer,
+) -> Result<(), diesel::result::Error> {
+    diesel::update(
+        offer_activations::table
+            .filter(offer_activations::offer_id.eq(o.id))
+            .filter(offer_activations::deactivated_at.is_null()),
+    )
+    .set(offer_activations::deactivated_at.eq(Utc::now()))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn create(
+    conn: &mut AsyncPgConnection,
+    actor: &Actor,
+    merchant_id: Uuid,
+    input: OfferInput,
+    active: bool,
+) -> Result<Offer, OfferError> {
+    input.validate()?;
+    conn.transaction::<Offer, OfferError, _>(async move |conn| {
+        let exists: bool = diesel::select(diesel::dsl::exists(merchants::table.find(merchant_id)))
+            .get_result(conn)
+            .await?;
+        if !exists {
+            return Err(OfferError::MerchantNotFound);
+        }
+        let o: Offer = diesel::insert_into(offers::table)
+            .values(NewOffer {
+                id: Uuid::now_v7(),
+                merchant_id,
+                name: input.name.trim(),
+                rate_bps: input.rate_bps,
+                max_cashback_minor: input.max_cashback_minor,
+                monthly_cap_minor: input.monthly_cap_minor,
+                starts_at: input.starts_at,
+                ends_at: input.ends_at,
+                active,
+            })
+            .returning(Offer::as_returning())
+            .get_result(conn)
+            .await?;
+        if active {
+            open_activation(conn, &o).await?;
+        }
+        audit::record(
+            conn,
+            actor,
+            "offer.create",
+            "offer",
+            Some(o.id),
+            None,
+            Some(to_json(&o)),
+        )
+        .await?;
+        Ok(o)
+    })
+    .await
+    .map_err(map_active_conflict)
+}
+
+pub async fn get(conn: &mut AsyncPgConnection, id: Uuid) -> Result<Offer, OfferError> {
+    offers::table
+        .find(id)
+        .select(Offer::as_select())
+        .first(conn)
+        .await
+        .optional()?
+        .ok_or(OfferError::NotFound)
+}
+
+pub async fn list_for_merchant(
+    conn: &mut AsyncPgConnection,
+    merchant_id: Uuid,
+    after: Option<&Cursor>,
+    limit: i64,
+) -> Result<Vec<Offer>, OfferError> {
+    let exists: bool = diesel::select(diesel::dsl::exists(merchants::table.find(merchant_id)))
+        .get_result(conn)
+        .await?;
+    if !exists {
+        return Err(OfferError::MerchantNotFound);
+    }
+    let mut q = offers::table
+        .filter(offers::merchant_id.eq(merchant_id))
+        .select(Offer::as_select())
+        .order((offers::created_at.desc(), offers::id.desc()))
+        .limit(limit)
+        .into_boxed();
+    if let Some(c) = after {
+        q = q.filter(
+            offers::created_at
+                .lt(c.created_at)
+                .or(offers::created_at.eq(c.created_at).and(offers::id.lt(c.id))),
+        );
+    }
+    Ok(q.load(conn).await?)
+}
+
+/// The merchant's offer that was active at `at`, if any (history-aware).
+pub async fn active_at(
+    conn: &mut AsyncPgConnection,
+    merchant_id: Uuid,
+    at: DateTime<Utc>,
+) -> Result<Option<Offer>, diesel::result::Error> {
+    offers::table
+        .inner_join(offer_activations::table.on(offer_activations::offer_id.eq(offers::id)))
+        .filter(offer_activations::merchant_id.eq(merchant_id))
+        .filter(offer_activations::activated_at.le(at))
+        .filter(
+            offer_activations::deactivated_at
+                .is_null()
+                .or(offer_activations::deactivated_at.gt(at)),
+        )
+        .filter(offers::starts_at.is_null().or(offers::starts_at.le(at)))
+        .filter(offers::ends_at.is_null().or(offers::ends_at.gt(at)))
+        .order(offer_activations::activated_at.desc())
+        .select(Offer::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+async fn change<F>(
+    conn: &mut AsyncPgConnection,
+    actor: &Actor,
+    id: Uuid,
+    expected_version: Option<i32>,
+    action: &'static str,
+    apply: F,
+) -> Result<Offer, OfferError>
+where
+    F: FnOnce(&mut Offer) -> Result<(), OfferError> + Send + 'static,
+{
+    conn.transaction::<Offer, OfferError, _>(async move |conn| {
+        let before: Offer = offers::table
+            .find(id)
+            .select(Offer::as_select())
+            .for_update()
+            .first(conn)
+            .await
+            .optional()?
+            .ok_or(OfferError::NotFound)?;
+        if expected_version.is_some_and(|v| v != before.version) {
+            return Err(OfferError::Stale);
+        }
+        let mut next = before.clone();
+        apply(&mut next)?;
+        let after: Offer = diesel::update(offers::table.find(id))
+            .set((
+                offers::name.eq(&next.name),
+                offers::rate_bps.eq(next.rate_bps),
+                offers::max_cashback_minor.eq(next.max_cashback_minor),
+                offers::monthly_cap_minor.eq(next.monthly_cap_minor),
+                offers::starts_at.eq(next.starts_at),
+                offers::ends_at.eq(next.ends_at),
+                offers::active.eq(next.active),
+                offers::version.eq(before.version + 1),
+            ))
+            .returning(Offer::as_returning())
+            .get_result(conn)
+            .await?;
+        match (before.active, after.active) {
+            (false, true) => open_activation(conn, &after).await?,
+            (true, false) => close_activation(conn, &after).await?,
+            _ => {}
+        }
+        audit::record(
+            conn,
+            actor,
+            action,
+            "offer",
+            Some(id),
+            Some(to_json(&before)),
+            Some(to_json(&after)),
+        )
+        .await?;
+        Ok(after)
+    })
+    .await
+    .map_err(map_active_conflict)
+}
+
+pub async fn update(
+    conn: &mut AsyncPgConnection,
+    actor: &Actor,
+    id: Uuid,
+    expected_version: i32,
+    patch: OfferPatch,
+) -> Result<Offer, OfferError> {
+    change(
+        conn,
+        actor,
+        id,
+        Some(expected_version),
+        "offer.update",
+        move |o| {
+            let mut input = OfferInput {
+                name: patch.name.unwrap_or_else(|| o.name.clone()),
+                rate_bps: patch.rate_bps.unwrap_or(o.rate_bps),
+                max_cashback_minor: patch.max_cashback_minor.unwrap_or(o.max_cashback_minor),
+                monthly_cap_minor: patch.monthly_cap_minor.unwrap_or(o.monthly_cap_minor),
+                starts_at: patch.starts_at.unwrap_or(o.starts_at),
+                ends_at: patch.ends_at.unwrap_or(o.ends_at),
+            };
+            input.name = input.name.trim().to_owned();
+            input.validate()?;
+            o.name = input.name;
+            o.rate_bps = input.rate_bps;
+            o.max_cashback_minor = input.max_cashback_minor;
+            o.monthly_cap_minor = input.monthly_cap_minor;
+            o.starts_at = input.starts_at;
+            o.ends_at = input.ends_at;
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// A partial update; `Some(None)` clears an optional field.
+#[derive(Debug, Default, Clone)]
+pub struct OfferPatch {
+    pub name: Option<String>,
+    pub rate_bps: Option<i32>,
+    pub max_cashback_minor: Option<Option<i64>>,
+    pub monthly_cap_minor: Option<Option<i64>>,
+    pub starts_at: Option<Option<DateTime<Utc>>>,
+    pub ends_at: Option<Option<DateTime<Utc>>>,
+}
+
+pub async fn set_active(
+    conn: &mut AsyncPgConnection,
+    actor: &Actor,
+    id: Uuid,
+    active: bool,
+) -> Result<Offer, OfferError> {
+    let action = if active {
+        "offer.activate"
+    } else {
+        "offer.deactivate"
+    };
+    change(conn, actor, id, None, action, move |o| {
+        o.active = active;
+        Ok(())
+    })
+    .await
+}

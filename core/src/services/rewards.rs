@@ -1,0 +1,358 @@
+//! A reward's money: the ledger transfers of each lifecycle step. Each step
+//! runs inside the caller's transaction, with the reward row locked, and posts
+//! transfers whose ids derive from the reward (`reward:<purchase>:<seq>:...`),
+//! so running a step twice moves money once.
+//!
+//! | from → to | money |
+//! | --- | --- |
+//! | (new) → pending | cashback_expense → pending |
+//! | pending → confirmed | pending → receivable (what the user owes, first), rest → available |
+//! | pending/flagged → reversed, or → voided | pending → cashback_expense |
+//! | confirmed → reversed | available → cashback_expense, shortfall: receivable → cashback_expense |
+
+use chrono::Utc;
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use super::ledger::{self, AccountKind::*, AccountRef, LedgerError, Transfer};
+use crate::{models::reward::Reward, schema::rewards};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RewardError {
+    #[error("the reward is {from}; it cannot become {to}")]
+    IllegalTransition { from: String, to: &'static str },
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Db(#[from] diesel::result::Error),
+}
+
+/// What a step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Applied,
+    /// The reward was already in the target state: nothing moved.
+    AlreadyThere,
+}
+
+fn transfer(
+    r: &Reward,
+    suffix: &str,
+    from: AccountRef,
+    to: AccountRef,
+    amount: i64,
+    kind: &'static str,
+) -> Transfer {
+    Transfer {
+        id: format!("{}:{suffix}", r.transfer_prefix()),
+        from,
+        to,
+        amount_minor: amount,
+        currency: r.currency.clone(),
+        kind,
+        user_id: Some(r.user_id),
+        purchase_id: Some(r.purchase_id),
+        reward_id: Some(r.id),
+        payout_id: None,
+    }
+}
+
+fn user(r: &Reward, k: ledger::AccountKind) -> AccountRef {
+    AccountRef::user(r.user_id, k)
+}
+
+/// Re-reads the reward with a row lock.
+pub async fn lock(
+    conn: &mut AsyncPgConnection,
+    id: uuid::Uuid,
+) -> Result<Reward, diesel::result::Error> {
+    rewards::table
+        .find(id)
+        .select(Reward::as_select())
+        .for_update()
+        .first(conn)
+        .await
+}
+
+async fn set_status(
+    conn: &mut AsyncPgConnection,
+    r: &Reward,
+    status: &str,
+) -> Result<(), diesel::result::Error> {
+    let now = Some(Utc::now());
+    let (confirmed_at, reversed_at) = match status {
+        "confirmed" => (now, r.reversed_at),
+        "reversed" | "voided" => (r.confirmed_at, now),
+        _ => (r.confirmed_at, r.reversed_at),
+    };
+    diesel::update(rewards::table.find(r.id))
+        .set((
+            rewards::status.eq(status),
+            rewards::confirmed_at.eq(confirmed_at),
+            rewards::reversed_at.eq(reversed_at),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Credits a new `pending` reward: cashback_expense → pending.
+pub async fn credit(conn: &mut AsyncPgConnection, r: &Reward) -> Result<(), RewardError> {
+    if r.amount_minor > 0 && r.status == "pending" {
+        ledger::post(
+            conn,
+            &transfer(
+                r,
+                "credit",
+                AccountRef::platform(CashbackExpense),
+                user(r, Pending),
+                r.amount_minor,
+                "reward_credit",
+            ),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// pending → confirmed: the amount becomes available, after settling what the
+/// user owes on their receivable.
+pub async fn confirm(conn: &mut AsyncPgConnection, id: uuid::Uuid) -> Result<Step, RewardError> {
+    let r = lock(conn, id).await?;
+    match r.status.as_str() {
+        "confirmed" => return Ok(Step::AlreadyThere),
+        "pending" => {}
+        other => {
+            return Err(RewardError::IllegalTransition {
+                from: other.into(),
+                to: "confirmed",
+            });
+        }
+    }
+    if r.amount_minor > 0 {
+        let owed = -ledger::balance(conn, user(&r, Receivable), &r.currency).await?;
+        let settle = owed.clamp(0, r.amount_minor);
+        if settle > 0 {
+            ledger::post(
+                conn,
+                &transfer(
+                    &r,
+                    "settle",
+                    user(&r, Pending),
+                    user(&r, Receivable),
+                    settle,
+                    "receivable_settlement",
+                ),
+            )
+            .await?;
+        }
+        if r.amount_minor > settle {
+            ledger::post(
+                conn,
+                &transfer(
+                    &r,
+                    "confirm",
+                    user(&r, Pending),
+                    user(&r, Available),
+                    r.amount_minor - settle,
+                    "reward_confirm",
+                ),
+            )
+            .await?;
+        }
+    }
+    set_status(conn, &r, "confirmed").await?;
+    Ok(Step::Applied)
+}
+
+/// → reversed (refund, chargeback, admin rejection), or → voided when a late
+/// merge re-attributes the purchase. Pending money is voided; confirmed money
+/// is taken back from available, the shortfall booked on the receivable.
+pub async fn reverse(
+    conn: &mut AsyncPgConnection,
+    id: uuid::Uuid,
+    to: &'static str,
+) -> Result<Step, RewardError> {
+    debug_assert!(to == "reversed" || to == "voided");
+    let r = lock(conn, id).await?;
+    match r.status.as_str() {
+        s if s == to => return Ok(Step::AlreadyThere),
+        "pending" => {
+            if r.amount_minor > 0 {
+                ledger::post(
+                    conn,
+                    &transfer(
+                        &r,
+                        "void",
+                        user(&r, Pending),
+                        AccountRef::platform(CashbackExpense),
+                        r.amount_minor,
+                        "reward_void",
+                    ),
+                )
+                .await?;
+            }
+        }
+        "flagged" => {}
+        "confirmed" if to == "reversed" => {
+            let available = ledger::balance(conn, user(&r, Available), &r.currency).await?;
+            let take = available.clamp(0, r.amount_minor);
+            if take > 0 {
+                ledger::post(
+                    conn,
+                    &transfer(
+                        &r,
+                        "reverse",
+                        user(&r, Available),
+                        AccountRef::platform(CashbackExpense),
+                        take,
+                        "reward_reverse",
+                    ),
+                )
+                .await?;
+            }
+            if r.amount_minor > take {
+                ledger::post(
+                    conn,
+                    &transfer(
+                        &r,
+                        "reverse_shortfall",
+                        user(&r, Receivable),
+                        AccountRef::platform(CashbackExpense),
+                        r.amount_minor - take,
+                        "reward_reverse_shortfall",
+                    ),
+                )
+                .await?;
+            }
+        }
+        other => {
+            return Err(RewardError::IllegalTransition {
+                from: other.into(),
+                to,
+            });
+        }
+    }
+    set_status(conn, &r, to).await?;
+    Ok(Step::Applied)
+}
+
+/// What applying a merchant's or an admin's decision did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// The live reward moved (or already had).
+    Applied(Step),
+    /// No reward yet (attribution has not run): the decision stays recorded
+    /// on the purchase and attribution applies it.
+    Recorded,
+    /// The reward awaits fraud review; the decision is recorded for the reviewer.
+    AwaitingReview,
+}
+
+/// Applies `to` to a purchase's live reward and keeps the purchase's status in
+/// step, in one transaction. Idempotent: applying it twice moves money once.
+pub async fn apply_decision(
+    conn: &mut AsyncPgConnection,
+    purchase_id: uuid::Uuid,
+    to: crate::jobs::RewardTransition,
+) -> Result<Decision, RewardError> {
+    use diesel_async::AsyncConnection;
+
+    use crate::{jobs::RewardTransition, schema::purchases};
+    conn.transaction::<Decision, RewardError, _>(async move |conn| {
+        let _lock: uuid::Uuid = purchases::table
+            .find(purchase_id)
+            .select(purchases::id)
+            .for_update()
+            .first(conn)
+            .await?;
+        let live: Option<Reward> = rewards::table
+            .filter(rewards::purchase_id.eq(purchase_id))
+            .filter(rewards::status.ne("voided"))
+            .select(Reward::as_select())
+            .first(conn)
+            .await
+            .optional()?;
+        let Some(r) = live else {
+            return Ok(Decision::Recorded);
+        };
+        if r.status == "flagged" && to == RewardTransition::Confirmed {
+            return Ok(Decision::AwaitingReview);
+        }
+        let step = match to {
+            RewardTransition::Confirmed => confirm(conn, r.id).await?,
+            RewardTransition::Reversed => reverse(conn, r.id, "reversed").await?,
+        };
+        diesel::update(purchases::table.find(purchase_id))
+            .set(purchases::status.eq(to.as_str()))
+            .execute(conn)
+            .await?;
+        Ok(Decision::Applied(step))
+    })
+    .await
+}
+
+/// An admin's review of a flagged reward: approval credits it and it follows
+/// the normal pending flow; rejection reverses it (no money had moved).
+/// Audit-logged in the same transaction.
+pub async fn review(
+    conn: &mut AsyncPgConnection,
+    actor: &super::Actor,
+    purchase_id: uuid::Uuid,
+    approve: bool,
+) -> Result<Reward, RewardError> {
+    use diesel_async::AsyncConnection;
+
+    use crate::schema::purchases;
+    conn.transaction::<Reward, RewardError, _>(async move |conn| {
+        let r: Reward = rewards::table
+            .filter(rewards::purchase_id.eq(purchase_id))
+            .filter(rewards::status.ne("voided"))
+            .select(Reward::as_select())
+            .for_update()
+            .first(conn)
+            .await?;
+        if r.status != "flagged" {
+            return Err(RewardError::IllegalTransition {
+                from: r.status.clone(),
+                to: if approve { "pending" } else { "reversed" },
+            });
+        }
+        let (reward_status, purchase_status, action) = if approve {
+            ("pending", "attributed", "purchase.approve")
+        } else {
+            ("reversed", "reversed", "purchase.reject")
+        };
+        set_status(conn, &r, reward_status).await?;
+        let after = lock(conn, r.id).await?;
+        credit(conn, &after).await?;
+        diesel::update(purchases::table.find(purchase_id))
+            .set(purchases::status.eq(purchase_status))
+            .execute(conn)
+            .await?;
+        let decision: Option<String> = purchases::table
+            .find(purchase_id)
+            .select(purchases::merchant_decision)
+            .first(conn)
+            .await?;
+        if approve && decision.as_deref() == Some("confirmed") {
+            confirm(conn, r.id).await?;
+            diesel::update(purchases::table.find(purchase_id))
+                .set(purchases::status.eq("confirmed"))
+                .execute(conn)
+                .await?;
+        }
+        super::audit::record(
+            conn,
+            actor,
+            action,
+            "purchase",
+            Some(purchase_id),
+            Some(serde_json::json!({"reward_status": r.status, "fraud_score": r.fraud_score, "fraud_reasons": r.fraud_reasons})),
+            Some(serde_json::json!({"reward_status": reward_status})),
+        )
+        .await?;
+        Ok(lock(conn, r.id).await?)
+    })
+    .await
+}

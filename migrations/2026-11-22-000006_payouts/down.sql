@@ -1,0 +1,2 @@
+ALTER TABLE ledger_transfers DROP CONSTRAINT ledger_transfers_payout_fkey;
+DROP TABLE payouts;

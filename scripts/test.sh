@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs every check and test: formatting, clippy (warnings are errors) and the
+# whole test suite against real PostgreSQL and Redis on loopback.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$ROOT"
+
+ensure_cargo
+ensure_postgres
+ensure_redis
+export TEST_DATABASE_URL="$PG_ADMIN_URL"
+export TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
+
+# A real SMTP server for the email tests.
+python3 -c 'import aiosmtpd' 2>/dev/null || {
+  log "installing aiosmtpd (SMTP server for the tests)"
+  python3 -m pip install -q --disable-pip-version-check aiosmtpd 2>/dev/null \
+    || python3 -m pip install -q --disable-pip-version-check --break-system-packages aiosmtpd
+}
+
+# Headless Chromium and playwright-core for the board's browser test.
+if [ -z "${CLICKNBACK_SKIP_BROWSER:-}" ]; then
+  command -v chromium >/dev/null 2>&1 || apt_install chromium
+  command -v node >/dev/null 2>&1 || apt_install nodejs npm
+  if [ ! -d tests/browser/node_modules/playwright-core ]; then
+    log "installing playwright-core (browser test driver)"
+    (cd tests/browser && npm ci --no-audit --no-fund --silent)
+  fi
+  export CLICKNBACK_BROWSER_TESTS=1
+fi
+
+rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --locked --workspace --all-targets -q -- -D warnings
+log "building the binaries the end-to-end tests start"
+cargo build --locked --workspace --bins -q
+log "tests"
+cargo test --locked --workspace --no-fail-fast "$@"

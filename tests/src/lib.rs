@@ -1,0 +1,11 @@
+//! Test support: each test owns a PostgreSQL database cloned from a migrated
+//! template and a Redis key namespace, so tests run in parallel and leave
+//! nothing behind. Real PostgreSQL and Redis, never mocks of them.
+
+pub mod db;
+pub mod http;
+pub mod procs;
+pub mod webhook;
+
+pub use db::TestDb;
+pub use http::TestApp;

@@ -1,0 +1,350 @@
+//! Delayed attribution through the real worker, and the monthly cap under
+//! concurrent attributions.
+
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use chrono::Utc;
+use clicknback_core::{
+    config::AttributionConfig,
+    models::user::Role,
+    schema::{identity_groups, identity_nodes, touchpoints},
+    services::{
+        attribution::{self, Outcome},
+        fraud::RuleScorer,
+        users,
+    },
+};
+use clicknback_tests::{TestApp, procs::eventually, webhook::purchase_body};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use serde_json::json;
+use uuid::Uuid;
+
+/// A shopper known to the merchant as `customer_ref`, with a click `ago` before now.
+async fn shopper_with_click(
+    app: &TestApp,
+    merchant: Uuid,
+    customer_ref: &str,
+    email: &str,
+    ago: chrono::Duration,
+) -> (Uuid, Uuid) {
+    let mut c = app.db.conn().await;
+    let user = users::create(&mut c, email, "password-123", Role::User)
+        .await
+        .unwrap()
+        .id;
+    let group = Uuid::now_v7();
+    diesel::insert_into(identity_groups::table)
+        .values(identity_groups::id.eq(group))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    diesel::insert_into(identity_nodes::table)
+        .values(vec![
+            (
+                identity_nodes::id.eq(Uuid::now_v7()),
+                identity_nodes::group_id.eq(group),
+                identity_nodes::kind.eq("user"),
+                identity_nodes::key.eq(user.to_string()),
+                identity_nodes::user_id.eq(Some(user)),
+                identity_nodes::merchant_id.eq(None::<Uuid>),
+            ),
+            (
+                identity_nodes::id.eq(Uuid::now_v7()),
+                identity_nodes::group_id.eq(group),
+                identity_nodes::kind.eq("merchant_customer"),
+                identity_nodes::key.eq(format!("{merchant}:customer:{customer_ref}")),
+                identity_nodes::user_id.eq(None),
+                identity_nodes::merchant_id.eq(Some(merchant)),
+            ),
+        ])
+        .execute(&mut c)
+        .await
+        .unwrap();
+    for (anon, when) in [("old-click", ago * 3), ("latest-click", ago)] {
+        diesel::insert_into(touchpoints::table)
+            .values((
+                touchpoints::id.eq(Uuid::now_v7()),
+                touchpoints::group_id.eq(group),
+                touchpoints::merchant_id.eq(merchant),
+                touchpoints::anon_id.eq(anon),
+                touchpoints::created_at.eq(Utc::now() - when),
+            ))
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    (user, group)
+}
+
+async fn merchant_with_offer(app: &TestApp, offer: serde_json::Value) -> (Uuid, String) {
+    let admin = app.admin_token().await;
+    let (mid, secret, _) = app.merchant(&admin, "Shop").await;
+    let r = app
+        .json(
+            Method::POST,
+            &format!("/v1/admin/merchants/{mid}/offers"),
+            Some(&admin),
+            Some(offer),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    (mid.parse().unwrap(), secret)
+}
+
+fn purchase_for(order: &str, amount: i64, customer_ref: &str) -> serde_json::Value {
+    let mut b = purchase_body(order, amount);
+    b["customer_ref"] = json!(customer_ref);
+    b
+}
+
+#[tokio::test]
+async fn a_purchase_is_attributed_to_the_latest_click_and_credited_once() {
+    let app = TestApp::with(&[("ATTRIBUTION_DELAY_SECS", "0")]).await;
+    let (mid, secret) = merchant_with_offer(
+        &app,
+        json!({"name": "5%", "rate_bps": 500, "max_cashback_minor": 800, "active": true}),
+    )
+    .await;
+    let (user, _) = shopper_with_click(
+        &app,
+        mid,
+        "c-1",
+        "buyer@example.com",
+        chrono::Duration::minutes(5),
+    )
+    .await;
+    let r = app
+        .webhook(
+            &format!("/v1/webhooks/{mid}/purchases"),
+            &secret,
+            &purchase_for("o-1", 20_000, "c-1"),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let _worker = app.worker(&[]);
+    eventually(Duration::from_secs(20), "the reward", || async {
+        (app.scalar(
+            "SELECT count(*) AS n FROM rewards WHERE status = 'pending' AND amount_minor = 800",
+        )
+        .await
+            == 1)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        app.scalar(
+            "SELECT count(*) AS n FROM rewards r JOIN touchpoints t ON t.id = r.touchpoint_id WHERE t.anon_id = 'latest-click'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(app.scalar("SELECT count(*) AS n FROM purchases WHERE status = 'attributed' AND rewards_processed_at IS NOT NULL").await, 1);
+    assert_eq!(
+        app.scalar("SELECT count(*) AS n FROM ledger_transfers WHERE kind = 'reward_credit'")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.scalar(
+            "SELECT count(*) AS n FROM outbox WHERE task_id LIKE 'email:reward:%' AND attempt = 1"
+        )
+        .await,
+        1
+    );
+    let token = app.state.tokens.issue(user, Role::User).access_token;
+    let w = app
+        .json(Method::GET, "/v1/me/wallet", Some(&token), None)
+        .await;
+    assert_eq!(w.body["data"][0]["pending_minor"], 800);
+    // Running the job again changes nothing.
+    let mut c = app.db.conn().await;
+    let pid: Uuid = clicknback_core::schema::purchases::table
+        .select(clicknback_core::schema::purchases::id)
+        .first(&mut c)
+        .await
+        .unwrap();
+    let again =
+        attribution::attribute(&mut c, pid, &app.config.attribution, &RuleScorer::default())
+            .await
+            .unwrap();
+    assert_eq!(again, Outcome::AlreadyProcessed);
+    assert_eq!(
+        app.scalar("SELECT count(*) AS n FROM ledger_transfers WHERE kind = 'reward_credit'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn two_attributions_racing_for_the_last_of_a_monthly_cap_share_it() {
+    let app = TestApp::with(&[("ATTRIBUTION_DELAY_SECS", "0")]).await;
+    let (mid, secret) = merchant_with_offer(
+        &app,
+        json!({"name": "10%", "rate_bps": 1000, "monthly_cap_minor": 1000, "active": true}),
+    )
+    .await;
+    shopper_with_click(
+        &app,
+        mid,
+        "c-9",
+        "capped@example.com",
+        chrono::Duration::minutes(5),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for order in ["o-a", "o-b"] {
+        let r = app
+            .webhook(
+                &format!("/v1/webhooks/{mid}/purchases"),
+                &secret,
+                &purchase_for(order, 8_000, "c-9"),
+                &[],
+            )
+            .await;
+        ids.push(r.body["id"].as_str().unwrap().parse::<Uuid>().unwrap());
+    }
+    let cfg: AttributionConfig = app.config.attribution.clone();
+    let (mut c1, mut c2) = (app.db.conn().await, app.db.conn().await);
+    let scorer = RuleScorer::default();
+    let (a, b) = tokio::join!(
+        attribution::attribute(&mut c1, ids[0], &cfg, &scorer),
+        attribution::attribute(&mut c2, ids[1], &cfg, &scorer)
+    );
+    let amounts: Vec<i64> = [a.unwrap(), b.unwrap()]
+        .into_iter()
+        .map(|o| match o {
+            Outcome::Rewarded { amount_minor, .. } => amount_minor,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(amounts.iter().sum::<i64>(), 1_000, "{amounts:?}");
+    assert!(
+        amounts.contains(&800) && amounts.contains(&200),
+        "{amounts:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_purchase_without_a_user_waits_then_becomes_unattributed() {
+    let app = TestApp::with(&[("ATTRIBUTION_DELAY_SECS", "0")]).await;
+    let (mid, secret) =
+        merchant_with_offer(&app, json!({"name": "5%", "rate_bps": 500, "active": true})).await;
+    let r = app
+        .webhook(
+            &format!("/v1/webhooks/{mid}/purchases"),
+            &secret,
+            &purchase_for("o-1", 1_000, "stranger"),
+            &[],
+        )
+        .await;
+    let pid: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
+    let mut c = app.db.conn().await;
+    let mut cfg = app.config.attribution.clone();
+    let waiting = attribution::attribute(&mut c, pid, &cfg, &RuleScorer::default())
+        .await
+        .unwrap();
+    assert!(matches!(waiting, Outcome::Waiting { .. }), "{waiting:?}");
+    assert_eq!(app.scalar("SELECT count(*) AS n FROM purchases WHERE attribute_after > now() + interval '60 seconds'").await, 1);
+    cfg.unattributed_after = Duration::ZERO;
+    let given_up = attribution::attribute(&mut c, pid, &cfg, &RuleScorer::default())
+        .await
+        .unwrap();
+    assert_eq!(given_up, Outcome::Unattributed { reason: "no user" });
+    assert_eq!(
+        app.scalar("SELECT count(*) AS n FROM purchases WHERE status = 'unattributed'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_late_merge_reattributes_a_pending_reward_to_the_later_click() {
+    let app = TestApp::with(&[("ATTRIBUTION_DELAY_SECS", "0")]).await;
+    let (mid, secret) =
+        merchant_with_offer(&app, json!({"name": "5%", "rate_bps": 500, "active": true})).await;
+    shopper_with_click(
+        &app,
+        mid,
+        "c-7",
+        "late@example.com",
+        chrono::Duration::minutes(10),
+    )
+    .await;
+    let mut c = app.db.conn().await;
+    let merchant = clicknback_core::services::merchants::get(&mut c, mid)
+        .await
+        .unwrap();
+    // A newer click on another device, not yet known to belong to the shopper.
+    clicknback_core::services::tracking::click(&mut c, &merchant, "late-device", None, None)
+        .await
+        .unwrap();
+    let mut body = purchase_for("o-late", 10_000, "c-7");
+    body["purchase_token"] = json!("tok");
+    let r = app
+        .webhook(
+            &format!("/v1/webhooks/{mid}/purchases"),
+            &secret,
+            &body,
+            &[],
+        )
+        .await;
+    let pid: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
+    let first =
+        attribution::attribute(&mut c, pid, &app.config.attribution, &RuleScorer::default())
+            .await
+            .unwrap();
+    assert!(matches!(first, Outcome::Rewarded { .. }));
+    let anon_of_live =
+        "SELECT count(*) AS n FROM rewards r JOIN touchpoints t ON t.id = r.touchpoint_id
+                         WHERE r.status = 'pending' AND t.anon_id = ";
+    assert_eq!(
+        app.scalar(&format!("{anon_of_live}'latest-click'")).await,
+        1
+    );
+    // The SDK call lands late and merges the newer click in: re-attribution.
+    let linked = clicknback_core::services::tracking::confirm_purchase(
+        &mut c,
+        &merchant,
+        "late-device",
+        "o-late",
+        "tok",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        linked,
+        clicknback_core::services::tracking::LinkOutcome::Linked
+    );
+    let _worker = app.worker(&[]);
+    eventually(Duration::from_secs(20), "the re-attribution", || async {
+        (app.scalar(&format!("{anon_of_live}'late-device'")).await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        app.scalar("SELECT count(*) AS n FROM rewards WHERE status = 'voided'")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.scalar("SELECT count(*) AS n FROM rewards WHERE status <> 'voided'")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.scalar(
+            "SELECT (sum(amount_minor) FILTER (WHERE kind = 'reward_credit') - COALESCE(sum(amount_minor) FILTER (WHERE kind = 'reward_void'), 0))::bigint AS n FROM ledger_transfers"
+        )
+        .await,
+        500,
+        "paid once"
+    );
+    assert!(
+        clicknback_core::services::ledger::reconcile(&mut c)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

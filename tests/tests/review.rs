@@ -1,0 +1,214 @@
+//! Fraud review by an admin, link-quality statistics and the hourly alert.
+
+use axum::http::{Method, StatusCode};
+use clicknback_core::{
+    schema::{identity_groups, identity_nodes, link_quality_daily, touchpoints},
+    services::{attribution, fraud::RuleScorer, users},
+};
+use clicknback_tests::{TestApp, procs::eventually, webhook::purchase_body};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use serde_json::json;
+use uuid::Uuid;
+
+/// A flagged purchase (every score flags at threshold 0) for a linked shopper.
+async fn flagged_purchase(app: &TestApp, admin: &str, order: &str) -> (Uuid, Uuid) {
+    let (mid, secret, _) = app.merchant(admin, "Shop").await;
+    let mid: Uuid = mid.parse().unwrap();
+    app.json(
+        Method::POST,
+        &format!("/v1/admin/merchants/{mid}/offers"),
+        Some(admin),
+        Some(json!({"name": "5%", "rate_bps": 500, "active": true})),
+    )
+    .await;
+    let mut c = app.db.conn().await;
+    let user = users::create(
+        &mut c,
+        &format!("{order}@example.com"),
+        "password-123",
+        clicknback_core::models::user::Role::User,
+    )
+    .await
+    .unwrap()
+    .id;
+    let group = Uuid::now_v7();
+    diesel::insert_into(identity_groups::table)
+        .values(identity_groups::id.eq(group))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    diesel::insert_into(identity_nodes::table)
+        .values((
+            identity_nodes::id.eq(Uuid::now_v7()),
+            identity_nodes::group_id.eq(group),
+            identity_nodes::kind.eq("user"),
+            identity_nodes::key.eq(user.to_string()),
+            identity_nodes::user_id.eq(Some(user)),
+        ))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    diesel::insert_into(identity_nodes::table)
+        .values((
+            identity_nodes::id.eq(Uuid::now_v7()),
+            identity_nodes::group_id.eq(group),
+            identity_nodes::kind.eq("merchant_customer"),
+            identity_nodes::key.eq(format!("{mid}:customer:{order}")),
+            identity_nodes::merchant_id.eq(Some(mid)),
+        ))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    diesel::insert_into(touchpoints::table)
+        .values((
+            touchpoints::id.eq(Uuid::now_v7()),
+            touchpoints::group_id.eq(group),
+            touchpoints::merchant_id.eq(mid),
+            touchpoints::anon_id.eq("a"),
+            touchpoints::created_at.eq(chrono::Utc::now() - chrono::Duration::minutes(1)),
+        ))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let mut body = purchase_body(order, 10_000);
+    body["customer_ref"] = json!(order);
+    let r = app
+        .webhook(
+            &format!("/v1/webhooks/{mid}/purchases"),
+            &secret,
+            &body,
+            &[],
+        )
+        .await;
+    let pid: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
+    let mut cfg = app.config.attribution.clone();
+    cfg.fraud_threshold = 0.0;
+    let out = attribution::attribute(&mut c, pid, &cfg, &RuleScorer::default())
+        .await
+        .unwrap();
+    assert!(
+        matches!(out, attribution::Outcome::Rewarded { flagged: true, .. }),
+        "{out:?}"
+    );
+    (pid, user)
+}
+
+#[tokio::test]
+async fn flagged_rewards_move_no_money_until_approved_and_rejection_reverses_them() {
+    let app = TestApp::new().await;
+    let admin = app.admin_token().await;
+    let (approved, _) = flagged_purchase(&app, &admin, "fa").await;
+    let (rejected, _) = flagged_purchase(&app, &admin, "fb").await;
+    assert_eq!(
+        app.scalar("SELECT count(*) AS n FROM ledger_transfers")
+            .await,
+        0,
+        "flagged: no money moves"
+    );
+    let list = app
+        .json(Method::GET, "/v1/admin/purchases", Some(&admin), None)
+        .await;
+    assert_eq!(list.status, StatusCode::OK, "{}", list.text);
+    assert_eq!(list.body["data"].as_array().unwrap().len(), 2);
+    assert!(list.body["data"][0]["fraud_reasons"].is_array());
+
+    let r = app
+        .json(
+            Method::POST,
+            &format!("/v1/admin/purchases/{approved}/approve"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["reward_status"], "pending");
+    assert_eq!(
+        app.scalar("SELECT count(*) AS n FROM ledger_transfers WHERE kind = 'reward_credit'")
+            .await,
+        1
+    );
+    let r = app
+        .json(
+            Method::POST,
+            &format!("/v1/admin/purchases/{rejected}/reject"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.body["reward_status"], "reversed");
+    assert_eq!(
+        app.scalar("SELECT count(*) AS n FROM purchases WHERE status = 'reversed'")
+            .await,
+        1
+    );
+    let again = app
+        .json(
+            Method::POST,
+            &format!("/v1/admin/purchases/{approved}/approve"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    let audit = app
+        .json(Method::GET, "/v1/admin/audit-log", Some(&admin), None)
+        .await;
+    let actions: Vec<&str> = audit.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert!(actions.contains(&"purchase.approve") && actions.contains(&"purchase.reject"));
+    let mut c = app.db.conn().await;
+    assert!(
+        clicknback_core::services::ledger::reconcile(&mut c)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn link_stats_and_the_mismatch_alert() {
+    let app = TestApp::new().await;
+    let admin = app.admin_token().await;
+    let (mid, _, _) = app.merchant(&admin, "Leaky").await;
+    let mid: Uuid = mid.parse().unwrap();
+    let mut c = app.db.conn().await;
+    diesel::insert_into(link_quality_daily::table)
+        .values((
+            link_quality_daily::merchant_id.eq(mid),
+            link_quality_daily::day.eq(chrono::Utc::now().date_naive()),
+            link_quality_daily::matched.eq(18i64),
+            link_quality_daily::mismatched.eq(2i64),
+        ))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let r = app
+        .json(
+            Method::GET,
+            &format!("/v1/admin/merchants/{mid}/link-stats"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(
+        (r.body["matched"].as_i64(), r.body["mismatched"].as_i64()),
+        (Some(18), Some(2))
+    );
+    assert_eq!(r.body["mismatch_rate"], 0.1);
+    let worker = app.worker(&[("SCHEDULE_LINK_QUALITY_ALERT", "* * * * * *")]);
+    eventually(std::time::Duration::from_secs(20), "the alert", || async {
+        (app.scalar("SELECT count(*) AS n FROM cron_runs WHERE outcome = '1 merchant(s) over the threshold'").await >= 1).then_some(())
+    })
+    .await;
+    assert!(
+        worker
+            .log_text()
+            .contains("mismatch rate above the alert threshold")
+    );
+}

@@ -1,0 +1,524 @@
+//! The worker platform with real worker processes, PostgreSQL, Redis and SMTP:
+//! retries with growing delays, dead jobs and re-queue, permanent failures,
+//! crash recovery after SIGKILL, cluster-once cron, graceful shutdown and the
+//! welcome email sent exactly once.
+
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use clicknback_core::jobs::{self, Canary};
+use clicknback_tests::{
+    TestApp,
+    procs::{SmtpSink, eventually},
+};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use serde_json::json;
+
+#[derive(Debug, QueryableByName)]
+struct CanaryRow {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    runs: i32,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    last_attempt: i32,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    effects: i32,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    worker: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    completed: bool,
+}
+
+async fn canary_state(app: &TestApp, key: &str) -> Option<CanaryRow> {
+    let mut c = app.db.conn().await;
+    diesel::sql_query(
+        "SELECT runs, last_attempt, effects, worker, completed_at IS NOT NULL AS completed FROM canary_runs WHERE key = $1",
+    )
+    .bind::<diesel::sql_types::Text, _>(key)
+    .get_result(&mut c)
+    .await
+    .ok()
+}
+
+async fn enqueue(app: &TestApp, job: Canary) {
+    let mut c = app.db.conn().await;
+    jobs::enqueue(&mut c, &job, chrono::Utc::now())
+        .await
+        .unwrap();
+}
+
+fn canary(key: &str) -> Canary {
+    Canary {
+        key: key.into(),
+        fail_times: 0,
+        permanent: false,
+        sleep_ms: 0,
+        fail_until_fixed: false,
+        noop: false,
+    }
+}
+
+async fn scalar(app: &TestApp, sql: &str) -> i64 {
+    app.scalar(sql).await
+}
+
+const FAST_RETRY: (&str, &str) = ("JOB_RETRY_CANARY", "attempts=4,base=1s,cap=10s,jitter=0");
+
+#[tokio::test]
+async fn a_job_failing_twice_is_retried_with_growing_delays_and_succeeds_on_attempt_3() {
+    let app = TestApp::new().await;
+    let _w = app.worker(&[FAST_RETRY]);
+    enqueue(
+        &app,
+        Canary {
+            fail_times: 2,
+            ..canary("twice")
+        },
+    )
+    .await;
+    let row = eventually(Duration::from_secs(30), "the canary to succeed", || async {
+        canary_state(&app, "twice").await.filter(|r| r.completed)
+    })
+    .await;
+    assert_eq!((row.runs, row.last_attempt, row.effects), (3, 3, 1));
+    // The retries went through the outbox, due 1 s then 2 s after each failure.
+    #[derive(QueryableByName)]
+    struct Delay {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        task_id: String,
+        #[diesel(sql_type = diesel::sql_types::Double)]
+        delay: f64,
+    }
+    let mut c = app.db.conn().await;
+    let delays: Vec<Delay> = diesel::sql_query(
+        "SELECT task_id, extract(epoch FROM run_at - created_at)::float8 AS delay
+           FROM outbox WHERE task_id LIKE 'canary:twice#a%' ORDER BY attempt",
+    )
+    .load(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(
+        delays
+            .iter()
+            .map(|d| d.task_id.as_str())
+            .collect::<Vec<_>>(),
+        ["canary:twice#a2", "canary:twice#a3"]
+    );
+    assert!((delays[0].delay - 1.0).abs() < 0.2, "{}", delays[0].delay);
+    assert!((delays[1].delay - 2.0).abs() < 0.2, "{}", delays[1].delay);
+}
+
+#[tokio::test]
+async fn an_always_failing_job_ends_dead_and_succeeds_once_requeued_after_a_fix() {
+    let app = TestApp::new().await;
+    let _w = app.worker(&[FAST_RETRY]);
+    enqueue(
+        &app,
+        Canary {
+            fail_until_fixed: true,
+            ..canary("broken")
+        },
+    )
+    .await;
+    eventually(Duration::from_secs(40), "the job to be dead", || async {
+        (scalar(
+            &app,
+            "SELECT count(*) AS n FROM dead_jobs WHERE task_id LIKE 'canary:broken%'",
+        )
+        .await
+            == 1)
+            .then_some(())
+    })
+    .await;
+    let row = canary_state(&app, "broken").await.unwrap();
+    assert_eq!(
+        (row.runs, row.effects),
+        (4, 0),
+        "max attempts were used, no effect"
+    );
+
+    // The operator sees it with its error and attempt count.
+    let admin = app.admin_token().await;
+    let dead = app
+        .json(
+            Method::GET,
+            "/v1/admin/queues/maintenance/jobs?state=dead",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(dead.status, StatusCode::OK, "{}", dead.text);
+    let job = &dead.body[0];
+    assert_eq!(job["attempt"], 4);
+    assert!(
+        job["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("broken until fixed")
+    );
+    let stats = app
+        .json(Method::GET, "/v1/admin/queues", Some(&admin), None)
+        .await;
+    let maint = stats
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["queue"] == "maintenance")
+        .unwrap()
+        .clone();
+    assert_eq!(maint["dead"], 1);
+
+    // Fixed, then re-queued: it runs again and succeeds, once.
+    let mut c = app.db.conn().await;
+    diesel::sql_query("UPDATE canary_runs SET fixed = true WHERE key = 'broken'")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let id = job["dead_id"].as_i64().unwrap();
+    let r = app
+        .json(
+            Method::POST,
+            &format!("/v1/admin/dead-jobs/{id}/requeue"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let row = eventually(
+        Duration::from_secs(20),
+        "the re-queued job to succeed",
+        || async { canary_state(&app, "broken").await.filter(|r| r.completed) },
+    )
+    .await;
+    assert_eq!(row.effects, 1);
+    assert_eq!(
+        row.last_attempt, 1,
+        "a re-queued job starts again at attempt 1"
+    );
+    assert_eq!(
+        scalar(
+            &app,
+            "SELECT count(*) AS n FROM dead_jobs WHERE requeued_at IS NULL"
+        )
+        .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_permanent_error_goes_dead_on_attempt_1() {
+    let app = TestApp::new().await;
+    let _w = app.worker(&[FAST_RETRY]);
+    enqueue(
+        &app,
+        Canary {
+            permanent: true,
+            ..canary("perm")
+        },
+    )
+    .await;
+    eventually(Duration::from_secs(20), "the job to be dead", || async {
+        (scalar(&app, "SELECT count(*) AS n FROM dead_jobs WHERE attempts = 1 AND last_error LIKE '%fails for good%'").await == 1)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(canary_state(&app, "perm").await.unwrap().runs, 1);
+    // A payload that cannot be decoded is permanent too.
+    let mut c = app.db.conn().await;
+    jobs::enqueue_raw(
+        &mut c,
+        jobs::Queue::Maintenance,
+        "canary:garbled",
+        json!({"job": "Canary", "data": {"nope": 1}}),
+        1,
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(20), "the malformed job to be dead", || async {
+        (scalar(&app, "SELECT count(*) AS n FROM dead_jobs WHERE task_id = 'canary:garbled' AND attempts = 1").await == 1).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_sigkilled_worker_loses_nothing_and_the_effect_happens_once() {
+    let app = TestApp::new().await;
+    let mut first = app.worker(&[]);
+    enqueue(
+        &app,
+        Canary {
+            sleep_ms: 4_000,
+            ..canary("slow")
+        },
+    )
+    .await;
+    eventually(Duration::from_secs(20), "the slow job to start", || async {
+        canary_state(&app, "slow").await.filter(|r| r.runs == 1)
+    })
+    .await;
+    first.kill9();
+    assert_eq!(
+        first.wait(Duration::from_secs(5)).await,
+        None,
+        "killed by a signal"
+    );
+    let killed_at = std::time::Instant::now();
+    let second = app.worker(&[]);
+    let row = eventually(
+        Duration::from_secs(30),
+        "the job to complete on the second worker",
+        || async { canary_state(&app, "slow").await.filter(|r| r.completed) },
+    )
+    .await;
+    // Orphan bound: heartbeat 1 s × 3 missed, plus the 4 s job and pickup.
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        killed_at.elapsed()
+    );
+    assert_eq!(row.runs, 2);
+    assert_eq!(row.effects, 1);
+    assert_ne!(row.worker, None);
+    drop(second);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_the_running_job_finish() {
+    let app = TestApp::new().await;
+    let mut w = app.worker(&[("SHUTDOWN_GRACE_SECS", "20")]);
+    enqueue(
+        &app,
+        Canary {
+            sleep_ms: 3_000,
+            ..canary("graceful")
+        },
+    )
+    .await;
+    eventually(Duration::from_secs(20), "the job to start", || async {
+        canary_state(&app, "graceful").await.filter(|r| r.runs == 1)
+    })
+    .await;
+    w.term();
+    assert_eq!(
+        w.wait(Duration::from_secs(25)).await,
+        Some(0),
+        "exit 0; log:\n{}",
+        w.log_text()
+    );
+    let row = canary_state(&app, "graceful").await.unwrap();
+    assert!(row.completed, "the in-flight job finished before exit");
+    assert_eq!((row.runs, row.effects), (1, 1));
+}
+
+#[tokio::test]
+async fn two_workers_running_the_same_cron_schedule_produce_one_run_per_tick() {
+    let app = TestApp::new().await;
+    let every_second = [("SCHEDULE_PURGE_IDEMPOTENCY_KEYS", "* * * * * *")];
+    let _a = app.worker(&every_second);
+    let _b = app.worker(&every_second);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Both counts from one statement (one snapshot): the workers keep ticking
+    // while the test reads, and a claim and its enqueue commit together.
+    let mismatched = scalar(
+        &app,
+        "SELECT (SELECT count(*) FROM cron_runs WHERE schedule = 'purge_idempotency_keys') \
+              - (SELECT count(*) FROM outbox WHERE task_id LIKE 'cron:purge_idempotency_keys:%') AS n",
+    )
+    .await;
+    assert_eq!(mismatched, 0, "one run enqueued per claimed tick");
+    let ticks = scalar(
+        &app,
+        "SELECT count(*) AS n FROM cron_runs WHERE schedule = 'purge_idempotency_keys'",
+    )
+    .await;
+    assert!(ticks >= 3, "{ticks} ticks");
+    let finished = scalar(
+        &app,
+        "SELECT count(*) AS n FROM cron_runs WHERE schedule = 'purge_idempotency_keys' AND outcome LIKE 'purged%'",
+    )
+    .await;
+    assert!(finished >= ticks - 2, "{finished} of {ticks} runs finished");
+    let claimers = scalar(
+        &app,
+        "SELECT count(DISTINCT claimed_by) AS n FROM cron_runs",
+    )
+    .await;
+    assert!(claimers >= 1);
+}
+
+#[tokio::test]
+async fn registering_sends_one_welcome_email_even_if_the_worker_dies_right_after() {
+    let app = TestApp::new().await;
+    let smtp = SmtpSink::start().await;
+    let mut first = app.worker(&[("SMTP_URL", &smtp.url())]);
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/auth/register",
+            None,
+            Some(json!({"email": "new@example.com", "password": "password-123"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let mail = eventually(Duration::from_secs(20), "the welcome email", || async {
+        smtp.messages().into_iter().next()
+    })
+    .await;
+    // Killed the moment the worker has recorded the send, before it acknowledges the job.
+    eventually(Duration::from_secs(5), "the sent-log entry", || async {
+        (scalar(
+            &app,
+            "SELECT count(*) AS n FROM email_log WHERE status = 'sent'",
+        )
+        .await
+            == 1)
+            .then_some(())
+    })
+    .await;
+    first.kill9();
+    assert!(mail.contains("To: new@example.com"), "{mail}");
+    assert!(mail.contains("Welcome to ClickNBack"));
+    assert!(mail.contains("text/html") && mail.contains("text/plain"));
+    // Whatever the killed worker left in flight is run again by the next one.
+    let _second = app.worker(&[("SMTP_URL", &smtp.url())]);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(smtp.messages().len(), 1, "exactly one welcome email");
+    assert_eq!(
+        scalar(
+            &app,
+            "SELECT count(*) AS n FROM email_log WHERE status = 'sent'"
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn an_smtp_outage_is_retried_with_backoff_and_the_email_goes_out_afterwards() {
+    let app = TestApp::new().await;
+    let port = clicknback_tests::procs::free_port();
+    let url = format!("smtp://127.0.0.1:{port}");
+    let _w = app.worker(&[
+        ("SMTP_URL", &url),
+        (
+            "JOB_RETRY_SEND_EMAIL",
+            "attempts=10,base=1s,cap=2s,jitter=0",
+        ),
+    ]);
+    app.json(
+        Method::POST,
+        "/v1/auth/register",
+        None,
+        Some(json!({"email": "later@example.com", "password": "password-123"})),
+    )
+    .await;
+    eventually(Duration::from_secs(20), "a failed attempt", || async {
+        (scalar(
+            &app,
+            "SELECT count(*) AS n FROM outbox WHERE task_id LIKE 'email:welcome:%#a2'",
+        )
+        .await
+            == 1)
+            .then_some(())
+    })
+    .await;
+    // The SMTP server comes up on that port.
+    let smtp = SmtpSink::start_on(port).await;
+    eventually(
+        Duration::from_secs(20),
+        "the email after the outage",
+        || async { smtp.messages().into_iter().next() },
+    )
+    .await;
+    assert_eq!(scalar(&app, "SELECT count(*) AS n FROM dead_jobs").await, 0);
+}
+
+#[tokio::test]
+async fn a_run_still_going_is_not_overlapped_by_the_next_tick() {
+    let app = TestApp::new().await;
+    // Another replica's run of the schedule holds its lock for the whole test.
+    let mut holder = app.db.conn().await;
+    let key = clicknback_core::db::lock_key("schedule:purge_idempotency_keys");
+    diesel::sql_query("SELECT pg_advisory_lock($1)")
+        .bind::<diesel::sql_types::BigInt, _>(key)
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let _w = app.worker(&[("SCHEDULE_PURGE_IDEMPOTENCY_KEYS", "* * * * * *")]);
+    eventually(Duration::from_secs(20), "ticks to be skipped", || async {
+        (scalar(&app, "SELECT count(*) AS n FROM cron_runs WHERE outcome = 'skipped: previous run still going'").await >= 2)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        scalar(
+            &app,
+            "SELECT count(*) AS n FROM cron_runs WHERE outcome LIKE 'purged%'"
+        )
+        .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn finished_jobs_leave_redis_after_the_retention_period() {
+    let app = TestApp::new().await;
+    let _w = app.worker(&[]);
+    for i in 0..5 {
+        enqueue(
+            &app,
+            Canary {
+                noop: true,
+                ..canary(&format!("r{i}"))
+            },
+        )
+        .await;
+    }
+    let cfg =
+        clicknback_core::queues::storage_config(&app.redis.namespace, jobs::Queue::Maintenance);
+    let mut redis = app.redis.conn().await;
+    let done = eventually(Duration::from_secs(20), "the jobs to finish", || {
+        let mut redis = redis.clone();
+        let key = cfg.done_jobs_set();
+        async move {
+            let n: u64 = redis::cmd("SCARD")
+                .arg(key)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            (n >= 5).then_some(n)
+        }
+    })
+    .await;
+    assert!(done >= 5);
+    // Not yet past retention: kept.
+    let kept = clicknback_core::services::ops::prune_done(
+        &mut redis,
+        &app.redis.namespace,
+        jobs::Queue::Maintenance,
+        chrono::Utc::now() - chrono::Duration::hours(1),
+        1_000,
+    )
+    .await
+    .unwrap();
+    assert_eq!(kept, 0);
+    let pruned = clicknback_core::services::ops::prune_done(
+        &mut redis,
+        &app.redis.namespace,
+        jobs::Queue::Maintenance,
+        chrono::Utc::now() + chrono::Duration::seconds(5),
+        1_000,
+    )
+    .await
+    .unwrap();
+    assert!(pruned >= 5);
+    let (data, done): (u64, u64) = redis::pipe()
+        .hlen(cfg.job_data_hash())
+        .scard(cfg.done_jobs_set())
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!((data, done), (0, 0));
+}

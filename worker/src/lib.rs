@@ -1,0 +1,201 @@
+//! The ClickNBack worker: runs every background job, the outbox relay and the
+//! cron schedules. Job handlers are thin: decode, call a core service, map
+//! the error.
+//!
+//! Built on apalis and apalis-redis 1.0, with what they lack built on top:
+//! our own retry policy and dead jobs (`runtime`), a poll strategy that does
+//! not lose wake-ups (`poll`), a bounded relay (`relay`), cluster-once cron
+//! (`schedules`), retention (`maintenance`) and unique worker names so orphan
+//! recovery works after a crash.
+
+pub mod jobs;
+pub mod maintenance;
+pub mod poll;
+pub mod relay;
+pub mod runtime;
+pub mod schedules;
+pub mod server;
+
+use std::{sync::Arc, time::Duration};
+
+use apalis::prelude::*;
+use apalis_cron::CronScheduler;
+use apalis_redis::RedisStorage;
+use clicknback_core::{
+    config::Config,
+    db,
+    jobs::{JobEnvelope, Queue},
+    queues,
+    redis_conn::{self, RedisHandle},
+};
+use lettre::{AsyncSmtpTransport, Tokio1Executor};
+use redis::aio::ConnectionManager;
+use tokio_util::sync::CancellationToken;
+
+/// A name unique to this process start: host, pid and start time. apalis-redis
+/// refuses a worker name that heartbeated recently, and orphan recovery relies
+/// on names never being reused.
+pub fn instance_name() -> String {
+    let host = hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "host".into());
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_millis()
+    )
+}
+
+async fn connect_redis(
+    client: &redis::Client,
+    shutdown: &CancellationToken,
+) -> Option<ConnectionManager> {
+    let mut wait = Duration::from_millis(500);
+    loop {
+        match ConnectionManager::new_with_config(client.clone(), redis_conn::manager_config()).await
+        {
+            Ok(c) => return Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "redis unreachable; waiting");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Everything a worker process runs, until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if config.run_migrations_on_start {
+        db::run_migrations(&config.database_url).await?;
+    }
+    let pool = db::pool(&config.database_url, config.database_pool_size)?;
+    let redis = RedisHandle::new(&config.redis_url)?;
+    let mailer = AsyncSmtpTransport::<Tokio1Executor>::from_url(config.smtp_url.expose())
+        .map_err(|e| anyhow::anyhow!("SMTP_URL: {e}"))?
+        .timeout(Some(Duration::from_secs(15)))
+        .build();
+    let instance = instance_name();
+    let ctx: runtime::SharedCtx = Arc::new(runtime::Ctx {
+        db: pool.clone(),
+        redis: redis.clone(),
+        namespace: config.redis_namespace.clone(),
+        config: config.clone(),
+        mailer,
+        instance: instance.clone(),
+        fraud: Box::new(clicknback_core::services::fraud::RuleScorer::default()),
+        paused: Default::default(),
+    });
+    let schedules = schedules::parse_all(&ctx)?;
+
+    let mut background = tokio::task::JoinSet::new();
+    let relay = relay::Relay::new(
+        pool.clone(),
+        redis.clone(),
+        config.redis_namespace.clone(),
+        config.relay.clone(),
+    );
+    background.spawn(relay.run(shutdown.clone()));
+    background.spawn(server::serve(config.worker_addr, shutdown.clone()));
+    background.spawn(maintenance::run(
+        ctx.clone(),
+        Duration::from_secs(30),
+        shutdown.clone(),
+    ));
+
+    let Some(conn) = connect_redis(redis.client(), &shutdown).await else {
+        background.join_all().await;
+        return Ok(());
+    };
+    let w = &config.worker;
+    let mut monitor = Monitor::new();
+    for q in Queue::ALL {
+        let storage = RedisStorage::<JobEnvelope>::new(conn.clone()).with_config(
+            queues::storage_config(&config.redis_namespace, q)
+                .batch_size(w.fetch_batch)
+                .heartbeat_interval(w.heartbeat)
+                .missed_heartbeats(w.missed_heartbeats)
+                // Nothing subscribes to apalis's pub/sub events, and the
+                // per-task lease call only decorates the job's metadata:
+                // in-flight ownership (what orphan recovery uses) is kept
+                // in each worker's in-flight set either way.
+                .emit_events(false)
+                .lock_tasks(false),
+        );
+        let (ctx, instance, poll, n) = (
+            ctx.clone(),
+            instance.clone(),
+            w.poll_interval,
+            w.concurrency_of(q),
+        );
+        monitor = monitor.register(move |restarts| {
+            WorkerBuilder::new(format!("{}-{instance}-r{restarts}", q.as_str()))
+                .backend(
+                    storage
+                        .clone()
+                        .poll_with_strategy(poll::Ticker::every(poll)),
+                )
+                .data(ctx.clone())
+                .catch_panic()
+                .concurrency(n)
+                .build(runtime::handle)
+        });
+    }
+    for (schedule, expr) in schedules {
+        let (ctx, instance) = (ctx.clone(), instance.clone());
+        monitor = monitor.register(move |restarts| {
+            WorkerBuilder::new(format!("cron-{}-{instance}-r{restarts}", schedule.name()))
+                .backend(CronScheduler::new(expr.clone()))
+                .data(schedule)
+                .data(ctx.clone())
+                .build(schedules::tick_handler)
+        });
+    }
+    let monitor = monitor
+        .should_restart(|worker, error| {
+            tracing::error!(worker = %worker.name(), error = %error, "worker stopped with an error; restarting it");
+            true
+        })
+        .shutdown_timeout(w.shutdown_grace);
+    tracing::info!(instance = %instance, "worker started");
+    let signal = shutdown.clone();
+    let result = monitor
+        .run_with_signal(async move {
+            signal.cancelled().await;
+            Ok(())
+        })
+        .await;
+    shutdown.cancel();
+    deregister(&conn, &config.redis_namespace, &instance).await;
+    background.join_all().await;
+    result.map_err(|e| anyhow::anyhow!("worker monitor: {e}"))?;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// apalis-redis leaves a stopped worker's name registered; remove ours so the
+/// board shows only live workers.
+async fn deregister(conn: &ConnectionManager, namespace: &str, instance: &str) {
+    let mut c = conn.clone();
+    for q in Queue::ALL {
+        let cfg = queues::storage_config(namespace, q);
+        let names: Vec<String> = redis::cmd("ZRANGE")
+            .arg(cfg.workers_set())
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut c)
+            .await
+            .unwrap_or_default();
+        for name in names.into_iter().filter(|n| n.contains(instance)) {
+            let _: redis::RedisResult<()> = redis::pipe()
+                .zrem(cfg.workers_set(), &name)
+                .del(format!("{}:workers:metadata:{name}", cfg.queue.as_ref()))
+                .query_async(&mut c)
+                .await;
+        }
+    }
+}
