@@ -5,10 +5,12 @@
 pub mod auth;
 pub mod error;
 pub mod handlers;
+pub mod limits;
 pub mod middleware;
 pub mod observability;
 pub mod openapi;
 pub mod routes;
+pub mod sandbox;
 pub mod state;
 
 use clicknback_core::{config::Config, db, redis_conn::RedisHandle};

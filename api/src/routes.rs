@@ -8,7 +8,7 @@ use axum::{
 };
 
 use crate::{
-    handlers::{admin, auth, board, health, me, track, webhooks},
+    handlers::{admin, auth, board, health, me, payouts, track, webhooks},
     openapi,
     state::AppState,
 };
@@ -23,6 +23,9 @@ pub fn router(state: AppState) -> Router {
         .route("/me/wallet", get(me::wallet))
         .route("/me/purchases", get(me::purchases))
         .route("/me/transactions", get(me::transactions))
+        .route("/me/stats", get(me::stats))
+        .route("/payouts", post(payouts::create).get(payouts::list))
+        .route("/payouts/{id}", get(payouts::get))
         // shoppers' browsers (SDK)
         .route("/track/click", post(track::click))
         .route("/track/identify", post(track::identify))
@@ -84,8 +87,14 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(job_routes("/admin"));
 
+    let sandbox = if state.config.payouts.sandbox {
+        crate::sandbox::routes()
+    } else {
+        Router::new()
+    };
     Router::new()
         .nest("/v1", v1)
+        .merge(sandbox)
         .route("/board", get(board::page))
         .route("/board/", get(board::page))
         .nest("/board/api", job_routes(""))

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use clicknback_core::{
+    cache::Cache,
     config::Config,
     crypto::Keyring,
     db::{DbConn, DbPool},
@@ -24,6 +25,7 @@ pub struct Inner {
     pub keys: Keyring,
     pub tokens: Tokens,
     pub cursors: CursorCodec,
+    pub cache: Cache,
     pub metrics: Option<PrometheusHandle>,
 }
 
@@ -49,6 +51,8 @@ impl AppState {
             config.access_token_ttl,
         );
         let cursors = CursorCodec::new(config.jwt_secret.expose().as_bytes());
+        let cache = Cache::new(redis.clone(), &config.redis_namespace, &config.cache);
+        clicknback_core::services::stats::configure(config.stats_coalesce);
         Self(Arc::new(Inner {
             config,
             db,
@@ -56,6 +60,7 @@ impl AppState {
             keys,
             tokens,
             cursors,
+            cache,
             metrics,
         }))
     }

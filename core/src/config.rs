@@ -74,6 +74,15 @@ pub struct Config {
     /// SDK tracking calls allowed per client address per minute.
     pub track_per_minute: u64,
     pub run_migrations_on_start: bool,
+    /// `false` turns every rate limit off (benchmarks compare both).
+    pub rate_limits_enabled: bool,
+    /// Signed webhooks allowed per merchant per minute, unless the merchant
+    /// has its own `webhook_rate_limit_per_minute`.
+    pub webhook_per_minute: u64,
+    /// Reward movements for one user inside this window share one statistics recompute.
+    pub stats_coalesce: Duration,
+    pub cache: CacheConfig,
+    pub payouts: PayoutConfig,
     pub relay: RelayConfig,
     pub worker: WorkerConfig,
     pub attribution: AttributionConfig,
@@ -95,6 +104,39 @@ pub struct AttributionConfig {
     /// Link-quality alert: mismatch rate above this over at least `link_min_attempts` in 24 h.
     pub link_mismatch_rate: f64,
     pub link_min_attempts: i64,
+}
+
+/// Redis caches in front of hot reads. Every entry also expires by its TTL.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// `false` sends every read to PostgreSQL (benchmarks compare both).
+    pub enabled: bool,
+    pub offer_ttl: Duration,
+    pub merchant_ttl: Duration,
+    pub stats_ttl: Duration,
+    /// A cache read slower than this counts as a miss and goes to PostgreSQL.
+    pub timeout: Duration,
+}
+
+/// Payouts and the provider that sends them.
+#[derive(Debug, Clone)]
+pub struct PayoutConfig {
+    pub min_amount_minor: i64,
+    /// Base URL of the provider's API (`.../v1/payouts` is appended).
+    pub provider_url: String,
+    pub provider_key: Secret,
+    /// Limit on every call to the provider.
+    pub provider_timeout: Duration,
+    /// Consecutive failed calls that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before a probe; doubles up to `breaker_open_max`.
+    pub breaker_open: Duration,
+    pub breaker_open_max: Duration,
+    /// Payouts unresolved (`processing`, `submitted_unknown`) for this long are
+    /// looked up at the provider by the reconciliation schedule.
+    pub reconcile_after: Duration,
+    /// The api serves a sandbox provider at `/sandbox/provider` (development only).
+    pub sandbox: bool,
 }
 
 /// How the worker runs jobs.
@@ -193,6 +235,11 @@ pub const DEFAULT_SCHEDULES: &[(&str, &str, &str)] = &[
         "SCHEDULE_LINK_QUALITY_ALERT",
         "0 15 * * * *",
     ),
+    (
+        "resolve_payouts",
+        "SCHEDULE_RESOLVE_PAYOUTS",
+        "0 */5 * * * *",
+    ),
 ];
 
 /// Default concurrency per queue.
@@ -224,6 +271,61 @@ pub struct RelayConfig {
     pub queue_bound: u64,
     /// Rows due further ahead than this stay in the outbox.
     pub lookahead: Duration,
+}
+
+const DEV_PAYOUT_PROVIDER_KEY: &str = "sandbox-provider-key-development-only";
+
+fn payout_config<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+    api_addr: SocketAddr,
+) -> Result<PayoutConfig, ConfigError> {
+    let sandbox = env.bool("PAYOUT_SANDBOX", env.is_development())?;
+    if sandbox && !env.is_development() {
+        return Err(ConfigError {
+            var: "PAYOUT_SANDBOX".into(),
+            problem: "is true outside APP_ENV=development".into(),
+            expected: "false in production (the sandbox sends no money)".into(),
+        });
+    }
+    let sandbox_url = format!("http://{api_addr}/sandbox/provider");
+    let provider_url = env.required(
+        "PAYOUT_PROVIDER_URL",
+        "the payout provider's base URL, like https://api.provider.example",
+        Some(&sandbox_url),
+    )?;
+    if !(provider_url.starts_with("http://") || provider_url.starts_with("https://")) {
+        return Err(ConfigError {
+            var: "PAYOUT_PROVIDER_URL".into(),
+            problem: "does not start with http:// or https://".into(),
+            expected: "the payout provider's base URL, like https://api.provider.example".into(),
+        });
+    }
+    let provider_key = env.required(
+        "PAYOUT_PROVIDER_KEY",
+        "the API key the payout provider issued",
+        Some(DEV_PAYOUT_PROVIDER_KEY),
+    )?;
+    let breaker_open = env.secs("PAYOUT_BREAKER_OPEN_SECS", 30, 1..=3_600)?;
+    let breaker_open_max = env.secs("PAYOUT_BREAKER_OPEN_MAX_SECS", 300, 1..=86_400)?;
+    if breaker_open_max < breaker_open {
+        return Err(ConfigError {
+            var: "PAYOUT_BREAKER_OPEN_MAX_SECS".into(),
+            problem: "is below PAYOUT_BREAKER_OPEN_SECS".into(),
+            expected: "at least PAYOUT_BREAKER_OPEN_SECS".into(),
+        });
+    }
+    Ok(PayoutConfig {
+        min_amount_minor: env.int_in("PAYOUT_MIN_AMOUNT_MINOR", 1_000, 1..=1_000_000_000_000)?
+            as i64,
+        provider_url: provider_url.trim_end_matches('/').to_owned(),
+        provider_key: Secret::new(provider_key),
+        provider_timeout: env.millis("PAYOUT_PROVIDER_TIMEOUT_MS", 10_000, 100..=120_000)?,
+        breaker_failures: env.int_in("PAYOUT_BREAKER_FAILURES", 5, 1..=1_000)? as u32,
+        breaker_open,
+        breaker_open_max,
+        reconcile_after: env.secs("PAYOUT_RECONCILE_AFTER_SECS", 300, 1..=604_800)?,
+        sandbox,
+    })
 }
 
 /// Reads variables through a lookup function so tests can build a configuration in code.
@@ -516,13 +618,14 @@ impl Config {
             )
         };
 
+        let api_addr = addr("API_ADDR", "127.0.0.1:8080")?;
         Ok(Self {
             app_env,
             database_url,
             database_pool_size: env.int_in("DATABASE_POOL_SIZE", 16, 1..=512)? as usize,
             redis_url,
             redis_namespace,
-            api_addr: addr("API_ADDR", "127.0.0.1:8080")?,
+            api_addr,
             worker_addr: addr("WORKER_ADDR", "127.0.0.1:8081")?,
             jwt_secret: Secret::new(jwt_secret),
             jwt_issuer: env.or("JWT_ISSUER", "clicknback"),
@@ -544,6 +647,21 @@ impl Config {
             login_window: env.secs("LOGIN_WINDOW_SECS", 900, 1..=86_400)?,
             track_per_minute: env.int_in("TRACK_RATE_LIMIT_PER_MINUTE", 300, 1..=1_000_000)?,
             run_migrations_on_start: env.bool("RUN_MIGRATIONS_ON_START", true)?,
+            rate_limits_enabled: env.bool("RATE_LIMITS_ENABLED", true)?,
+            webhook_per_minute: env.int_in(
+                "WEBHOOK_RATE_LIMIT_PER_MINUTE",
+                1_200,
+                1..=10_000_000,
+            )?,
+            stats_coalesce: env.secs("STATS_COALESCE_SECS", 5, 0..=3_600)?,
+            cache: CacheConfig {
+                enabled: env.bool("CACHE_ENABLED", true)?,
+                offer_ttl: env.secs("OFFER_CACHE_TTL_SECS", 30, 1..=3_600)?,
+                merchant_ttl: env.secs("MERCHANT_CACHE_TTL_SECS", 30, 1..=3_600)?,
+                stats_ttl: env.secs("STATS_CACHE_TTL_SECS", 300, 1..=86_400)?,
+                timeout: env.millis("CACHE_TIMEOUT_MS", 200, 1..=10_000)?,
+            },
+            payouts: payout_config(&env, api_addr)?,
             relay: RelayConfig {
                 batch_size: env.int_in("OUTBOX_BATCH_SIZE", 2_000, 1..=10_000)? as i64,
                 poll_interval: env.millis("OUTBOX_POLL_INTERVAL_MS", 200, 10..=60_000)?,

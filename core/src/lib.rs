@@ -3,6 +3,7 @@
 //! the job payloads with how to enqueue them. It never serves HTTP and never
 //! runs jobs itself.
 
+pub mod cache;
 pub mod config;
 pub mod crypto;
 pub mod db;
@@ -10,6 +11,7 @@ pub mod ids;
 pub mod jobs;
 pub mod models;
 pub mod money;
+pub mod payout_provider;
 pub mod queues;
 pub mod redis_conn;
 pub mod retry;

@@ -126,6 +126,11 @@ impl TestApp {
         .await
     }
 
+    /// The api's read-through cache (the same Redis namespace as the test).
+    pub fn cache(&self) -> &clicknback_core::cache::Cache {
+        &self.state.cache
+    }
+
     /// Creates a user with the role and returns an access token for it.
     pub async fn token_for(&self, email: &str, role: Role) -> String {
         let mut conn = self.db.conn().await;

@@ -5,6 +5,7 @@
 pub mod db;
 pub mod http;
 pub mod procs;
+pub mod shoppers;
 pub mod webhook;
 
 pub use db::TestDb;

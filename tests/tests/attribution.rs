@@ -4,100 +4,23 @@
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
-use chrono::Utc;
 use clicknback_core::{
     config::AttributionConfig,
     models::user::Role,
-    schema::{identity_groups, identity_nodes, touchpoints},
     services::{
         attribution::{self, Outcome},
         fraud::RuleScorer,
-        users,
     },
 };
-use clicknback_tests::{TestApp, procs::eventually, webhook::purchase_body};
+use clicknback_tests::{
+    TestApp,
+    procs::eventually,
+    shoppers::{merchant_with_offer, purchase_for, shopper_with_click},
+};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use serde_json::json;
 use uuid::Uuid;
-
-/// A shopper known to the merchant as `customer_ref`, with a click `ago` before now.
-async fn shopper_with_click(
-    app: &TestApp,
-    merchant: Uuid,
-    customer_ref: &str,
-    email: &str,
-    ago: chrono::Duration,
-) -> (Uuid, Uuid) {
-    let mut c = app.db.conn().await;
-    let user = users::create(&mut c, email, "password-123", Role::User)
-        .await
-        .unwrap()
-        .id;
-    let group = Uuid::now_v7();
-    diesel::insert_into(identity_groups::table)
-        .values(identity_groups::id.eq(group))
-        .execute(&mut c)
-        .await
-        .unwrap();
-    diesel::insert_into(identity_nodes::table)
-        .values(vec![
-            (
-                identity_nodes::id.eq(Uuid::now_v7()),
-                identity_nodes::group_id.eq(group),
-                identity_nodes::kind.eq("user"),
-                identity_nodes::key.eq(user.to_string()),
-                identity_nodes::user_id.eq(Some(user)),
-                identity_nodes::merchant_id.eq(None::<Uuid>),
-            ),
-            (
-                identity_nodes::id.eq(Uuid::now_v7()),
-                identity_nodes::group_id.eq(group),
-                identity_nodes::kind.eq("merchant_customer"),
-                identity_nodes::key.eq(format!("{merchant}:customer:{customer_ref}")),
-                identity_nodes::user_id.eq(None),
-                identity_nodes::merchant_id.eq(Some(merchant)),
-            ),
-        ])
-        .execute(&mut c)
-        .await
-        .unwrap();
-    for (anon, when) in [("old-click", ago * 3), ("latest-click", ago)] {
-        diesel::insert_into(touchpoints::table)
-            .values((
-                touchpoints::id.eq(Uuid::now_v7()),
-                touchpoints::group_id.eq(group),
-                touchpoints::merchant_id.eq(merchant),
-                touchpoints::anon_id.eq(anon),
-                touchpoints::created_at.eq(Utc::now() - when),
-            ))
-            .execute(&mut c)
-            .await
-            .unwrap();
-    }
-    (user, group)
-}
-
-async fn merchant_with_offer(app: &TestApp, offer: serde_json::Value) -> (Uuid, String) {
-    let admin = app.admin_token().await;
-    let (mid, secret, _) = app.merchant(&admin, "Shop").await;
-    let r = app
-        .json(
-            Method::POST,
-            &format!("/v1/admin/merchants/{mid}/offers"),
-            Some(&admin),
-            Some(offer),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    (mid.parse().unwrap(), secret)
-}
-
-fn purchase_for(order: &str, amount: i64, customer_ref: &str) -> serde_json::Value {
-    let mut b = purchase_body(order, amount);
-    b["customer_ref"] = json!(customer_ref);
-    b
-}
 
 #[tokio::test]
 async fn a_purchase_is_attributed_to_the_latest_click_and_credited_once() {
@@ -166,10 +89,15 @@ async fn a_purchase_is_attributed_to_the_latest_click_and_credited_once() {
         .first(&mut c)
         .await
         .unwrap();
-    let again =
-        attribution::attribute(&mut c, pid, &app.config.attribution, &RuleScorer::default())
-            .await
-            .unwrap();
+    let again = attribution::attribute(
+        &mut c,
+        pid,
+        &app.config.attribution,
+        &RuleScorer::default(),
+        app.cache(),
+    )
+    .await
+    .unwrap();
     assert_eq!(again, Outcome::AlreadyProcessed);
     assert_eq!(
         app.scalar("SELECT count(*) AS n FROM ledger_transfers WHERE kind = 'reward_credit'")
@@ -210,8 +138,8 @@ async fn two_attributions_racing_for_the_last_of_a_monthly_cap_share_it() {
     let (mut c1, mut c2) = (app.db.conn().await, app.db.conn().await);
     let scorer = RuleScorer::default();
     let (a, b) = tokio::join!(
-        attribution::attribute(&mut c1, ids[0], &cfg, &scorer),
-        attribution::attribute(&mut c2, ids[1], &cfg, &scorer)
+        attribution::attribute(&mut c1, ids[0], &cfg, &scorer, app.cache()),
+        attribution::attribute(&mut c2, ids[1], &cfg, &scorer, app.cache())
     );
     let amounts: Vec<i64> = [a.unwrap(), b.unwrap()]
         .into_iter()
@@ -243,13 +171,13 @@ async fn a_purchase_without_a_user_waits_then_becomes_unattributed() {
     let pid: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
     let mut c = app.db.conn().await;
     let mut cfg = app.config.attribution.clone();
-    let waiting = attribution::attribute(&mut c, pid, &cfg, &RuleScorer::default())
+    let waiting = attribution::attribute(&mut c, pid, &cfg, &RuleScorer::default(), app.cache())
         .await
         .unwrap();
     assert!(matches!(waiting, Outcome::Waiting { .. }), "{waiting:?}");
     assert_eq!(app.scalar("SELECT count(*) AS n FROM purchases WHERE attribute_after > now() + interval '60 seconds'").await, 1);
     cfg.unattributed_after = Duration::ZERO;
-    let given_up = attribution::attribute(&mut c, pid, &cfg, &RuleScorer::default())
+    let given_up = attribution::attribute(&mut c, pid, &cfg, &RuleScorer::default(), app.cache())
         .await
         .unwrap();
     assert_eq!(given_up, Outcome::Unattributed { reason: "no user" });
@@ -292,10 +220,15 @@ async fn a_late_merge_reattributes_a_pending_reward_to_the_later_click() {
         )
         .await;
     let pid: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
-    let first =
-        attribution::attribute(&mut c, pid, &app.config.attribution, &RuleScorer::default())
-            .await
-            .unwrap();
+    let first = attribution::attribute(
+        &mut c,
+        pid,
+        &app.config.attribution,
+        &RuleScorer::default(),
+        app.cache(),
+    )
+    .await
+    .unwrap();
     assert!(matches!(first, Outcome::Rewarded { .. }));
     let anon_of_live =
         "SELECT count(*) AS n FROM rewards r JOIN touchpoints t ON t.id = r.touchpoint_id

@@ -2,77 +2,32 @@
 
 use axum::http::{Method, StatusCode};
 use clicknback_core::{
-    schema::{identity_groups, identity_nodes, link_quality_daily, touchpoints},
-    services::{attribution, fraud::RuleScorer, users},
+    schema::link_quality_daily,
+    services::{attribution, fraud::RuleScorer},
 };
-use clicknback_tests::{TestApp, procs::eventually, webhook::purchase_body};
+use clicknback_tests::{
+    TestApp,
+    procs::eventually,
+    shoppers::{merchant_with_offer, purchase_for, shopper_with_click},
+};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use serde_json::json;
 use uuid::Uuid;
 
 /// A flagged purchase (every score flags at threshold 0) for a linked shopper.
-async fn flagged_purchase(app: &TestApp, admin: &str, order: &str) -> (Uuid, Uuid) {
-    let (mid, secret, _) = app.merchant(admin, "Shop").await;
-    let mid: Uuid = mid.parse().unwrap();
-    app.json(
-        Method::POST,
-        &format!("/v1/admin/merchants/{mid}/offers"),
-        Some(admin),
-        Some(json!({"name": "5%", "rate_bps": 500, "active": true})),
+async fn flagged_purchase(app: &TestApp, order: &str) -> (Uuid, Uuid) {
+    let (mid, secret) =
+        merchant_with_offer(app, json!({"name": "5%", "rate_bps": 500, "active": true})).await;
+    let (user, _) = shopper_with_click(
+        app,
+        mid,
+        order,
+        &format!("{order}@example.com"),
+        chrono::Duration::minutes(1),
     )
     .await;
-    let mut c = app.db.conn().await;
-    let user = users::create(
-        &mut c,
-        &format!("{order}@example.com"),
-        "password-123",
-        clicknback_core::models::user::Role::User,
-    )
-    .await
-    .unwrap()
-    .id;
-    let group = Uuid::now_v7();
-    diesel::insert_into(identity_groups::table)
-        .values(identity_groups::id.eq(group))
-        .execute(&mut c)
-        .await
-        .unwrap();
-    diesel::insert_into(identity_nodes::table)
-        .values((
-            identity_nodes::id.eq(Uuid::now_v7()),
-            identity_nodes::group_id.eq(group),
-            identity_nodes::kind.eq("user"),
-            identity_nodes::key.eq(user.to_string()),
-            identity_nodes::user_id.eq(Some(user)),
-        ))
-        .execute(&mut c)
-        .await
-        .unwrap();
-    diesel::insert_into(identity_nodes::table)
-        .values((
-            identity_nodes::id.eq(Uuid::now_v7()),
-            identity_nodes::group_id.eq(group),
-            identity_nodes::kind.eq("merchant_customer"),
-            identity_nodes::key.eq(format!("{mid}:customer:{order}")),
-            identity_nodes::merchant_id.eq(Some(mid)),
-        ))
-        .execute(&mut c)
-        .await
-        .unwrap();
-    diesel::insert_into(touchpoints::table)
-        .values((
-            touchpoints::id.eq(Uuid::now_v7()),
-            touchpoints::group_id.eq(group),
-            touchpoints::merchant_id.eq(mid),
-            touchpoints::anon_id.eq("a"),
-            touchpoints::created_at.eq(chrono::Utc::now() - chrono::Duration::minutes(1)),
-        ))
-        .execute(&mut c)
-        .await
-        .unwrap();
-    let mut body = purchase_body(order, 10_000);
-    body["customer_ref"] = json!(order);
+    let body = purchase_for(order, 10_000, order);
     let r = app
         .webhook(
             &format!("/v1/webhooks/{mid}/purchases"),
@@ -84,7 +39,8 @@ async fn flagged_purchase(app: &TestApp, admin: &str, order: &str) -> (Uuid, Uui
     let pid: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
     let mut cfg = app.config.attribution.clone();
     cfg.fraud_threshold = 0.0;
-    let out = attribution::attribute(&mut c, pid, &cfg, &RuleScorer::default())
+    let mut c = app.db.conn().await;
+    let out = attribution::attribute(&mut c, pid, &cfg, &RuleScorer::default(), app.cache())
         .await
         .unwrap();
     assert!(
@@ -98,8 +54,8 @@ async fn flagged_purchase(app: &TestApp, admin: &str, order: &str) -> (Uuid, Uui
 async fn flagged_rewards_move_no_money_until_approved_and_rejection_reverses_them() {
     let app = TestApp::new().await;
     let admin = app.admin_token().await;
-    let (approved, _) = flagged_purchase(&app, &admin, "fa").await;
-    let (rejected, _) = flagged_purchase(&app, &admin, "fb").await;
+    let (approved, _) = flagged_purchase(&app, "fa").await;
+    let (rejected, _) = flagged_purchase(&app, "fb").await;
     assert_eq!(
         app.scalar("SELECT count(*) AS n FROM ledger_transfers")
             .await,

@@ -80,6 +80,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .timeout(Some(Duration::from_secs(15)))
         .build();
     let instance = instance_name();
+    let metrics = server::install_metrics();
+    clicknback_core::services::stats::configure(config.stats_coalesce);
     let ctx: runtime::SharedCtx = Arc::new(runtime::Ctx {
         db: pool.clone(),
         redis: redis.clone(),
@@ -88,6 +90,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         mailer,
         instance: instance.clone(),
         fraud: Box::new(clicknback_core::services::fraud::RuleScorer::default()),
+        cache: clicknback_core::cache::Cache::new(
+            redis.clone(),
+            &config.redis_namespace,
+            &config.cache,
+        ),
+        provider: Arc::new(clicknback_core::payout_provider::HttpProvider::new(
+            &config.payouts,
+        )?),
+        keys: clicknback_core::crypto::Keyring::new(&config.data_encryption_keys),
         paused: Default::default(),
     });
     let schedules = schedules::parse_all(&ctx)?;
@@ -100,7 +111,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.relay.clone(),
     );
     background.spawn(relay.run(shutdown.clone()));
-    background.spawn(server::serve(config.worker_addr, shutdown.clone()));
+    background.spawn(server::serve(config.worker_addr, metrics, shutdown.clone()));
     background.spawn(maintenance::run(
         ctx.clone(),
         Duration::from_secs(30),

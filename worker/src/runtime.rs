@@ -34,8 +34,8 @@ use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
 use crate::jobs::{
-    JobError, JobResult, apply_reward_transition, attribute_purchase, canary, pending,
-    run_schedule, send_email,
+    JobError, JobResult, apply_reward_transition, attribute_purchase, canary, process_payout,
+    recompute_user_stats, run_schedule, send_email,
 };
 
 /// What every job handler shares.
@@ -49,6 +49,12 @@ pub struct Ctx {
     pub instance: String,
     /// Scores purchases before they are rewarded.
     pub fraud: Box<dyn clicknback_core::services::fraud::FraudScorer>,
+    /// Read-through caches (the active offer on the attribution path).
+    pub cache: clicknback_core::cache::Cache,
+    /// Where payouts are sent.
+    pub provider: Arc<dyn clicknback_core::payout_provider::PayoutProvider>,
+    /// Opens destinations for the provider.
+    pub keys: clicknback_core::crypto::Keyring,
     /// Paused flags per queue, read from Redis at most once a second.
     pub paused: std::sync::Mutex<std::collections::HashMap<jobs::Queue, (bool, Instant)>>,
 }
@@ -67,14 +73,8 @@ async fn dispatch(ctx: &Ctx, env: &JobEnvelope) -> JobResult {
         Canary::NAME => canary::run(ctx, decode(env)?, env.attempt).await,
         AttributePurchase::NAME => attribute_purchase::run(ctx, decode(env)?).await,
         ApplyRewardTransition::NAME => apply_reward_transition::run(ctx, decode(env)?).await,
-        ProcessPayout::NAME => {
-            decode::<ProcessPayout>(env)?;
-            pending::not_in_this_version(&env.job)
-        }
-        RecomputeUserStats::NAME => {
-            decode::<RecomputeUserStats>(env)?;
-            pending::not_in_this_version(&env.job)
-        }
+        ProcessPayout::NAME => process_payout::run(ctx, decode(env)?).await,
+        RecomputeUserStats::NAME => recompute_user_stats::run(ctx, decode(env)?).await,
         other => Err(JobError::permanent(anyhow::anyhow!(
             "unknown job type {other:?}"
         ))),
@@ -118,7 +118,7 @@ async fn run_one(ctx: SharedCtx, env: JobEnvelope) -> Result<(), BoxDynError> {
         Ok(()) => "success",
         Err(JobError::Retry(_)) => "retry",
         Err(JobError::Permanent(_)) => "failed",
-        Err(JobError::Defer(_)) => "deferred",
+        Err(JobError::Defer { .. }) => "deferred",
     };
     metrics::histogram!("job_duration_seconds", "job" => env.job.clone()).record(elapsed);
     let policy = ctx.config.worker.retry_of(&env.job);
@@ -130,13 +130,17 @@ async fn run_one(ctx: SharedCtx, env: JobEnvelope) -> Result<(), BoxDynError> {
             tracing::info!(duration_ms = (elapsed * 1000.0) as u64, "job succeeded");
             Ok(())
         }
-        Err(JobError::Defer(reason)) => {
+        Err(JobError::Defer { reason, after }) => {
             metrics::counter!("jobs_total", "job" => env.job.clone(), "outcome" => label)
                 .increment(1);
-            let later = Utc::now() + chrono::Duration::hours(1);
-            let id = format!("{}#d{}", ops::base_task_id(&env.task_id), later.timestamp());
+            let later = Utc::now() + chrono::Duration::from_std(after).unwrap_or_default();
+            let id = format!(
+                "{}#d{}",
+                ops::base_task_id(&env.task_id),
+                later.timestamp_millis()
+            );
             requeue(&ctx, &env, &id, env.attempt, later).await?;
-            tracing::warn!(%reason, "job deferred for an hour");
+            tracing::info!(%reason, after_ms = after.as_millis() as u64, "job deferred");
             Ok(())
         }
         Err(JobError::Retry(e)) if policy.allows_retry_after(attempt) => {

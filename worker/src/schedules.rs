@@ -34,14 +34,18 @@ pub enum Schedule {
     ReconcileLedger,
     /// Merchants whose purchase-token mismatch rate is too high raise an alert.
     LinkQualityAlert,
+    /// Payouts left unfinished (`submitted_unknown`, `processing`, or a
+    /// `requested` one whose job died) are looked up at the provider and settled.
+    ResolvePayouts,
 }
 
-pub const ALL: [Schedule; 5] = [
+pub const ALL: [Schedule; 6] = [
     Schedule::SweepAttributions,
     Schedule::AutoConfirm,
     Schedule::PurgeIdempotencyKeys,
     Schedule::ReconcileLedger,
     Schedule::LinkQualityAlert,
+    Schedule::ResolvePayouts,
 ];
 
 impl Schedule {
@@ -52,6 +56,7 @@ impl Schedule {
             Schedule::PurgeIdempotencyKeys => "purge_idempotency_keys",
             Schedule::ReconcileLedger => "reconcile_ledger",
             Schedule::LinkQualityAlert => "link_quality_alert",
+            Schedule::ResolvePayouts => "resolve_payouts",
         }
     }
 

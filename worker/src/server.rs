@@ -19,8 +19,13 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
         .ok()
 }
 
-pub async fn serve(addr: SocketAddr, shutdown: CancellationToken) {
-    let handle = install_metrics();
+/// Serves `/healthz` and `/metrics` (from `handle`, installed at start-up
+/// before anything records a metric).
+pub async fn serve(
+    addr: SocketAddr,
+    handle: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+) {
     let app = Router::new()
         .route(
             "/healthz",

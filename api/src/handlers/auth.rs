@@ -2,7 +2,7 @@
 
 use axum::{
     extract::State,
-    http::{StatusCode, header},
+    http::StatusCode,
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
@@ -20,6 +20,7 @@ use uuid::Uuid;
 use crate::{
     auth::{AuthUser, ClientIp},
     error::{ApiError, ApiResult, Json, Problem},
+    limits,
     state::AppState,
 };
 
@@ -96,7 +97,7 @@ pub async fn login(
         .take(12)
         .map(|b| format!("{b:02x}"))
         .collect();
-    let key = format!("{}:rl:login:{who}:{ip}", state.config.redis_namespace);
+    let key = limits::key(&state, "login", &format!("{who}:{ip}"));
     let mut redis = state.redis.get().await.ok();
     if let Some(r) = redis.as_mut() {
         let d = rate_limit::peek(r, &key, limit).await;
@@ -123,7 +124,7 @@ pub async fn login(
             let mut err: ApiError = UserError::InvalidCredentials.into();
             if let Some(r) = redis.as_mut() {
                 let d = rate_limit::hit(r, &key, limit).await;
-                err = with_limit_headers(err, &d);
+                err = limits::with_headers(err, &d);
             }
             Err(err)
         }
@@ -131,30 +132,14 @@ pub async fn login(
     }
 }
 
-fn with_limit_headers(err: ApiError, d: &Decision) -> ApiError {
-    err.with_header(
-        header::HeaderName::from_static("ratelimit-policy"),
-        &d.policy_header(),
-    )
-    .with_header(
-        header::HeaderName::from_static("ratelimit"),
-        &d.limit_header(),
-    )
-}
-
 fn too_many(d: Decision) -> ApiError {
     tracing::warn!("login locked out after repeated failures");
-    metrics::counter!("rate_limited_total", "limit" => "login").increment(1);
-    let err = ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
+    limits::too_many(
+        "login",
+        &d,
         "too_many_login_attempts",
-        format!(
-            "too many failed logins; try again in {} seconds",
-            d.reset_secs.max(1)
-        ),
+        "too many failed logins",
     )
-    .with_header(header::RETRY_AFTER, &d.reset_secs.max(1).to_string());
-    with_limit_headers(err, &d)
 }
 
 /// The caller's account.

@@ -1,7 +1,10 @@
 //! The shopper's own data.
 
 use axum::extract::State;
-use clicknback_core::services::ledger::{self, WalletBalance};
+use clicknback_core::services::{
+    ledger::{self, WalletBalance},
+    stats::{self, UserStats},
+};
 use serde::Serialize;
 
 use crate::{
@@ -26,6 +29,27 @@ pub async fn wallet(State(state): State<AppState>, user: AuthUser) -> ApiResult<
     Ok(Json(Wallet {
         data: ledger::wallet(&mut conn, user.id).await?,
     }))
+}
+
+/// Cashback statistics per currency (total, count, average, best day),
+/// computed in the background after reward movements and served from a cache.
+#[utoipa::path(get, path = "/v1/me/stats", tag = "me", security(("bearer" = [])), responses(
+    (status = 200, body = UserStats), (status = 401, body = Problem),
+))]
+pub async fn stats(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<UserStats>> {
+    let figures = state
+        .cache
+        .get_or_load(
+            stats::CACHE_KIND,
+            &user.id.to_string(),
+            state.config.cache.stats_ttl,
+            || async {
+                let mut conn = state.conn().await?;
+                Ok::<_, ApiError>(stats::read(&mut conn, user.id).await?)
+            },
+        )
+        .await?;
+    Ok(Json(figures))
 }
 
 use axum::http::StatusCode;

@@ -6,13 +6,21 @@ pub mod auth;
 pub mod board;
 pub mod health;
 pub mod me;
+pub mod payouts;
 pub mod track;
 pub mod webhooks;
 
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::{
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
 use chrono::{DateTime, Utc};
-use clicknback_core::services::pagination::{self, Cursor, CursorCodec};
-use serde::{Deserialize, Serialize};
+use clicknback_core::services::{
+    FieldError,
+    idempotency::Outcome,
+    pagination::{self, Cursor, CursorCodec},
+};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
@@ -101,4 +109,21 @@ where
     D: serde::Deserializer<'de>,
 {
     Option::<T>::deserialize(d).map(Some)
+}
+
+/// A JSON value as a typed request body; 422 naming the problem when it does not fit.
+pub fn typed<T: DeserializeOwned>(json: &serde_json::Value) -> ApiResult<T> {
+    T::deserialize(json)
+        .map_err(|e| ApiError::validation(vec![FieldError::new("body", &e.to_string())]))
+}
+
+/// The response of an idempotent request; `Idempotent-Replayed: true` on a replay.
+pub fn respond(outcome: Outcome) -> Response {
+    let status = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::ACCEPTED);
+    let mut res = (status, axum::Json(outcome.body)).into_response();
+    if outcome.replayed {
+        res.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    res
 }

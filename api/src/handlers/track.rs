@@ -4,14 +4,14 @@
 
 use axum::{
     extract::{FromRequestParts, State},
-    http::{HeaderName, StatusCode, request::Parts},
+    http::{StatusCode, request::Parts},
     response::{IntoResponse, Response},
 };
 use clicknback_core::{
     models::merchant::Merchant,
     services::{
         merchants,
-        rate_limit::{self, Decision, Limit},
+        rate_limit::{Decision, Limit},
         tracking::{self, LinkOutcome, TouchpointView, TrackError},
     },
 };
@@ -21,6 +21,7 @@ use uuid::Uuid;
 use crate::{
     auth::{AuthUser, ClientIp},
     error::{ApiError, ApiResult, Json, Problem},
+    limits,
     state::AppState,
 };
 
@@ -52,8 +53,17 @@ impl FromRequestParts<AppState> for PublishableMerchant {
                     "send the merchant's X-Publishable-Key",
                 )
             })?;
-        let mut conn = state.conn().await?;
-        let m = merchants::find_by_publishable_key(&mut conn, key)
+        let m = state
+            .cache
+            .get_or_load(
+                merchants::PK_CACHE_KIND,
+                key,
+                state.config.cache.merchant_ttl,
+                || async {
+                    let mut conn = state.conn().await?;
+                    Ok::<_, ApiError>(merchants::find_by_publishable_key(&mut conn, key).await?)
+                },
+            )
             .await?
             .ok_or_else(|| {
                 ApiError::new(
@@ -69,56 +79,13 @@ impl FromRequestParts<AppState> for PublishableMerchant {
     }
 }
 
-fn limit_headers(d: &Decision) -> [(HeaderName, String); 2] {
-    [
-        (
-            HeaderName::from_static("ratelimit-policy"),
-            d.policy_header(),
-        ),
-        (HeaderName::from_static("ratelimit"), d.limit_header()),
-    ]
-}
-
-/// Counts the call against the client's limit; 429 past it.
-async fn limited(state: &AppState, ip: &str) -> ApiResult<Decision> {
+/// Counts the call against the client address's limit; 429 past it.
+async fn limited(state: &AppState, ip: &str) -> ApiResult<Option<Decision>> {
     let l = Limit {
         limit: state.config.track_per_minute,
         window: std::time::Duration::from_secs(60),
     };
-    let key = format!("{}:rl:track:{ip}", state.config.redis_namespace);
-    let d = match state.redis.get().await {
-        Ok(mut r) => rate_limit::hit(&mut r, &key, l).await,
-        Err(_) => {
-            tracing::warn!("rate limiter unavailable; allowing the request");
-            return Ok(Decision {
-                allowed: true,
-                limit: l.limit,
-                remaining: l.limit,
-                reset_secs: 60,
-                window_secs: 60,
-            });
-        }
-    };
-    if !d.allowed {
-        metrics::counter!("rate_limited_total", "limit" => "track").increment(1);
-        let mut err = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!(
-                "too many requests; retry in {} seconds",
-                d.reset_secs.max(1)
-            ),
-        )
-        .with_header(
-            axum::http::header::RETRY_AFTER,
-            &d.reset_secs.max(1).to_string(),
-        );
-        for (k, v) in limit_headers(&d) {
-            err = err.with_header(k, &v);
-        }
-        return Err(err);
-    }
-    Ok(d)
+    limits::hit(state, "track", ip, l, "rate_limited").await
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -151,7 +118,10 @@ pub async fn click(
         body.landing_url.as_deref(),
     )
     .await?;
-    Ok((StatusCode::CREATED, limit_headers(&d), Json(t)).into_response())
+    Ok(limits::annotate(
+        (StatusCode::CREATED, Json(t)).into_response(),
+        d.as_ref(),
+    ))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -175,7 +145,10 @@ pub async fn identify(
     let d = limited(&state, &ip).await?;
     let mut conn = state.conn().await?;
     tracking::identify(&mut conn, user.id, &body.anon_id).await?;
-    Ok((StatusCode::NO_CONTENT, limit_headers(&d)).into_response())
+    Ok(limits::annotate(
+        StatusCode::NO_CONTENT.into_response(),
+        d.as_ref(),
+    ))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -215,10 +188,12 @@ pub async fn purchase(
         &body.purchase_token,
     )
     .await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        limit_headers(&d),
-        Json(PurchaseConfirmationResult { result }),
-    )
-        .into_response())
+    Ok(limits::annotate(
+        (
+            StatusCode::ACCEPTED,
+            Json(PurchaseConfirmationResult { result }),
+        )
+            .into_response(),
+        d.as_ref(),
+    ))
 }

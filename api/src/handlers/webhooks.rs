@@ -2,30 +2,34 @@
 //!
 //! Order of checks: the merchant exists (404); an idempotency key is present
 //! (`Idempotency-Key`, else `webhook-id`; 400); the signature over the raw body
-//! verifies (401); the merchant is not suspended (403); the body is JSON of the
-//! right shape (415/400/422). Then the core service does the rest in one
-//! transaction.
+//! verifies (401); the merchant is not suspended (403); the merchant is under
+//! its rate limit (429, counted only for signed calls, so nobody else can use
+//! up a merchant's quota); the body is JSON of the right shape (415/400/422).
+//! Then the core service does the rest in one transaction. The merchant is
+//! read through the cache (invalidated by every admin change to it).
 
 use axum::{
     extract::State,
-    http::{HeaderMap, HeaderValue, StatusCode, header},
-    response::{IntoResponse, Response},
+    http::{HeaderMap, StatusCode, header},
+    response::Response,
 };
 use chrono::Utc;
 use clicknback_core::{
     models::merchant::Merchant,
     services::{
-        idempotency::{IdempotencyKey, Outcome},
+        idempotency::IdempotencyKey,
         merchants,
         purchases::{self, PurchaseRequest, PurchaseView, StatusRequest},
+        rate_limit::{Decision, Limit},
     },
     signature::{self, SignedHeaders},
 };
-use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use crate::{
     error::{ApiError, ApiResult, Path, Problem, RawBody},
+    handlers::{respond, typed},
+    limits,
     state::AppState,
 };
 
@@ -36,6 +40,7 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// A verified webhook: the merchant, the idempotency key header and the JSON body.
 struct Verified {
     merchant: Merchant,
+    decision: Option<Decision>,
     key: Option<String>,
     json: serde_json::Value,
 }
@@ -46,9 +51,18 @@ async fn verify(
     headers: &HeaderMap,
     body: &[u8],
 ) -> ApiResult<Verified> {
-    let mut conn = state.conn().await?;
-    let merchant = merchants::get(&mut conn, merchant_id).await?;
-    drop(conn);
+    let merchant: Merchant = state
+        .cache
+        .get_or_load(
+            merchants::CACHE_KIND,
+            &merchant_id.to_string(),
+            state.config.cache.merchant_ttl,
+            || async {
+                let mut conn = state.conn().await?;
+                Ok::<_, ApiError>(merchants::get(&mut conn, merchant_id).await?)
+            },
+        )
+        .await?;
 
     let key = header_str(headers, "idempotency-key")
         .or_else(|| header_str(headers, "webhook-id"))
@@ -81,6 +95,21 @@ async fn verify(
     if !merchant.is_active() {
         return Err(ApiError::forbidden("this merchant is suspended"));
     }
+    let limit = Limit {
+        limit: merchant
+            .webhook_rate_limit_per_minute
+            .map(|n| n as u64)
+            .unwrap_or(state.config.webhook_per_minute),
+        window: std::time::Duration::from_secs(60),
+    };
+    let decision = limits::hit(
+        state,
+        "webhook",
+        &merchant.id.to_string(),
+        limit,
+        "rate_limited",
+    )
+    .await?;
 
     let is_json = header_str(headers, header::CONTENT_TYPE.as_str())
         .and_then(|v| v.split(';').next())
@@ -99,28 +128,10 @@ async fn verify(
         .map_err(|_| ApiError::bad_request("invalid_json", "the body is not valid JSON"))?;
     Ok(Verified {
         merchant,
+        decision,
         key,
         json,
     })
-}
-
-fn typed<T: DeserializeOwned>(json: &serde_json::Value) -> ApiResult<T> {
-    T::deserialize(json).map_err(|e| {
-        ApiError::validation(vec![clicknback_core::services::FieldError::new(
-            "body",
-            &e.to_string(),
-        )])
-    })
-}
-
-fn respond(outcome: Outcome) -> Response {
-    let status = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::ACCEPTED);
-    let mut res = (status, axum::Json(outcome.body)).into_response();
-    if outcome.replayed {
-        res.headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
-    }
-    res
 }
 
 fn key_for(v: &Verified, endpoint: &str) -> ApiResult<IdempotencyKey> {
@@ -151,6 +162,7 @@ fn key_for(v: &Verified, endpoint: &str) -> ApiResult<IdempotencyKey> {
         (status = 409, description = "order already reported, or the same key is in flight", body = Problem),
         (status = 415, body = Problem),
         (status = 422, description = "invalid fields, or key reused with another body", body = Problem),
+        (status = 429, description = "over the merchant's webhook rate limit; see `Retry-After`", body = Problem),
     ))]
 pub async fn purchase(
     State(state): State<AppState>,
@@ -171,7 +183,7 @@ pub async fn purchase(
         state.config.attribution_delay,
     )
     .await?;
-    Ok(respond(outcome))
+    Ok(limits::annotate(respond(outcome), v.decision.as_ref()))
 }
 
 /// Confirms or reverses a reported purchase.
@@ -188,6 +200,7 @@ pub async fn purchase(
         (status = 404, description = "unknown merchant or order", body = Problem),
         (status = 409, description = "illegal transition (e.g. confirm after reverse) or key in flight", body = Problem),
         (status = 415, body = Problem), (status = 422, body = Problem),
+        (status = 429, description = "over the merchant's webhook rate limit", body = Problem),
     ))]
 pub async fn purchase_status(
     State(state): State<AppState>,
@@ -205,5 +218,5 @@ pub async fn purchase_status(
     let mut conn = state.conn().await?;
     let outcome =
         purchases::request_status(&mut conn, &v.merchant, &order_id, &key, request).await?;
-    Ok(respond(outcome))
+    Ok(limits::annotate(respond(outcome), v.decision.as_ref()))
 }

@@ -4,7 +4,9 @@ use uuid::Uuid;
 
 use crate::schema::merchants;
 
-#[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
+#[derive(
+    Debug, Clone, Queryable, Selectable, Identifiable, serde::Serialize, serde::Deserialize,
+)]
 #[diesel(table_name = merchants, check_for_backend(diesel::pg::Pg))]
 pub struct Merchant {
     pub id: Uuid,

@@ -4,7 +4,9 @@ use uuid::Uuid;
 
 use crate::schema::offers;
 
-#[derive(Debug, Clone, Queryable, Selectable, Identifiable, serde::Serialize)]
+#[derive(
+    Debug, Clone, Queryable, Selectable, Identifiable, serde::Serialize, serde::Deserialize,
+)]
 #[diesel(table_name = offers, check_for_backend(diesel::pg::Pg))]
 pub struct Offer {
     pub id: Uuid,

@@ -20,6 +20,7 @@ use super::{
     rewards::{self as reward_money, RewardError},
 };
 use crate::{
+    cache::Cache,
     config::AttributionConfig,
     jobs::{self, EmailKind, RewardTransition, SendEmail},
     models::{
@@ -165,6 +166,7 @@ pub async fn attribute(
     purchase_id: Uuid,
     cfg: &AttributionConfig,
     scorer: &dyn FraudScorer,
+    cache: &Cache,
 ) -> Result<Outcome, AttributionError> {
     conn.transaction::<Outcome, AttributionError, _>(async move |conn| {
         let p: Purchase = purchases::table
@@ -226,7 +228,9 @@ pub async fn attribute(
             return unattributed(conn, p.id, group, "no touchpoint in the attribution window")
                 .await;
         };
-        let Some(offer) = offers::active_at(conn, p.merchant_id, p.purchased_at).await? else {
+        let Some(offer) =
+            offers::active_at_cached(conn, cache, p.merchant_id, p.purchased_at).await?
+        else {
             return unattributed(conn, p.id, group, "no active offer").await;
         };
 
@@ -366,6 +370,7 @@ pub async fn reattribute(
     purchase_id: Uuid,
     cfg: &AttributionConfig,
     scorer: &dyn FraudScorer,
+    cache: &Cache,
 ) -> Result<Outcome, AttributionError> {
     let changed = conn
         .transaction::<bool, AttributionError, _>(async move |conn| {
@@ -425,5 +430,5 @@ pub async fn reattribute(
     if !changed {
         return Ok(Outcome::AlreadyProcessed);
     }
-    attribute(conn, purchase_id, cfg, scorer).await
+    attribute(conn, purchase_id, cfg, scorer, cache).await
 }

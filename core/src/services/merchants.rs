@@ -91,6 +91,17 @@ pub async fn create(
     })
 }
 
+/// Cache entries: a merchant by id, and by publishable key (`None` cached
+/// too, so unknown keys do not reach the database on every call).
+pub const CACHE_KIND: &str = "merchant";
+pub const PK_CACHE_KIND: &str = "merchant:pk";
+
+/// Call after any committed change to a merchant, before answering.
+pub async fn invalidate_cache(cache: &crate::cache::Cache, m: &Merchant) {
+    cache.invalidate(CACHE_KIND, &m.id.to_string()).await;
+    cache.invalidate(PK_CACHE_KIND, &m.publishable_key).await;
+}
+
 pub async fn get(conn: &mut AsyncPgConnection, id: Uuid) -> Result<Merchant, MerchantError> {
     merchants::table
         .find(id)

@@ -14,9 +14,11 @@ pub mod merchants;
 pub mod offers;
 pub mod ops;
 pub mod pagination;
+pub mod payouts;
 pub mod purchases;
 pub mod rate_limit;
 pub mod rewards;
+pub mod stats;
 pub mod tracking;
 pub mod users;
 

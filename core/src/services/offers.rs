@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::{Actor, audit, pagination::Cursor};
 use crate::{
+    cache::Cache,
     db,
     models::offer::{NewOffer, Offer},
     schema::{merchants, offer_activations, offers},
@@ -227,6 +228,78 @@ pub async fn active_at(
         .first(conn)
         .await
         .optional()
+}
+
+/// What the cache keeps per merchant (`offer:active:<merchant_id>`): the
+/// offer active now, and since when the merchant has had exactly that (the
+/// activation, or the last deactivation when none is active).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct CurrentOffer {
+    pub offer: Option<Offer>,
+    pub since: DateTime<Utc>,
+}
+
+pub const CACHE_KIND: &str = "offer:active";
+
+async fn current(
+    conn: &mut AsyncPgConnection,
+    merchant_id: Uuid,
+) -> Result<CurrentOffer, diesel::result::Error> {
+    let open: Option<(Offer, DateTime<Utc>)> = offers::table
+        .inner_join(offer_activations::table.on(offer_activations::offer_id.eq(offers::id)))
+        .filter(offer_activations::merchant_id.eq(merchant_id))
+        .filter(offer_activations::deactivated_at.is_null())
+        .select((Offer::as_select(), offer_activations::activated_at))
+        .first(conn)
+        .await
+        .optional()?;
+    if let Some((offer, since)) = open {
+        return Ok(CurrentOffer {
+            offer: Some(offer),
+            since,
+        });
+    }
+    let last: Option<DateTime<Utc>> = offer_activations::table
+        .filter(offer_activations::merchant_id.eq(merchant_id))
+        .select(diesel::dsl::max(offer_activations::deactivated_at))
+        .first(conn)
+        .await?;
+    Ok(CurrentOffer {
+        offer: None,
+        since: last.unwrap_or(DateTime::<Utc>::MIN_UTC),
+    })
+}
+
+fn in_window(o: &Offer, at: DateTime<Utc>) -> bool {
+    o.starts_at.is_none_or(|s| s <= at) && o.ends_at.is_none_or(|e| e > at)
+}
+
+/// [`active_at`] through the cache: a purchase made since the merchant's last
+/// offer change is answered from `offer:active:<merchant_id>`; an older one
+/// goes to the activation history.
+pub async fn active_at_cached(
+    conn: &mut AsyncPgConnection,
+    cache: &Cache,
+    merchant_id: Uuid,
+    at: DateTime<Utc>,
+) -> Result<Option<Offer>, diesel::result::Error> {
+    let now = cache
+        .get_or_load(
+            CACHE_KIND,
+            &merchant_id.to_string(),
+            cache.config().offer_ttl,
+            || current(conn, merchant_id),
+        )
+        .await?;
+    if at >= now.since {
+        return Ok(now.offer.filter(|o| in_window(o, at)));
+    }
+    active_at(conn, merchant_id, at).await
+}
+
+/// Call after any committed change to a merchant's offers, before answering.
+pub async fn invalidate_cache(cache: &Cache, merchant_id: Uuid) {
+    cache.invalidate(CACHE_KIND, &merchant_id.to_string()).await;
 }
 
 async fn change<F>(

@@ -93,7 +93,7 @@ async fn set_status(
         ))
         .execute(conn)
         .await?;
-    Ok(())
+    super::stats::schedule_recompute(conn, r.user_id).await
 }
 
 /// Credits a new `pending` reward: cashback_expense → pending.
@@ -111,6 +111,7 @@ pub async fn credit(conn: &mut AsyncPgConnection, r: &Reward) -> Result<(), Rewa
             ),
         )
         .await?;
+        super::stats::schedule_recompute(conn, r.user_id).await?;
     }
     Ok(())
 }

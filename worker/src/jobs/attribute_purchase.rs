@@ -15,9 +15,9 @@ pub async fn run(ctx: &Ctx, job: AttributePurchase) -> JobResult {
     let mut conn = ctx.db.get().await?;
     let (cfg, fraud) = (&ctx.config.attribution, ctx.fraud.as_ref());
     let result = if job.reattribute {
-        attribution::reattribute(&mut conn, job.purchase_id, cfg, fraud).await
+        attribution::reattribute(&mut conn, job.purchase_id, cfg, fraud, &ctx.cache).await
     } else {
-        attribution::attribute(&mut conn, job.purchase_id, cfg, fraud).await
+        attribution::attribute(&mut conn, job.purchase_id, cfg, fraud, &ctx.cache).await
     };
     match result {
         Ok(Outcome::Rewarded {

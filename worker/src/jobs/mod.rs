@@ -5,7 +5,8 @@
 pub mod apply_reward_transition;
 pub mod attribute_purchase;
 pub mod canary;
-pub mod pending;
+pub mod process_payout;
+pub mod recompute_user_stats;
 pub mod run_schedule;
 pub mod send_email;
 
@@ -18,10 +19,13 @@ pub enum JobError {
     /// Retrying cannot fix it (malformed payload, a row that will never exist).
     #[error("{0:#}")]
     Permanent(anyhow::Error),
-    /// The handler for this job is not part of this version; the job is kept
-    /// and looked at again later without spending an attempt.
-    #[error("{0}")]
-    Defer(String),
+    /// Not a failure: the job is kept and looked at again later without
+    /// spending an attempt (a paused queue, work another worker holds).
+    #[error("{reason}")]
+    Defer {
+        reason: String,
+        after: std::time::Duration,
+    },
 }
 
 impl JobError {

@@ -162,5 +162,51 @@ async fn body(
             metrics::gauge!("link_quality_alerting_merchants").set(bad.len() as f64);
             Ok(format!("{} merchant(s) over the threshold", bad.len()))
         }
+        Schedule::ResolvePayouts => resolve_payouts(ctx, conn).await,
     }
+}
+
+/// Settles payouts that have been unfinished for `PAYOUT_RECONCILE_AFTER_SECS`
+/// through the same path as `ProcessPayout` (ask the provider first, send only
+/// what it never received), at most 100 per run; stops early when the
+/// provider is unreachable.
+async fn resolve_payouts(
+    ctx: &Ctx,
+    conn: &mut diesel_async::AsyncPgConnection,
+) -> Result<String, JobError> {
+    use clicknback_core::services::payouts::{self, Processed};
+    let cutoff = Utc::now()
+        - chrono::Duration::from_std(ctx.config.payouts.reconcile_after).unwrap_or_default();
+    let stuck = payouts::unresolved(conn, cutoff, 100)
+        .await
+        .map_err(JobError::retry)?;
+    metrics::gauge!("payouts_unresolved").set(stuck.len() as f64);
+    let (mut settled, mut waiting) = (0, 0);
+    for id in &stuck {
+        match payouts::process(&ctx.db, &ctx.keys, ctx.provider.as_ref(), *id).await {
+            Ok(p) if p.is_final() => settled += 1,
+            Ok(Processed::NotSent(reason)) => {
+                tracing::warn!(payout.id = %id, %reason, "payout provider unreachable; resolution stops for this run");
+                waiting += 1;
+                break;
+            }
+            Ok(_) => waiting += 1,
+            Err(e) => {
+                tracing::error!(payout.id = %id, error = %e, "payout could not be resolved");
+                waiting += 1;
+            }
+        }
+    }
+    if !stuck.is_empty() {
+        tracing::info!(
+            found = stuck.len(),
+            settled,
+            waiting,
+            "unfinished payouts looked up"
+        );
+    }
+    Ok(format!(
+        "{} unfinished payout(s): {settled} settled, {waiting} still waiting",
+        stuck.len()
+    ))
 }

@@ -174,6 +174,7 @@ pub async fn update(
         },
     )
     .await?;
+    merchants::invalidate_cache(&state.cache, &m).await;
     Ok(with_etag(m))
 }
 
@@ -189,9 +190,9 @@ pub async fn suspend(
     Path(id): Path<Uuid>,
 ) -> ApiResult<impl IntoResponse> {
     let mut conn = state.conn().await?;
-    Ok(with_etag(
-        merchants::set_status(&mut conn, &admin.actor(), id, true).await?,
-    ))
+    let m = merchants::set_status(&mut conn, &admin.actor(), id, true).await?;
+    merchants::invalidate_cache(&state.cache, &m).await;
+    Ok(with_etag(m))
 }
 
 /// Lifts a suspension.
@@ -206,9 +207,9 @@ pub async fn reactivate(
     Path(id): Path<Uuid>,
 ) -> ApiResult<impl IntoResponse> {
     let mut conn = state.conn().await?;
-    Ok(with_etag(
-        merchants::set_status(&mut conn, &admin.actor(), id, false).await?,
-    ))
+    let m = merchants::set_status(&mut conn, &admin.actor(), id, false).await?;
+    merchants::invalidate_cache(&state.cache, &m).await;
+    Ok(with_etag(m))
 }
 
 /// Issues a new webhook secret; the previous one keeps verifying for a grace period.
@@ -231,6 +232,7 @@ pub async fn rotate_secret(
         state.config.webhook_secret_grace,
     )
     .await?;
+    merchants::invalidate_cache(&state.cache, &rotated.merchant).await;
     let tag = etag(rotated.merchant.version);
     Ok(([(header::ETAG, tag)], Json(with_secret(rotated))))
 }

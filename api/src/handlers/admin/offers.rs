@@ -121,6 +121,7 @@ pub async fn create(
         body.active.unwrap_or(false),
     )
     .await?;
+    offers::invalidate_cache(&state.cache, o.merchant_id).await;
     Ok((StatusCode::CREATED, with_etag(o)))
 }
 
@@ -189,9 +190,9 @@ pub async fn update(
         starts_at: body.starts_at,
         ends_at: body.ends_at,
     };
-    Ok(with_etag(
-        offers::update(&mut conn, &admin.actor(), id, version, patch).await?,
-    ))
+    let o = offers::update(&mut conn, &admin.actor(), id, version, patch).await?;
+    offers::invalidate_cache(&state.cache, o.merchant_id).await;
+    Ok(with_etag(o))
 }
 
 /// Makes the offer the merchant's active one (409 if another is active).
@@ -207,9 +208,9 @@ pub async fn activate(
     Path(id): Path<Uuid>,
 ) -> ApiResult<impl IntoResponse> {
     let mut conn = state.conn().await?;
-    Ok(with_etag(
-        offers::set_active(&mut conn, &admin.actor(), id, true).await?,
-    ))
+    let o = offers::set_active(&mut conn, &admin.actor(), id, true).await?;
+    offers::invalidate_cache(&state.cache, o.merchant_id).await;
+    Ok(with_etag(o))
 }
 
 /// Stops the offer; purchases made from now on do not get it.
@@ -224,7 +225,7 @@ pub async fn deactivate(
     Path(id): Path<Uuid>,
 ) -> ApiResult<impl IntoResponse> {
     let mut conn = state.conn().await?;
-    Ok(with_etag(
-        offers::set_active(&mut conn, &admin.actor(), id, false).await?,
-    ))
+    let o = offers::set_active(&mut conn, &admin.actor(), id, false).await?;
+    offers::invalidate_cache(&state.cache, o.merchant_id).await;
+    Ok(with_etag(o))
 }

@@ -1,0 +1,190 @@
+//! Read-through caching in Redis for hot reads (the active offer of a
+//! merchant, a merchant, a user's statistics).
+//!
+//! Every entry has a TTL, and writers invalidate synchronously after their
+//! transaction commits. Invalidation also bumps a generation counter next to
+//! the entry, and a reader stores what it loaded only if the generation is
+//! still the one it saw before loading: a read that raced a write can never
+//! put the old value back after the writer returned.
+//!
+//! Redis is an accelerator here, never the source of truth: a cache that is
+//! off, slow or unreachable sends the read to PostgreSQL.
+
+use std::{future::Future, time::Duration};
+
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::{config::CacheConfig, redis_conn::RedisHandle};
+
+/// Stores `ARGV[2]` with TTL `ARGV[3]` ms unless the generation moved past `ARGV[1]`.
+const FILL: &str = r"
+local gen = redis.call('GET', KEYS[2]) or '0'
+if gen == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+";
+
+/// Bumps the generation (kept a day, far longer than any load) and drops the entry.
+const INVALIDATE: &str = r"
+redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], 86400000)
+redis.call('DEL', KEYS[1])
+return 1
+";
+
+#[derive(Clone, Debug)]
+pub struct Cache {
+    redis: Option<RedisHandle>,
+    namespace: String,
+    cfg: CacheConfig,
+}
+
+impl Cache {
+    pub fn new(redis: RedisHandle, namespace: &str, cfg: &CacheConfig) -> Self {
+        Self {
+            redis: cfg.enabled.then_some(redis),
+            namespace: namespace.to_owned(),
+            cfg: cfg.clone(),
+        }
+    }
+
+    /// A cache that always loads from the source.
+    pub fn off() -> Self {
+        let ttl = Duration::from_secs(1);
+        Self {
+            redis: None,
+            namespace: String::new(),
+            cfg: CacheConfig {
+                enabled: false,
+                offer_ttl: ttl,
+                merchant_ttl: ttl,
+                stats_ttl: ttl,
+                timeout: ttl,
+            },
+        }
+    }
+
+    /// TTLs and timeouts.
+    pub fn config(&self) -> &CacheConfig {
+        &self.cfg
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    /// The Redis key of an entry: `<namespace>:<kind>:<id>`.
+    pub fn key(&self, kind: &str, id: &str) -> String {
+        format!("{}:{kind}:{id}", self.namespace)
+    }
+
+    /// The cached value of `kind:id`, or what `load` returns (then cached for `ttl`).
+    pub async fn get_or_load<T, E, F, Fut>(
+        &self,
+        kind: &'static str,
+        id: &str,
+        ttl: Duration,
+        load: F,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let Some(redis) = &self.redis else {
+            return load().await;
+        };
+        let key = self.key(kind, id);
+        let gen_key = format!("{key}:gen");
+        let read = tokio::time::timeout(self.cfg.timeout, async {
+            let mut c = redis.get().await?;
+            redis::cmd("MGET")
+                .arg(&key)
+                .arg(&gen_key)
+                .query_async::<(Option<Vec<u8>>, Option<String>)>(&mut c)
+                .await
+        })
+        .await;
+        let generation = match read {
+            Ok(Ok((Some(bytes), _))) => match serde_json::from_slice(&bytes) {
+                Ok(v) => {
+                    metrics::counter!("cache_requests_total", "cache" => kind, "outcome" => "hit")
+                        .increment(1);
+                    return Ok(v);
+                }
+                Err(e) => {
+                    tracing::warn!(cache = kind, error = %e, "unreadable cache entry; reloading");
+                    None
+                }
+            },
+            Ok(Ok((None, generation))) => Some(generation.unwrap_or_else(|| "0".to_owned())),
+            Ok(Err(e)) => {
+                tracing::debug!(cache = kind, error = %e, "cache unavailable; reading the database");
+                metrics::counter!("cache_requests_total", "cache" => kind, "outcome" => "error")
+                    .increment(1);
+                return load().await;
+            }
+            Err(_) => {
+                tracing::debug!(cache = kind, "cache too slow; reading the database");
+                metrics::counter!("cache_requests_total", "cache" => kind, "outcome" => "error")
+                    .increment(1);
+                return load().await;
+            }
+        };
+        metrics::counter!("cache_requests_total", "cache" => kind, "outcome" => "miss")
+            .increment(1);
+        let value = load().await?;
+        if let (Some(generation), Ok(bytes)) = (generation, serde_json::to_vec(&value)) {
+            let _ = tokio::time::timeout(self.cfg.timeout, async {
+                let mut c = redis.get().await?;
+                redis::Script::new(FILL)
+                    .key(&key)
+                    .key(&gen_key)
+                    .arg(generation)
+                    .arg(bytes)
+                    .arg(ttl.as_millis() as u64)
+                    .invoke_async::<i64>(&mut c)
+                    .await
+            })
+            .await;
+        }
+        Ok(value)
+    }
+
+    /// Drops `kind:id` so the next read loads it afresh. Call after the write
+    /// committed. A failure is logged and counted; the entry then still
+    /// expires by its TTL.
+    pub async fn invalidate(&self, kind: &'static str, id: &str) {
+        let Some(redis) = &self.redis else {
+            return;
+        };
+        let key = self.key(kind, id);
+        let gen_key = format!("{key}:gen");
+        let mut last = None;
+        for _ in 0..3 {
+            let r = tokio::time::timeout(Duration::from_secs(2), async {
+                let mut c = redis.get().await?;
+                redis::Script::new(INVALIDATE)
+                    .key(&key)
+                    .key(&gen_key)
+                    .invoke_async::<i64>(&mut c)
+                    .await
+            })
+            .await;
+            match r {
+                Ok(Ok(_)) => return,
+                Ok(Err(e)) => last = Some(e.to_string()),
+                Err(_) => last = Some("timed out".to_owned()),
+            }
+        }
+        metrics::counter!("cache_invalidation_failures_total", "cache" => kind).increment(1);
+        tracing::error!(
+            cache = kind,
+            key,
+            error = last.unwrap_or_default(),
+            "cache invalidation failed; the entry expires by its TTL"
+        );
+    }
+}

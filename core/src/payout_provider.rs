@@ -1,0 +1,370 @@
+//! The payout provider: who actually moves money to a shopper's bank or
+//! PayPal account.
+//!
+//! The HTTP API is modelled on the real ones (Stripe, Wise, Adyen payouts):
+//!
+//! - `POST {base}/v1/payouts` with `Authorization: Bearer <key>` and
+//!   `Idempotency-Key: <our payout id>`, body `{reference, amount_minor,
+//!   currency, destination: {type, value}}` → `200`/`201` with the payout
+//!   `{id, reference, status: pending|paid|failed, failure_reason}`. A repeated
+//!   request with the same key returns the same payout and moves no money again.
+//!   `400`/`402`/`403`/`422` refuse the payout for good.
+//! - `GET {base}/v1/payouts/{reference}` → `200` with the payout, `404` when
+//!   the provider never received it.
+//!
+//! Every call has a timeout and goes through a circuit breaker (the
+//! `failsafe` crate: consecutive failures open it, calls fail fast while it is
+//! open, and after an exponentially growing pause calls are let through as
+//! probes; one success closes it). Its state is the
+//! `payout_provider_circuit_state` gauge (0 closed, 1 half-open, 2 open).
+//! The breaker is per process: each worker replica learns on its own that the
+//! provider is down, after `PAYOUT_BREAKER_FAILURES` calls.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU8, Ordering},
+    },
+    time::Duration,
+};
+
+use failsafe::{
+    Config as BreakerConfig, StateMachine, backoff, failure_policy, futures::CircuitBreaker as _,
+};
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::config::PayoutConfig;
+
+/// A payout's state at the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderStatus {
+    Pending,
+    Paid,
+    Failed,
+}
+
+/// A payout as the provider reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderPayout {
+    pub id: String,
+    pub reference: Uuid,
+    pub status: ProviderStatus,
+    #[serde(default)]
+    pub failure_reason: Option<String>,
+}
+
+/// What we ask the provider to send.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PayoutOrder {
+    /// Our payout id: the provider's idempotency key and our reference.
+    pub reference: Uuid,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub destination: Destination,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Destination {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ProviderError {
+    /// The provider refused the payout; it will never be sent.
+    #[error("the provider refused the payout: {0}")]
+    Rejected(String),
+    /// The request may have reached the provider (a timeout, a 5xx, a broken
+    /// connection): whether money moved is unknown until we ask.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+    /// The request certainly was not processed (connection refused, 429, bad key).
+    #[error("not sent: {0}")]
+    NotSent(String),
+    /// The circuit breaker is open; nothing was sent.
+    #[error("the payout provider's circuit breaker is open")]
+    CircuitOpen,
+}
+
+impl ProviderError {
+    /// Whether the call counts against the provider's health.
+    fn is_outage(&self) -> bool {
+        matches!(self, ProviderError::Unknown(_) | ProviderError::NotSent(_))
+    }
+}
+
+/// A payout provider.
+pub trait PayoutProvider: Send + Sync {
+    /// Asks the provider to send the payout (idempotent by `order.reference`).
+    fn create<'a>(
+        &'a self,
+        order: &'a PayoutOrder,
+    ) -> BoxFuture<'a, Result<ProviderPayout, ProviderError>>;
+
+    /// Looks the payout up by our reference; `None` when the provider never got it.
+    fn find(&self, reference: Uuid)
+    -> BoxFuture<'_, Result<Option<ProviderPayout>, ProviderError>>;
+}
+
+/// The circuit breaker's state as a number, for the gauge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CircuitState {
+    Closed = 0,
+    HalfOpen = 1,
+    Open = 2,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Instrument {
+    state: Arc<AtomicU8>,
+}
+
+impl Instrument {
+    fn set(&self, s: CircuitState) {
+        let before = self.state.swap(s as u8, Ordering::SeqCst);
+        metrics::gauge!("payout_provider_circuit_state").set(s as u8 as f64);
+        if before != s as u8 {
+            match s {
+                CircuitState::Open => tracing::error!(
+                    "payout provider circuit breaker opened; payouts wait until it recovers"
+                ),
+                CircuitState::HalfOpen => {
+                    tracing::warn!("payout provider circuit breaker half-open; probing")
+                }
+                CircuitState::Closed => {
+                    tracing::info!("payout provider circuit breaker closed; the provider answers")
+                }
+            }
+        }
+    }
+}
+
+impl failsafe::Instrument for Instrument {
+    fn on_call_rejected(&self) {
+        metrics::counter!("payout_provider_circuit_rejections_total").increment(1);
+    }
+    fn on_open(&self) {
+        self.set(CircuitState::Open);
+    }
+    fn on_half_open(&self) {
+        self.set(CircuitState::HalfOpen);
+    }
+    fn on_closed(&self) {
+        self.set(CircuitState::Closed);
+    }
+}
+
+type Machine = StateMachine<failure_policy::ConsecutiveFailures<backoff::Exponential>, Instrument>;
+
+/// A circuit breaker around provider calls.
+#[derive(Clone)]
+pub struct Breaker {
+    machine: Machine,
+    instrument: Instrument,
+}
+
+impl Breaker {
+    pub fn new(failures: u32, open: Duration, open_max: Duration) -> Self {
+        let instrument = Instrument::default();
+        instrument.set(CircuitState::Closed);
+        let machine = BreakerConfig::new()
+            .failure_policy(failure_policy::consecutive_failures(
+                failures,
+                backoff::exponential(open, open_max.max(open)),
+            ))
+            .instrument(instrument.clone())
+            .build();
+        Self {
+            machine,
+            instrument,
+        }
+    }
+
+    pub fn state(&self) -> CircuitState {
+        match self.instrument.state.load(Ordering::SeqCst) {
+            0 => CircuitState::Closed,
+            1 => CircuitState::HalfOpen,
+            _ => CircuitState::Open,
+        }
+    }
+
+    /// Runs `call` unless the breaker is open; outages count as failures.
+    pub async fn call<T, F>(&self, call: F) -> Result<T, ProviderError>
+    where
+        F: std::future::Future<Output = Result<T, ProviderError>>,
+    {
+        match self
+            .machine
+            .call_with(|e: &ProviderError| e.is_outage(), call)
+            .await
+        {
+            Ok(v) => Ok(v),
+            Err(failsafe::Error::Inner(e)) => Err(e),
+            Err(failsafe::Error::Rejected) => Err(ProviderError::CircuitOpen),
+        }
+    }
+}
+
+/// The provider over HTTP.
+#[derive(Clone)]
+pub struct HttpProvider {
+    client: reqwest::Client,
+    base: String,
+    key: String,
+    breaker: Breaker,
+}
+
+impl HttpProvider {
+    pub fn new(cfg: &PayoutConfig) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .timeout(cfg.provider_timeout)
+            .connect_timeout(cfg.provider_timeout.min(Duration::from_secs(5)))
+            .user_agent(concat!("clicknback/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            client,
+            base: cfg.provider_url.clone(),
+            key: cfg.provider_key.expose().to_owned(),
+            breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_open, cfg.breaker_open_max),
+        })
+    }
+
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    async fn send_create(&self, order: &PayoutOrder) -> Result<ProviderPayout, ProviderError> {
+        let res = self
+            .client
+            .post(format!("{}/v1/payouts", self.base))
+            .bearer_auth(&self.key)
+            .header("Idempotency-Key", order.reference.to_string())
+            .json(order)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = res.status();
+        let body = res.text().await.unwrap_or_default();
+        match status.as_u16() {
+            200..=202 => decode(&body),
+            400 | 402 | 403 | 404 | 422 => Err(ProviderError::Rejected(reason(&body, status))),
+            401 => {
+                tracing::error!(
+                    "the payout provider refused our API key; check PAYOUT_PROVIDER_KEY"
+                );
+                Err(ProviderError::NotSent(reason(&body, status)))
+            }
+            429 => Err(ProviderError::NotSent(reason(&body, status))),
+            _ => Err(ProviderError::Unknown(reason(&body, status))),
+        }
+    }
+
+    async fn send_find(&self, reference: Uuid) -> Result<Option<ProviderPayout>, ProviderError> {
+        let res = self
+            .client
+            .get(format!("{}/v1/payouts/{reference}", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = res.status();
+        let body = res.text().await.unwrap_or_default();
+        match status.as_u16() {
+            200 => decode(&body).map(Some),
+            404 => Ok(None),
+            401 | 429 => Err(ProviderError::NotSent(reason(&body, status))),
+            _ => Err(ProviderError::Unknown(reason(&body, status))),
+        }
+    }
+}
+
+fn transport_error(e: reqwest::Error) -> ProviderError {
+    if e.is_connect() {
+        ProviderError::NotSent(format!("could not connect: {e}"))
+    } else if e.is_timeout() {
+        ProviderError::Unknown("timed out waiting for the provider".into())
+    } else {
+        ProviderError::Unknown(e.to_string())
+    }
+}
+
+fn decode(body: &str) -> Result<ProviderPayout, ProviderError> {
+    serde_json::from_str(body)
+        .map_err(|e| ProviderError::Unknown(format!("unreadable answer from the provider: {e}")))
+}
+
+fn reason(body: &str, status: reqwest::StatusCode) -> String {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let text = v["failure_reason"]
+        .as_str()
+        .or_else(|| v["error"]["message"].as_str())
+        .or_else(|| v["error"].as_str())
+        .or_else(|| v["detail"].as_str())
+        .map(str::to_owned)
+        .unwrap_or_else(|| body.chars().take(200).collect());
+    format!("HTTP {}: {text}", status.as_u16())
+}
+
+fn observe<T>(op: &'static str, r: &Result<T, ProviderError>) {
+    let outcome = match r {
+        Ok(_) => "ok",
+        Err(ProviderError::Rejected(_)) => "rejected",
+        Err(ProviderError::Unknown(_)) => "unknown",
+        Err(ProviderError::NotSent(_)) => "not_sent",
+        Err(ProviderError::CircuitOpen) => "circuit_open",
+    };
+    metrics::counter!("payout_provider_calls_total", "op" => op, "outcome" => outcome).increment(1);
+}
+
+impl PayoutProvider for HttpProvider {
+    fn create<'a>(
+        &'a self,
+        order: &'a PayoutOrder,
+    ) -> BoxFuture<'a, Result<ProviderPayout, ProviderError>> {
+        Box::pin(async move {
+            let r = self.breaker.call(self.send_create(order)).await;
+            observe("create", &r);
+            r
+        })
+    }
+
+    fn find(
+        &self,
+        reference: Uuid,
+    ) -> BoxFuture<'_, Result<Option<ProviderPayout>, ProviderError>> {
+        Box::pin(async move {
+            let r = self.breaker.call(self.send_find(reference)).await;
+            observe("find", &r);
+            r
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn breaker_opens_after_consecutive_outages_and_ignores_refusals() {
+        let b = Breaker::new(3, Duration::from_secs(60), Duration::from_secs(60));
+        for _ in 0..5 {
+            let r: Result<(), _> = b
+                .call(async { Err(ProviderError::Rejected("bad iban".into())) })
+                .await;
+            assert!(matches!(r, Err(ProviderError::Rejected(_))));
+        }
+        assert_eq!(b.state(), CircuitState::Closed);
+        for _ in 0..3 {
+            let _: Result<(), _> = b
+                .call(async { Err(ProviderError::Unknown("503".into())) })
+                .await;
+        }
+        assert_eq!(b.state(), CircuitState::Open);
+        let r: Result<(), _> = b.call(async { Ok(()) }).await;
+        assert_eq!(r, Err(ProviderError::CircuitOpen), "fails fast while open");
+    }
+}

@@ -1,0 +1,174 @@
+//! A shopper's statistics: cashback earned per currency (total, count,
+//! average, the best day), computed in the background and read through a
+//! Redis cache.
+//!
+//! Every reward movement schedules `RecomputeUserStats` in its own
+//! transaction, under a task id made of the user and a time bucket of
+//! `STATS_COALESCE_SECS`: the outbox keeps one job per bucket, so a burst of
+//! rewards for one user runs one recompute at the end of the bucket, not one
+//! per reward. The recompute replaces the `user_stats` rows and then
+//! invalidates the cache entry; `GET /v1/me/stats` reads the cache, falling
+//! back to the table.
+
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{
+    cache::Cache,
+    jobs::{self, RecomputeUserStats},
+    schema::user_stats,
+};
+
+pub const CACHE_KIND: &str = "stats";
+
+/// A user's figures from their rewards (`$1` is the user id), per currency.
+const COMPUTE: &str = "
+    WITH earned AS (
+        SELECT r.currency::text AS currency, r.amount_minor, (p.purchased_at AT TIME ZONE 'UTC')::date AS day
+          FROM rewards r JOIN purchases p ON p.id = r.purchase_id
+         WHERE r.user_id = $1 AND r.status IN ('pending', 'confirmed') AND r.amount_minor > 0
+    ), per_day AS (
+        SELECT currency, day, sum(amount_minor) AS s,
+               row_number() OVER (PARTITION BY currency ORDER BY sum(amount_minor) DESC, day DESC) AS rank
+          FROM earned GROUP BY currency, day
+    )
+    SELECT e.currency, sum(e.amount_minor)::bigint AS total_minor, count(*)::bigint AS count,
+           (sum(e.amount_minor) / count(*))::bigint AS average_minor, d.day AS highest_day,
+           COALESCE(d.s, 0)::bigint AS highest_day_minor, now() AS computed_at
+      FROM earned e LEFT JOIN per_day d ON d.currency = e.currency AND d.rank = 1
+     GROUP BY e.currency, d.day, d.s
+     ORDER BY e.currency";
+
+static COALESCE_MS: AtomicU64 = AtomicU64::new(5_000);
+
+/// Sets the coalescing bucket (`STATS_COALESCE_SECS`) for this process.
+pub fn configure(coalesce: Duration) {
+    COALESCE_MS.store(coalesce.as_millis() as u64, Ordering::Relaxed);
+}
+
+/// One currency's figures.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    Queryable,
+    QueryableByName,
+    utoipa::ToSchema,
+)]
+pub struct CurrencyStats {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub currency: String,
+    /// Cashback earned (pending and confirmed rewards).
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub total_minor: i64,
+    /// Rewarded purchases.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub count: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub average_minor: i64,
+    /// The purchase day (UTC) with the most cashback.
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Date>)]
+    pub highest_day: Option<NaiveDate>,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub highest_day_minor: i64,
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    pub computed_at: DateTime<Utc>,
+}
+
+/// `GET /v1/me/stats`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct UserStats {
+    pub data: Vec<CurrencyStats>,
+}
+
+/// Schedules a recompute for the end of the current bucket, in the caller's
+/// transaction. Calls in the same bucket share one job.
+pub async fn schedule_recompute(
+    conn: &mut AsyncPgConnection,
+    user: Uuid,
+) -> Result<(), diesel::result::Error> {
+    let bucket = AtomicU64::load(&COALESCE_MS, Ordering::Relaxed).max(1) as i64;
+    let now = Utc::now().timestamp_millis();
+    let end = (now / bucket + 1) * bucket;
+    let run_at = DateTime::from_timestamp_millis(end).unwrap_or_else(Utc::now);
+    jobs::enqueue_as(
+        conn,
+        &RecomputeUserStats { user_id: user },
+        &format!("stats:{user}:{end}"),
+        1,
+        run_at,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Recomputes the user's rows from their rewards and invalidates the cache.
+pub async fn recompute(
+    conn: &mut AsyncPgConnection,
+    cache: &Cache,
+    user: Uuid,
+) -> Result<usize, diesel::result::Error> {
+    let rows = conn
+        .transaction::<usize, diesel::result::Error, _>(async move |conn| {
+            diesel::delete(user_stats::table.filter(user_stats::user_id.eq(user)))
+                .execute(conn)
+                .await?;
+            diesel::sql_query(format!(
+                "INSERT INTO user_stats (user_id, currency, total_minor, purchase_count, average_minor,
+                                         highest_day, highest_day_minor, computed_at)
+                 SELECT $1, s.* FROM ({COMPUTE}) s"
+            ))
+            .bind::<diesel::sql_types::Uuid, _>(user)
+            .execute(conn)
+            .await
+        })
+        .await?;
+    cache.invalidate(CACHE_KIND, &user.to_string()).await;
+    Ok(rows)
+}
+
+/// The stored figures (what the last recompute wrote).
+pub async fn read(
+    conn: &mut AsyncPgConnection,
+    user: Uuid,
+) -> Result<UserStats, diesel::result::Error> {
+    let data = user_stats::table
+        .filter(user_stats::user_id.eq(user))
+        .order(user_stats::currency.asc())
+        .select((
+            user_stats::currency,
+            user_stats::total_minor,
+            user_stats::purchase_count,
+            user_stats::average_minor,
+            user_stats::highest_day,
+            user_stats::highest_day_minor,
+            user_stats::computed_at,
+        ))
+        .load(conn)
+        .await?;
+    Ok(UserStats { data })
+}
+
+/// The figures computed from the rewards right now (what a recompute would
+/// store); the benchmark compares this with the cached read.
+pub async fn compute(
+    conn: &mut AsyncPgConnection,
+    user: Uuid,
+) -> Result<UserStats, diesel::result::Error> {
+    let data = diesel::sql_query(COMPUTE)
+        .bind::<diesel::sql_types::Uuid, _>(user)
+        .load(conn)
+        .await?;
+    Ok(UserStats { data })
+}

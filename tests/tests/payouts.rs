@@ -1,0 +1,594 @@
+//! Payouts: requests reserve money exactly once under any concurrency, the
+//! destination is sealed, and the provider (a real HTTP server, wiremock) is
+//! called so that no payout is ever sent twice and no money is released while
+//! it might have gone out.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::http::{Method, StatusCode};
+use clicknback_core::{
+    config::PayoutConfig,
+    models::user::Role,
+    payout_provider::{CircuitState, HttpProvider},
+    services::{
+        ledger::{self, AccountKind, AccountRef, Transfer},
+        payouts::{self, Processed},
+        users,
+    },
+};
+use clicknback_tests::{
+    TestApp,
+    procs::{SmtpSink, eventually},
+};
+use serde_json::{Value, json};
+use uuid::Uuid;
+use wiremock::{
+    Mock, MockServer, Request, ResponseTemplate,
+    matchers::{method, path, path_regex},
+};
+
+const IBAN: &str = "DE89 3704 0044 0532 0130 00";
+
+/// A user with `available` minor units of EUR available; returns (id, token).
+async fn funded_user(app: &TestApp, email: &str, available: i64) -> (Uuid, String) {
+    let mut c = app.db.conn().await;
+    let user = users::create(&mut c, email, "password-123", Role::User)
+        .await
+        .unwrap();
+    if available > 0 {
+        ledger::post(
+            &mut c,
+            &Transfer {
+                id: format!("test:fund:{}", user.id),
+                from: AccountRef::platform(AccountKind::CashbackExpense),
+                to: AccountRef::user(user.id, AccountKind::Available),
+                amount_minor: available,
+                currency: "EUR".into(),
+                kind: "reward_credit",
+                user_id: Some(user.id),
+                purchase_id: None,
+                reward_id: None,
+                payout_id: None,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let token = app.state.tokens.issue(user.id, Role::User).access_token;
+    (user.id, token)
+}
+
+async fn request_payout(
+    app: &TestApp,
+    token: &str,
+    key: &str,
+    body: &Value,
+) -> (StatusCode, Value, Option<String>) {
+    let auth = format!("Bearer {token}");
+    let r = app
+        .request(
+            Method::POST,
+            "/v1/payouts",
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &auth),
+                ("idempotency-key", key),
+            ],
+            Some(serde_json::to_vec(body).unwrap()),
+        )
+        .await;
+    let replayed = r.header("idempotent-replayed").map(str::to_owned);
+    (r.status, r.body, replayed)
+}
+
+fn iban_payout(amount: i64) -> Value {
+    json!({"amount_minor": amount, "currency": "EUR", "destination": {"type": "iban", "value": IBAN}})
+}
+
+async fn balances(app: &TestApp, user: Uuid) -> (i64, i64, i64) {
+    let mut c = app.db.conn().await;
+    let w = ledger::wallet(&mut c, user).await.unwrap();
+    let e = w
+        .into_iter()
+        .find(|w| w.currency == "EUR")
+        .unwrap_or_default();
+    (e.available_minor, e.reserved_minor, e.paid_out_minor)
+}
+
+async fn status_of(app: &TestApp, id: Uuid) -> String {
+    use clicknback_core::schema::payouts;
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    let mut c = app.db.conn().await;
+    payouts::table
+        .find(id)
+        .select(payouts::status)
+        .first(&mut c)
+        .await
+        .unwrap()
+}
+
+/// A provider client for the fake at `server`, with a short timeout and a
+/// breaker that opens after 3 failures for 1 s.
+fn provider_for(app: &TestApp, server: &MockServer) -> HttpProvider {
+    let cfg = PayoutConfig {
+        provider_url: server.uri(),
+        provider_timeout: Duration::from_millis(400),
+        breaker_failures: 3,
+        breaker_open: Duration::from_secs(1),
+        breaker_open_max: Duration::from_secs(1),
+        ..app.config.payouts.clone()
+    };
+    HttpProvider::new(&cfg).unwrap()
+}
+
+/// The provider's answer to a create or a lookup, echoing our reference.
+fn provider_payout(reference: &str, status: &str) -> ResponseTemplate {
+    provider_payout_with(201, reference, status)
+}
+
+fn provider_payout_with(code: u16, reference: &str, status: &str) -> ResponseTemplate {
+    ResponseTemplate::new(code).set_body_json(json!({
+        "id": format!("po_{}", &reference[..8]),
+        "reference": reference,
+        "status": status,
+        "failure_reason": if status == "failed" { json!("account closed") } else { Value::Null },
+    }))
+}
+
+fn echo(status: &'static str) -> impl Fn(&Request) -> ResponseTemplate {
+    move |req: &Request| {
+        let body: Value = req.body_json().unwrap();
+        provider_payout(body["reference"].as_str().unwrap(), status)
+    }
+}
+
+async fn creates(server: &MockServer) -> Vec<Request> {
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.method.as_str() == "POST")
+        .collect()
+}
+
+async fn new_payout(app: &TestApp, email: &str) -> (Uuid, Uuid) {
+    let (user, token) = funded_user(app, email, 5_000).await;
+    let (status, body, _) = request_payout(app, &token, "k1", &iban_payout(2_000)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    (user, body["id"].as_str().unwrap().parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_request_reserves_the_amount_seals_the_destination_and_replays_by_key() {
+    let app = TestApp::new().await;
+    let (user, token) = funded_user(&app, "payee@example.com", 5_000).await;
+
+    let (status, body, _) = request_payout(&app, &token, "key-1", &iban_payout(2_000)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["status"], "requested");
+    assert_eq!(body["destination"]["type"], "iban");
+    assert_eq!(body["destination"]["masked"], "DE89 •••• 3000");
+    assert!(!body.to_string().contains("0532013000"), "{body}");
+    assert_eq!(balances(&app, user).await, (3_000, 2_000, 0));
+
+    // The raw row holds no readable trace of the IBAN.
+    {
+        use clicknback_core::schema::payouts;
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        let mut c = app.db.conn().await;
+        let id: Uuid = body["id"].as_str().unwrap().parse().unwrap();
+        let sealed: Vec<u8> = payouts::table
+            .find(id)
+            .select(payouts::destination_encrypted)
+            .first(&mut c)
+            .await
+            .unwrap();
+        let raw = String::from_utf8_lossy(&sealed);
+        assert!(!raw.contains("DE89") && !raw.contains("370400440532013000"));
+        let opened = app
+            .state
+            .keys
+            .open(&sealed, &format!("payout:{id}:destination"))
+            .unwrap();
+        assert_eq!(opened, b"DE89370400440532013000");
+    }
+
+    let (status, again, replayed) =
+        request_payout(&app, &token, "key-1", &iban_payout(2_000)).await;
+    assert_eq!(
+        (status, replayed.as_deref()),
+        (StatusCode::ACCEPTED, Some("true"))
+    );
+    assert_eq!(again["id"], body["id"]);
+    assert_eq!(
+        balances(&app, user).await,
+        (3_000, 2_000, 0),
+        "a replay reserves nothing"
+    );
+    let (status, reused, _) = request_payout(&app, &token, "key-1", &iban_payout(2_500)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(reused["code"], "idempotency_key_reused");
+
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/payouts",
+            Some(&token),
+            Some(iban_payout(2_000)),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "no Idempotency-Key");
+    let (status, low, _) = request_payout(&app, &token, "key-2", &iban_payout(5)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(low["errors"][0]["field"], "amount_minor");
+    let bad = json!({"amount_minor": 1_000, "currency": "EUR", "destination": {"type": "iban", "value": "DE00 1234"}});
+    let (status, invalid, _) = request_payout(&app, &token, "key-3", &bad).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(invalid["errors"][0]["field"], "destination.value");
+    let (status, broke, _) = request_payout(&app, &token, "key-4", &iban_payout(3_001)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(broke["code"], "insufficient_funds");
+
+    let paypal = json!({"amount_minor": 1_000, "currency": "EUR", "destination": {"type": "paypal", "value": "jane.doe@example.com"}});
+    let (status, pp, _) = request_payout(&app, &token, "key-5", &paypal).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{pp}");
+    assert_eq!(pp["destination"]["masked"], "j•••@example.com");
+
+    let list = app
+        .json(Method::GET, "/v1/payouts", Some(&token), None)
+        .await;
+    assert_eq!(list.status, StatusCode::OK);
+    assert_eq!(list.body["data"].as_array().unwrap().len(), 2);
+    assert!(!list.text.contains("jane.doe") && !list.text.contains("0532013000"));
+    let one = app
+        .json(
+            Method::GET,
+            &format!("/v1/payouts/{}", body["id"].as_str().unwrap()),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(one.status, StatusCode::OK);
+    assert_eq!(one.body["destination"]["masked"], "DE89 •••• 3000");
+
+    let (_, other) = funded_user(&app, "other@example.com", 0).await;
+    let theirs = app
+        .json(
+            Method::GET,
+            &format!("/v1/payouts/{}", body["id"].as_str().unwrap()),
+            Some(&other),
+            None,
+        )
+        .await;
+    assert_eq!(
+        theirs.status,
+        StatusCode::NOT_FOUND,
+        "another user's payout is invisible"
+    );
+}
+
+#[tokio::test]
+async fn fifty_concurrent_requests_against_a_balance_for_ten_reserve_exactly_ten() {
+    let app = Arc::new(TestApp::new().await);
+    let (user, token) = funded_user(&app, "rush@example.com", 10_000).await;
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let (app, token) = (app.clone(), token.clone());
+            tokio::spawn(async move {
+                request_payout(&app, &token, &format!("rush-{i}"), &iban_payout(1_000)).await
+            })
+        })
+        .collect();
+    let mut accepted = 0;
+    let mut refused = 0;
+    for t in tasks {
+        let (status, body, _) = t.await.unwrap();
+        match status {
+            StatusCode::ACCEPTED => accepted += 1,
+            StatusCode::UNPROCESSABLE_ENTITY => {
+                assert_eq!(body["code"], "insufficient_funds");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!((accepted, refused), (10, 40));
+    assert_eq!(balances(&app, user).await, (0, 10_000, 0));
+    let mut c = app.db.conn().await;
+    assert!(ledger::reconcile(&mut c).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_paid_payout_moves_reserved_to_paid_out_once_and_sends_one_email() {
+    let app = TestApp::new().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/payouts"))
+        .respond_with(echo("paid"))
+        .mount(&server)
+        .await;
+    let provider = provider_for(&app, &server);
+    let (user, id) = new_payout(&app, "paid@example.com").await;
+
+    let out = payouts::process(&app.state.db, &app.state.keys, &provider, id)
+        .await
+        .unwrap();
+    assert_eq!(out, Processed::Paid);
+    assert_eq!(balances(&app, user).await, (3_000, 0, 2_000));
+    assert_eq!(status_of(&app, id).await, "paid");
+    let again = payouts::process(&app.state.db, &app.state.keys, &provider, id)
+        .await
+        .unwrap();
+    assert_eq!(again, Processed::AlreadyFinal);
+
+    let sent = creates(&server).await;
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        sent[0]
+            .headers
+            .get("idempotency-key")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        id.to_string()
+    );
+    let body: Value = sent[0].body_json().unwrap();
+    assert_eq!(body["destination"]["value"], "DE89370400440532013000");
+    assert_eq!(body["amount_minor"], 2_000);
+    let emails = app
+        .scalar("SELECT count(*) AS n FROM outbox WHERE payload->>'job' = 'SendEmail' AND payload->'data'->>'kind' = 'payout_paid'")
+        .await;
+    assert_eq!(emails, 1);
+}
+
+#[tokio::test]
+async fn a_definitive_failure_releases_the_reservation() {
+    let app = TestApp::new().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/payouts"))
+        .respond_with(
+            ResponseTemplate::new(422)
+                .set_body_json(json!({"error": {"message": "IBAN account closed"}})),
+        )
+        .mount(&server)
+        .await;
+    let provider = provider_for(&app, &server);
+    let (user, id) = new_payout(&app, "refused@example.com").await;
+    let out = payouts::process(&app.state.db, &app.state.keys, &provider, id)
+        .await
+        .unwrap();
+    assert!(
+        matches!(out, Processed::Failed(ref r) if r.contains("account closed")),
+        "{out:?}"
+    );
+    assert_eq!(balances(&app, user).await, (5_000, 0, 0));
+    assert_eq!(status_of(&app, id).await, "failed");
+    let emails = app
+        .scalar("SELECT count(*) AS n FROM outbox WHERE payload->'data'->>'kind' = 'payout_failed'")
+        .await;
+    assert_eq!(emails, 1);
+
+    // A provider that reports the payout failed later releases it the same way.
+    let server2 = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/payouts"))
+        .respond_with(echo("failed"))
+        .mount(&server2)
+        .await;
+    let (user2, id2) = new_payout(&app, "refused2@example.com").await;
+    let out = payouts::process(
+        &app.state.db,
+        &app.state.keys,
+        &provider_for(&app, &server2),
+        id2,
+    )
+    .await
+    .unwrap();
+    assert_eq!(out, Processed::Failed("account closed".into()));
+    assert_eq!(balances(&app, user2).await, (5_000, 0, 0));
+}
+
+#[tokio::test]
+async fn a_timeout_then_a_paid_lookup_never_sends_the_payout_twice() {
+    let app = TestApp::new().await;
+    let server = MockServer::start().await;
+    // The provider takes the payout but answers too late for our timeout.
+    Mock::given(method("POST"))
+        .and(path("/v1/payouts"))
+        .respond_with(move |req: &Request| {
+            let body: Value = req.body_json().unwrap();
+            provider_payout(body["reference"].as_str().unwrap(), "paid")
+                .set_delay(Duration::from_secs(2))
+        })
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path_regex(r"^/v1/payouts/[0-9a-f-]+$"))
+        .respond_with(|req: &Request| {
+            let reference = req.url.path().rsplit('/').next().unwrap().to_owned();
+            provider_payout_with(200, &reference, "paid")
+        })
+        .mount(&server)
+        .await;
+    let provider = provider_for(&app, &server);
+    let (user, id) = new_payout(&app, "slow@example.com").await;
+
+    let first = payouts::process(&app.state.db, &app.state.keys, &provider, id)
+        .await
+        .unwrap();
+    assert!(matches!(first, Processed::Unknown(_)), "{first:?}");
+    assert_eq!(status_of(&app, id).await, "submitted_unknown");
+    assert_eq!(
+        balances(&app, user).await,
+        (3_000, 2_000, 0),
+        "the reservation stays"
+    );
+
+    let second = payouts::process(&app.state.db, &app.state.keys, &provider, id)
+        .await
+        .unwrap();
+    assert_eq!(second, Processed::Paid);
+    assert_eq!(balances(&app, user).await, (3_000, 0, 2_000));
+    let third = payouts::process(&app.state.db, &app.state.keys, &provider, id)
+        .await
+        .unwrap();
+    assert_eq!(third, Processed::AlreadyFinal);
+    assert_eq!(creates(&server).await.len(), 1, "sent exactly once");
+}
+
+#[tokio::test]
+async fn an_unknown_outcome_the_provider_never_received_is_resent_under_the_same_key() {
+    let app = TestApp::new().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/payouts"))
+        .respond_with(ResponseTemplate::new(502))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/payouts"))
+        .respond_with(echo("paid"))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(404))
+        .mount(&server)
+        .await;
+    let provider = provider_for(&app, &server);
+    let (_, id) = new_payout(&app, "lost@example.com").await;
+    let first = payouts::process(&app.state.db, &app.state.keys, &provider, id)
+        .await
+        .unwrap();
+    assert!(matches!(first, Processed::Unknown(_)), "{first:?}");
+    let second = payouts::process(&app.state.db, &app.state.keys, &provider, id)
+        .await
+        .unwrap();
+    assert_eq!(second, Processed::Paid);
+    let received = server.received_requests().await.unwrap();
+    let kinds: Vec<&str> = received.iter().map(|r| r.method.as_str()).collect();
+    assert_eq!(kinds, ["POST", "GET", "POST"], "asked before resending");
+    let keys: Vec<String> = creates(&server)
+        .await
+        .iter()
+        .map(|r| {
+            r.headers
+                .get("idempotency-key")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(keys, [id.to_string(), id.to_string()]);
+}
+
+#[tokio::test]
+async fn a_provider_that_is_down_opens_the_breaker_which_recovers_after_a_probe() {
+    let app = TestApp::new().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&server)
+        .await;
+    let provider = provider_for(&app, &server);
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(new_payout(&app, &format!("down{i}@example.com")).await.1);
+    }
+    for id in &ids[..3] {
+        let out = payouts::process(&app.state.db, &app.state.keys, &provider, *id)
+            .await
+            .unwrap();
+        assert!(matches!(out, Processed::Unknown(_)), "{out:?}");
+    }
+    assert_eq!(provider.breaker().state(), CircuitState::Open);
+    let fast = payouts::process(&app.state.db, &app.state.keys, &provider, ids[3])
+        .await
+        .unwrap();
+    assert!(
+        matches!(fast, Processed::NotSent(ref r) if r.contains("circuit breaker")),
+        "{fast:?}"
+    );
+    assert_eq!(creates(&server).await.len(), 3, "nothing sent while open");
+    assert_eq!(status_of(&app, ids[3]).await, "processing");
+
+    // The provider comes back: it had received the first three payouts,
+    // never the fourth.
+    server.reset().await;
+    let received: Vec<String> = ids[..3].iter().map(Uuid::to_string).collect();
+    Mock::given(method("GET"))
+        .respond_with(move |req: &Request| {
+            let reference = req.url.path().rsplit('/').next().unwrap().to_owned();
+            if received.contains(&reference) {
+                provider_payout_with(200, &reference, "paid")
+            } else {
+                ResponseTemplate::new(404)
+            }
+        })
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(echo("paid"))
+        .mount(&server)
+        .await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    for id in &ids {
+        let out = payouts::process(&app.state.db, &app.state.keys, &provider, *id)
+            .await
+            .unwrap();
+        assert_eq!(out, Processed::Paid);
+    }
+    assert_eq!(provider.breaker().state(), CircuitState::Closed);
+    assert_eq!(
+        creates(&server).await.len(),
+        1,
+        "the three it had were settled by lookup; only the fourth was sent"
+    );
+}
+
+#[tokio::test]
+async fn the_worker_pays_out_through_the_provider_and_emails_the_user() {
+    let app = TestApp::new().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/payouts"))
+        .respond_with(echo("paid"))
+        .mount(&server)
+        .await;
+    let smtp = SmtpSink::start().await;
+    let worker_port = clicknback_tests::procs::free_port();
+    let _worker = app.worker(&[
+        ("PAYOUT_PROVIDER_URL", &server.uri()),
+        ("SMTP_URL", &smtp.url()),
+        ("WORKER_ADDR", &format!("127.0.0.1:{worker_port}")),
+    ]);
+    let (user, id) = new_payout(&app, "e2e-payee@example.com").await;
+    eventually(Duration::from_secs(30), "the payout to be paid", || async {
+        (status_of(&app, id).await == "paid").then_some(())
+    })
+    .await;
+    assert_eq!(balances(&app, user).await, (3_000, 0, 2_000));
+    let mail = eventually(Duration::from_secs(20), "the payout email", || async {
+        smtp.messages()
+            .into_iter()
+            .find(|m| m.contains("e2e-payee@example.com") && m.contains("Subject: Your payout"))
+    })
+    .await;
+    assert!(mail.contains("20.00 EUR"), "{mail}");
+    assert_eq!(creates(&server).await.len(), 1);
+    let metrics = reqwest::get(format!("http://127.0.0.1:{worker_port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("payout_provider_circuit_state 0"),
+        "{metrics}"
+    );
+}
