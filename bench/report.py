@@ -67,6 +67,32 @@ if e2e:
     line("ingestion to credit p50", e["p50_ms"], "ms")
     line("ingestion to credit p99", e["p99_ms"], "ms")
 
+hot_on, hot_off = rows("hot_on.jsonl"), rows("hot_off.jsonl")
+if hot_on and hot_off:
+    h = {"on": {k: summary(hot_on, k) for k in ("per_second", "p50_ms", "p99_ms")},
+         "off": {k: summary(hot_off, k) for k in ("per_second", "p50_ms", "p99_ms")},
+         "errors": sum(r.get("errors", 0) for r in hot_on + hot_off)}
+    h["ratio_on_over_off"] = h["on"]["per_second"]["median"] / h["off"]["per_second"]["median"]
+    result["webhooks_limiter_and_caches"] = h
+    line("webhooks, limiter + caches on", h["on"]["per_second"], "purchases/s")
+    line("webhooks, limiter + caches off", h["off"]["per_second"], "purchases/s")
+    line("  p50 on", h["on"]["p50_ms"], "ms")
+    line("  p50 off", h["off"]["p50_ms"], "ms")
+    table.append(("webhooks on / off", f"{h['ratio_on_over_off']:.2f} x", ""))
+stats_rows = {name: rows(f"stats_{name}.jsonl") for name in ("cache", "table", "computed")}
+if all(stats_rows.values()):
+    st = {name: {k: summary(rs, k) for k in ("per_second", "p50_ms", "p99_ms")} for name, rs in stats_rows.items()}
+    st["ratio_cache_over_computed"] = st["cache"]["per_second"]["median"] / st["computed"]["per_second"]["median"]
+    st["ratio_cache_over_table"] = st["cache"]["per_second"]["median"] / st["table"]["per_second"]["median"]
+    result["stats"] = st
+    line("GET /v1/me/stats from the cache", st["cache"]["per_second"], "req/s")
+    line("GET /v1/me/stats from stored rows", st["table"]["per_second"], "req/s")
+    line("stats computed from 1,000 rewards (SQL)", st["computed"]["per_second"], "queries/s")
+    line("  p50 cache", st["cache"]["p50_ms"], "ms")
+    line("  p50 computed", st["computed"]["p50_ms"], "ms")
+    table.append(("stats cache / computed", f"{st['ratio_cache_over_computed']:.2f} x", ""))
+    table.append(("stats cache / stored rows", f"{st['ratio_cache_over_table']:.2f} x", ""))
+
 json.dump(result, open(out, "w"), indent=2)
 print()
 print(f"{'benchmark':<44} {'median':>20}  min–max")

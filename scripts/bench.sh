@@ -11,11 +11,14 @@
 #   backlog   100,000 due jobs plus 20,000 failing once, retries due together.
 #   e2e       purchases ingested with ATTRIBUTION_DELAY_SECS=0 until all are
 #             credited by a worker (purchases/s, p50/p99 from ingestion to credit).
+#   hotpaths  the webhook endpoint with the rate limiter and caches on vs off,
+#             and GET /v1/me/stats from the cache vs the stored rows vs
+#             computed from 1,000 rewards on every request.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
-SECTIONS="${*:-webhooks drain backlog e2e}"
+SECTIONS="${*:-webhooks drain backlog e2e hotpaths}"
 want() { case " $SECTIONS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 RUNS="${BENCH_RUNS:-3}"
 REQUESTS="${BENCH_REQUESTS:-4000}"
@@ -49,12 +52,15 @@ psql "$PG_ADMIN_URL" -qc "CREATE DATABASE $DB" >/dev/null
 DB_URL="postgres://postgres@127.0.0.1:$PG_PORT/$DB"
 
 export APP_ENV=development DATABASE_URL="$DB_URL" REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" \
-  REDIS_NAMESPACE="bench$$" API_ADDR="127.0.0.1:$PORT" RUST_LOG=warn DATABASE_POOL_SIZE=32
+  REDIS_NAMESPACE="bench$$" API_ADDR="127.0.0.1:$PORT" RUST_LOG=warn DATABASE_POOL_SIZE=32 \
+  WEBHOOK_RATE_LIMIT_PER_MINUTE=100000000   # counted on every request, never reached
 "$BIN/clicknback-api" migrate >/dev/null
 CLICKNBACK_ADMIN_PASSWORD=bench-password "$BIN/clicknback-api" create-admin --email bench@example.com >/dev/null
 
 source "$ROOT/bench/drain.sh"
-touch "$WORK/api.jsonl" "$WORK/sql.jsonl" "$WORK/drain.jsonl" "$WORK/e2e.jsonl"
+touch "$WORK/api.jsonl" "$WORK/sql.jsonl" "$WORK/drain.jsonl" "$WORK/e2e.jsonl" \
+  "$WORK/hot_on.jsonl" "$WORK/hot_off.jsonl" "$WORK/stats_cache.jsonl" "$WORK/stats_table.jsonl" \
+  "$WORK/stats_computed.jsonl"
 echo '{}' >"$WORK/backlog.json"
 want drain && bench_drain
 want backlog && bench_backlog
@@ -103,6 +109,31 @@ if want e2e; then
       --database-url "$DB_URL" --admin-email bench@example.com --admin-password bench-password >>"$WORK/e2e.jsonl"
   done
   kill -TERM "$e2e_api" "$e2e_worker" 2>/dev/null; wait "$e2e_api" "$e2e_worker" 2>/dev/null || true
+fi
+
+if want hotpaths; then
+  ON_PORT=$(( PORT + 2 )); OFF_PORT=$(( PORT + 3 ))
+  API_ADDR="127.0.0.1:$ON_PORT" "$BIN/clicknback-api" serve >"$WORK/api-on.log" 2>&1 &
+  on_api=$!
+  RATE_LIMITS_ENABLED=false CACHE_ENABLED=false API_ADDR="127.0.0.1:$OFF_PORT" \
+    "$BIN/clicknback-api" serve >"$WORK/api-off.log" 2>&1 &
+  off_api=$!
+  for p in "$ON_PORT" "$OFF_PORT"; do
+    for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$p/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+  done
+  ADMIN=(--admin-email bench@example.com --admin-password bench-password)
+  for i in $(seq 1 "$RUNS"); do
+    log "hot paths: webhooks with limiter and caches on, run $i/$RUNS"
+    "$BIN/loadgen" webhooks --api "http://127.0.0.1:$ON_PORT" --requests "$REQUESTS" --concurrency "$CONCURRENCY" "${ADMIN[@]}" >>"$WORK/hot_on.jsonl"
+    log "hot paths: webhooks with limiter and caches off, run $i/$RUNS"
+    "$BIN/loadgen" webhooks --api "http://127.0.0.1:$OFF_PORT" --requests "$REQUESTS" --concurrency "$CONCURRENCY" "${ADMIN[@]}" >>"$WORK/hot_off.jsonl"
+    log "hot paths: /v1/me/stats from the cache, from the stored rows, computed; run $i/$RUNS"
+    STATS=(--requests "$REQUESTS" --concurrency "$CONCURRENCY" --rewards 1000 --database-url "$DB_URL" "${ADMIN[@]}")
+    "$BIN/loadgen" stats --api "http://127.0.0.1:$ON_PORT" "${STATS[@]}" >>"$WORK/stats_cache.jsonl"
+    "$BIN/loadgen" stats --api "http://127.0.0.1:$OFF_PORT" "${STATS[@]}" >>"$WORK/stats_table.jsonl"
+    "$BIN/loadgen" stats --api "http://127.0.0.1:$OFF_PORT" "${STATS[@]}" --computed >>"$WORK/stats_computed.jsonl"
+  done
+  kill -TERM "$on_api" "$off_api" 2>/dev/null; wait "$on_api" "$off_api" 2>/dev/null || true
 fi
 
 python3 "$ROOT/bench/report.py" "$WORK" "$OUT_DIR/bench-$STAMP.json" "$RUNS" "$REQUESTS" "$CONCURRENCY"

@@ -8,7 +8,8 @@
 //!   currency, destination: {type, value}}` → `200`/`201` with the payout
 //!   `{id, reference, status: pending|paid|failed, failure_reason}`. A repeated
 //!   request with the same key returns the same payout and moves no money again.
-//!   `400`/`402`/`403`/`422` refuse the payout for good.
+//!   `400`/`402`/`422` refuse the payout for good; `401`/`403`/`404` mean our
+//!   configuration is wrong and the payout waits.
 //! - `GET {base}/v1/payouts/{reference}` → `200` with the payout, `404` when
 //!   the provider never received it.
 //!
@@ -251,10 +252,13 @@ impl HttpProvider {
         let body = res.text().await.unwrap_or_default();
         match status.as_u16() {
             200..=202 => decode(&body),
-            400 | 402 | 403 | 404 | 422 => Err(ProviderError::Rejected(reason(&body, status))),
-            401 => {
+            400 | 402 | 422 => Err(ProviderError::Rejected(reason(&body, status))),
+            // Our configuration, not the payout, is wrong: keep the payout
+            // and its reservation until an operator fixes it.
+            401 | 403 | 404 | 405 => {
                 tracing::error!(
-                    "the payout provider refused our API key; check PAYOUT_PROVIDER_KEY"
+                    status = status.as_u16(),
+                    "the payout provider refused the call; check PAYOUT_PROVIDER_URL and PAYOUT_PROVIDER_KEY"
                 );
                 Err(ProviderError::NotSent(reason(&body, status)))
             }

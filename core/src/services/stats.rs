@@ -41,7 +41,7 @@ const COMPUTE: &str = "
           FROM earned GROUP BY currency, day
     )
     SELECT e.currency, sum(e.amount_minor)::bigint AS total_minor, count(*)::bigint AS count,
-           (sum(e.amount_minor) / count(*))::bigint AS average_minor, d.day AS highest_day,
+           sum(e.amount_minor)::bigint / count(*) AS average_minor, d.day AS highest_day,
            COALESCE(d.s, 0)::bigint AS highest_day_minor, now() AS computed_at
       FROM earned e LEFT JOIN per_day d ON d.currency = e.currency AND d.rank = 1
      GROUP BY e.currency, d.day, d.s

@@ -2,6 +2,10 @@
 //! signed webhooks and reports throughput and latency percentiles as JSON.
 //!
 //! `loadgen webhooks --api URL --admin-email E --admin-password P --requests N --concurrency C`
+//! `loadgen e2e --api URL --database-url DB ...` (ingestion to credited reward)
+//! `loadgen stats --api URL --database-url DB --rewards R ...` (`GET /v1/me/stats`
+//! for a shopper with R rewards; with `--computed`, the figures computed from
+//! the rewards on every request instead, straight from PostgreSQL)
 
 use std::{
     sync::{
@@ -36,7 +40,8 @@ async fn main() -> anyhow::Result<()> {
     match mode.as_str() {
         "webhooks" => webhooks().await,
         "e2e" => e2e().await,
-        other => anyhow::bail!("unknown mode {other:?}; expected `webhooks` or `e2e`"),
+        "stats" => stats().await,
+        other => anyhow::bail!("unknown mode {other:?}; expected `webhooks`, `e2e` or `stats`"),
     }
 }
 
@@ -349,4 +354,155 @@ async fn e2e() -> anyhow::Result<()> {
         })
     );
     Ok(())
+}
+
+/// Runs `call` `requests` times from `concurrency` tasks; prints the figures.
+async fn drive<F, Fut>(requests: usize, concurrency: usize, call: F) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (next, call) = (next.clone(), call.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut lat, mut errors) = (Vec::new(), 0usize);
+            while next.fetch_add(1, Ordering::Relaxed) < requests {
+                let t = Instant::now();
+                if call().await {
+                    lat.push(t.elapsed().as_secs_f64() * 1_000.0);
+                } else {
+                    errors += 1;
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let (mut lat, mut errors) = (Vec::with_capacity(requests), 0);
+    for t in tasks {
+        let (l, e) = t.await?;
+        lat.extend(l);
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    println!(
+        "{}",
+        json!({
+            "requests": requests, "accepted": lat.len(), "errors": errors, "seconds": elapsed,
+            "per_second": lat.len() as f64 / elapsed,
+            "p50_ms": percentile(&lat, 0.50), "p99_ms": percentile(&lat, 0.99),
+        })
+    );
+    Ok(())
+}
+
+/// A shopper with `--rewards` rewards (seeded in SQL), whose statistics are
+/// then read `--requests` times.
+async fn stats() -> anyhow::Result<()> {
+    use diesel_async::{
+        AsyncConnection, AsyncPgConnection, RunQueryDsl,
+        pooled_connection::{AsyncDieselConnectionManager, deadpool::Pool},
+    };
+    let api = arg("--api", "http://127.0.0.1:8080");
+    let requests: usize = arg("--requests", "4000").parse()?;
+    let concurrency: usize = arg("--concurrency", "32").parse()?;
+    let rewards: i64 = arg("--rewards", "1000").parse()?;
+    let database = arg("--database-url", "");
+    let computed = std::env::args().any(|a| a == "--computed");
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let login = post_json(&client, format!("{api}/v1/auth/login"), &[],
+        json!({"email": arg("--admin-email", "bench@example.com"), "password": arg("--admin-password", "bench-password")})).await?;
+    let admin = format!(
+        "Bearer {}",
+        login["access_token"].as_str().unwrap_or_default()
+    );
+    let m = post_json(
+        &client,
+        format!("{api}/v1/admin/merchants"),
+        &[("authorization", admin.clone())],
+        json!({"name": format!("stats-{run}")}),
+    )
+    .await?;
+    let mid = m["id"].as_str().unwrap_or_default().to_owned();
+    let offer = post_json(
+        &client,
+        format!("{api}/v1/admin/merchants/{mid}/offers"),
+        &[("authorization", admin)],
+        json!({"name": "5%", "rate_bps": 500}),
+    )
+    .await?;
+    let oid = offer["id"].as_str().unwrap_or_default().to_owned();
+    let email = format!("stats-{run}@example.com");
+    let user = post_json(
+        &client,
+        format!("{api}/v1/auth/register"),
+        &[],
+        json!({"email": email, "password": "password-123"}),
+    )
+    .await?;
+    let uid = user["id"].as_str().unwrap_or_default().to_owned();
+    let t = post_json(
+        &client,
+        format!("{api}/v1/auth/login"),
+        &[],
+        json!({"email": email, "password": "password-123"}),
+    )
+    .await?;
+    let auth = format!("Bearer {}", t["access_token"].as_str().unwrap_or_default());
+
+    let mut conn = AsyncPgConnection::establish(&database).await?;
+    diesel::sql_query(format!(
+        "INSERT INTO purchases (id, merchant_id, order_id, amount_minor, currency, status, purchased_at,
+                                user_id, attribute_after, rewards_processed_at)
+         SELECT gen_random_uuid(), '{mid}', '{run}-' || g, 10000 + g, 'EUR', 'attributed',
+                now() - (g % 90) * interval '1 day', '{uid}', now(), now()
+           FROM generate_series(1, {rewards}) g"
+    ))
+    .execute(&mut conn)
+    .await?;
+    diesel::sql_query(format!(
+        "INSERT INTO rewards (id, purchase_id, attribution_seq, user_id, offer_id, amount_minor, currency, status)
+         SELECT gen_random_uuid(), id, 1, user_id, '{oid}', amount_minor / 20, 'EUR', 'pending'
+           FROM purchases WHERE user_id = '{uid}'"
+    ))
+    .execute(&mut conn)
+    .await?;
+    let user_id: uuid::Uuid = uid.parse()?;
+    let cache = clicknback_core::cache::Cache::off();
+    clicknback_core::services::stats::recompute(&mut conn, &cache, user_id).await?;
+
+    if computed {
+        let pool: Pool<AsyncPgConnection> =
+            Pool::builder(AsyncDieselConnectionManager::new(database))
+                .max_size(concurrency)
+                .build()?;
+        return drive(requests, concurrency, move || {
+            let pool = pool.clone();
+            async move {
+                match pool.get().await {
+                    Ok(mut c) => clicknback_core::services::stats::compute(&mut c, user_id)
+                        .await
+                        .is_ok_and(|s| s.data.iter().any(|e| e.count > 0)),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+    }
+    let url = Arc::new(format!("{api}/v1/me/stats"));
+    let auth = Arc::new(auth);
+    drive(requests, concurrency, move || {
+        let (client, url, auth) = (client.clone(), url.clone(), auth.clone());
+        async move {
+            matches!(client.get(url.as_str()).header("authorization", auth.as_str()).send().await,
+                Ok(r) if r.status().is_success())
+        }
+    })
+    .await
 }
