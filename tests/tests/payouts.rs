@@ -143,6 +143,26 @@ fn echo(status: &'static str) -> impl Fn(&Request) -> ResponseTemplate {
     }
 }
 
+/// The provider's lookup: paid for `known` payouts (every one when `None`),
+/// 404 for the rest.
+async fn lookups_answer_paid(server: &MockServer, known: Option<Vec<Uuid>>) {
+    Mock::given(method("GET"))
+        .and(path_regex(r"^/v1/payouts/[0-9a-f-]+$"))
+        .respond_with(move |req: &Request| {
+            let reference = req.url.path().rsplit('/').next().unwrap().to_owned();
+            let has = known
+                .as_ref()
+                .is_none_or(|k| k.iter().any(|id| id.to_string() == reference));
+            if has {
+                provider_payout_with(200, &reference, "paid")
+            } else {
+                ResponseTemplate::new(404)
+            }
+        })
+        .mount(server)
+        .await;
+}
+
 async fn creates(server: &MockServer) -> Vec<Request> {
     server
         .received_requests()
@@ -406,14 +426,7 @@ async fn a_timeout_then_a_paid_lookup_never_sends_the_payout_twice() {
         })
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path_regex(r"^/v1/payouts/[0-9a-f-]+$"))
-        .respond_with(|req: &Request| {
-            let reference = req.url.path().rsplit('/').next().unwrap().to_owned();
-            provider_payout_with(200, &reference, "paid")
-        })
-        .mount(&server)
-        .await;
+    lookups_answer_paid(&server, None).await;
     let provider = provider_for(&app, &server);
     let (user, id) = new_payout(&app, "slow@example.com").await;
 
@@ -520,18 +533,7 @@ async fn a_provider_that_is_down_opens_the_breaker_which_recovers_after_a_probe(
     // The provider comes back: it had received the first three payouts,
     // never the fourth.
     server.reset().await;
-    let received: Vec<String> = ids[..3].iter().map(Uuid::to_string).collect();
-    Mock::given(method("GET"))
-        .respond_with(move |req: &Request| {
-            let reference = req.url.path().rsplit('/').next().unwrap().to_owned();
-            if received.contains(&reference) {
-                provider_payout_with(200, &reference, "paid")
-            } else {
-                ResponseTemplate::new(404)
-            }
-        })
-        .mount(&server)
-        .await;
+    lookups_answer_paid(&server, Some(ids[..3].to_vec())).await;
     Mock::given(method("POST"))
         .respond_with(echo("paid"))
         .mount(&server)
@@ -590,5 +592,50 @@ async fn the_worker_pays_out_through_the_provider_and_emails_the_user() {
     assert!(
         metrics.contains("payout_provider_circuit_state 0"),
         "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn the_resolve_schedule_settles_a_payout_left_in_submitted_unknown() {
+    let app = TestApp::new().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/payouts"))
+        .respond_with(ResponseTemplate::new(504))
+        .mount(&server)
+        .await;
+    let (user, id) = new_payout(&app, "stuck@example.com").await;
+    let out = payouts::process(
+        &app.state.db,
+        &app.state.keys,
+        &provider_for(&app, &server),
+        id,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(out, Processed::Unknown(_)), "{out:?}");
+    // Its job is gone (say it went dead and nobody re-queued it).
+    app.scalar("WITH d AS (DELETE FROM outbox WHERE task_id LIKE 'payout:%' RETURNING 1) SELECT count(*) AS n FROM d")
+        .await;
+
+    // The provider did pay it; the schedule finds out by asking.
+    server.reset().await;
+    lookups_answer_paid(&server, None).await;
+    let _worker = app.worker(&[
+        ("PAYOUT_PROVIDER_URL", &server.uri()),
+        ("SCHEDULE_RESOLVE_PAYOUTS", "* * * * * *"),
+        ("PAYOUT_RECONCILE_AFTER_SECS", "1"),
+    ]);
+    eventually(
+        Duration::from_secs(30),
+        "the schedule to settle the payout",
+        || async { (status_of(&app, id).await == "paid").then_some(()) },
+    )
+    .await;
+    assert_eq!(balances(&app, user).await, (3_000, 0, 2_000));
+    assert_eq!(
+        creates(&server).await.len(),
+        0,
+        "settled by lookup, never resent"
     );
 }

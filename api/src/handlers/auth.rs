@@ -99,11 +99,13 @@ pub async fn login(
         .collect();
     let key = limits::key(&state, "login", &format!("{who}:{ip}"));
     let mut redis = state.redis.get().await.ok();
+    let mut standing = None;
     if let Some(r) = redis.as_mut() {
         let d = rate_limit::peek(r, &key, limit).await;
         if !d.allowed {
             return Err(too_many(d));
         }
+        standing = Some(d);
     }
     let mut conn = state.conn().await?;
     match users::authenticate(&mut conn, &body.email, &body.password).await {
@@ -113,12 +115,13 @@ pub async fn login(
             }
             let role = Role::parse(&user.role).unwrap_or(Role::User);
             let issued = state.tokens.issue(user.id, role);
-            Ok(Json(TokenResponse {
+            let res = Json(TokenResponse {
                 access_token: issued.access_token,
                 token_type: "Bearer".into(),
                 expires_in: issued.expires_in,
             })
-            .into_response())
+            .into_response();
+            Ok(limits::annotate(res, standing.as_ref()))
         }
         Err(UserError::InvalidCredentials) => {
             let mut err: ApiError = UserError::InvalidCredentials.into();

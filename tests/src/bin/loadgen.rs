@@ -178,6 +178,63 @@ fn signed(secret: &WebhookSecret, body: &serde_json::Value) -> (Vec<u8>, String,
     (raw, id, ts, sig)
 }
 
+/// An admin-created merchant with a 5 % offer: (merchant, offer) as the api returned them.
+async fn merchant_with_offer(
+    client: &reqwest::Client,
+    api: &str,
+    name: &str,
+    active: bool,
+) -> anyhow::Result<(serde_json::Value, serde_json::Value)> {
+    let login = post_json(client, format!("{api}/v1/auth/login"), &[],
+        json!({"email": arg("--admin-email", "bench@example.com"), "password": arg("--admin-password", "bench-password")})).await?;
+    let auth = format!(
+        "Bearer {}",
+        login["access_token"].as_str().unwrap_or_default()
+    );
+    let m = post_json(
+        client,
+        format!("{api}/v1/admin/merchants"),
+        &[("authorization", auth.clone())],
+        json!({"name": name}),
+    )
+    .await?;
+    let mid = m["id"].as_str().unwrap_or_default().to_owned();
+    let offer = post_json(
+        client,
+        format!("{api}/v1/admin/merchants/{mid}/offers"),
+        &[("authorization", auth)],
+        json!({"name": "5%", "rate_bps": 500, "active": active}),
+    )
+    .await?;
+    Ok((m, offer))
+}
+
+/// A registered shopper: (the user as returned, `Bearer <token>`).
+async fn shopper(
+    client: &reqwest::Client,
+    api: &str,
+    email: &str,
+) -> anyhow::Result<(serde_json::Value, String)> {
+    let user = post_json(
+        client,
+        format!("{api}/v1/auth/register"),
+        &[],
+        json!({"email": email, "password": "password-123"}),
+    )
+    .await?;
+    let t = post_json(
+        client,
+        format!("{api}/v1/auth/login"),
+        &[],
+        json!({"email": email, "password": "password-123"}),
+    )
+    .await?;
+    Ok((
+        user,
+        format!("Bearer {}", t["access_token"].as_str().unwrap_or_default()),
+    ))
+}
+
 /// N purchases of one linked shopper, ingested concurrently; time until all
 /// are credited (read from the database), with ATTRIBUTION_DELAY_SECS=0 on the api.
 async fn e2e() -> anyhow::Result<()> {
@@ -188,47 +245,13 @@ async fn e2e() -> anyhow::Result<()> {
     let database = arg("--database-url", "");
     let client = reqwest::Client::new();
     let run = uuid::Uuid::new_v4().simple().to_string();
-    let login = post_json(&client, format!("{api}/v1/auth/login"), &[],
-        json!({"email": arg("--admin-email", "bench@example.com"), "password": arg("--admin-password", "bench-password")})).await?;
-    let auth = format!(
-        "Bearer {}",
-        login["access_token"].as_str().unwrap_or_default()
-    );
-    let m = post_json(
-        &client,
-        format!("{api}/v1/admin/merchants"),
-        &[("authorization", auth.clone())],
-        json!({"name": format!("e2e-{run}")}),
-    )
-    .await?;
+    let (m, _) = merchant_with_offer(&client, &api, &format!("e2e-{run}"), true).await?;
     let mid = m["id"].as_str().unwrap_or_default().to_owned();
     let pk = m["publishable_key"].as_str().unwrap_or_default().to_owned();
     let secret = WebhookSecret::parse(m["webhook_secret"].as_str().unwrap_or_default())
         .ok_or_else(|| anyhow::anyhow!("secret"))?;
-    post_json(
-        &client,
-        format!("{api}/v1/admin/merchants/{mid}/offers"),
-        &[("authorization", auth)],
-        json!({"name": "5%", "rate_bps": 500, "active": true}),
-    )
-    .await?;
     // One shopper: a click, an account, the browser linked to it.
-    let email = format!("shopper-{run}@example.com");
-    post_json(
-        &client,
-        format!("{api}/v1/auth/register"),
-        &[],
-        json!({"email": email, "password": "password-123"}),
-    )
-    .await?;
-    let t = post_json(
-        &client,
-        format!("{api}/v1/auth/login"),
-        &[],
-        json!({"email": email, "password": "password-123"}),
-    )
-    .await?;
-    let user_auth = format!("Bearer {}", t["access_token"].as_str().unwrap_or_default());
+    let (_, user_auth) = shopper(&client, &api, &format!("shopper-{run}@example.com")).await?;
     let anon = format!("anon-{run}");
     post_json(
         &client,
@@ -416,45 +439,13 @@ async fn stats() -> anyhow::Result<()> {
         .pool_max_idle_per_host(concurrency)
         .build()?;
     let run = uuid::Uuid::new_v4().simple().to_string();
-    let login = post_json(&client, format!("{api}/v1/auth/login"), &[],
-        json!({"email": arg("--admin-email", "bench@example.com"), "password": arg("--admin-password", "bench-password")})).await?;
-    let admin = format!(
-        "Bearer {}",
-        login["access_token"].as_str().unwrap_or_default()
+    let (m, offer) = merchant_with_offer(&client, &api, &format!("stats-{run}"), false).await?;
+    let (mid, oid) = (
+        m["id"].as_str().unwrap_or_default(),
+        offer["id"].as_str().unwrap_or_default(),
     );
-    let m = post_json(
-        &client,
-        format!("{api}/v1/admin/merchants"),
-        &[("authorization", admin.clone())],
-        json!({"name": format!("stats-{run}")}),
-    )
-    .await?;
-    let mid = m["id"].as_str().unwrap_or_default().to_owned();
-    let offer = post_json(
-        &client,
-        format!("{api}/v1/admin/merchants/{mid}/offers"),
-        &[("authorization", admin)],
-        json!({"name": "5%", "rate_bps": 500}),
-    )
-    .await?;
-    let oid = offer["id"].as_str().unwrap_or_default().to_owned();
-    let email = format!("stats-{run}@example.com");
-    let user = post_json(
-        &client,
-        format!("{api}/v1/auth/register"),
-        &[],
-        json!({"email": email, "password": "password-123"}),
-    )
-    .await?;
+    let (user, auth) = shopper(&client, &api, &format!("stats-{run}@example.com")).await?;
     let uid = user["id"].as_str().unwrap_or_default().to_owned();
-    let t = post_json(
-        &client,
-        format!("{api}/v1/auth/login"),
-        &[],
-        json!({"email": email, "password": "password-123"}),
-    )
-    .await?;
-    let auth = format!("Bearer {}", t["access_token"].as_str().unwrap_or_default());
 
     let mut conn = AsyncPgConnection::establish(&database).await?;
     diesel::sql_query(format!(
