@@ -53,7 +53,7 @@ DB_URL="postgres://postgres@127.0.0.1:$PG_PORT/$DB"
 
 export APP_ENV=development DATABASE_URL="$DB_URL" REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" \
   REDIS_NAMESPACE="bench$$" API_ADDR="127.0.0.1:$PORT" RUST_LOG=warn DATABASE_POOL_SIZE=32 \
-  WEBHOOK_RATE_LIMIT_PER_MINUTE=100000000   # counted on every request, never reached
+  WEBHOOK_RATE_LIMIT_PER_MINUTE=10000000   # counted on every request, never reached
 "$BIN/clicknback-api" migrate >/dev/null
 CLICKNBACK_ADMIN_PASSWORD=bench-password "$BIN/clicknback-api" create-admin --email bench@example.com >/dev/null
 
