@@ -1,0 +1,323 @@
+//! Who may call what: every admin and board route refuses no token and a
+//! shopper's token; tokens signed with another algorithm or key, for another
+//! audience or issuer, expired, or missing claims are refused; and one
+//! shopper can never read another's wallet, payouts, purchases or statistics.
+
+use axum::http::{Method, StatusCode};
+use clicknback_core::models::user::Role;
+use clicknback_tests::TestApp;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+
+/// The path with a plausible value in each `{param}`.
+fn fill_params(path: &str) -> String {
+    path.split('/')
+        .map(|seg| match seg {
+            "{queue}" => "attribution",
+            "{task_id}" => "t-1",
+            s if s.starts_with('{') => "01a2028c-4ec5-706a-81eb-edb291ba4c6d",
+            s => s,
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Every admin route of the OpenAPI description, and the board's API twins.
+async fn protected_routes(app: &TestApp) -> Vec<(Method, String)> {
+    let doc = app.json(Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(doc.status, StatusCode::OK);
+    let mut out = Vec::new();
+    for (path, ops) in doc.body["paths"].as_object().unwrap() {
+        if !path.starts_with("/v1/admin") {
+            continue;
+        }
+        let concrete = fill_params(path);
+        for method in ops.as_object().unwrap().keys() {
+            let m: Method = method.to_uppercase().parse().unwrap();
+            if let Some(rest) = concrete.strip_prefix("/v1/admin")
+                && ["/queues", "/workers", "/dead-jobs"]
+                    .iter()
+                    .any(|p| rest.starts_with(p))
+            {
+                out.push((m.clone(), format!("/board/api{rest}")));
+            }
+            out.push((m, concrete.clone()));
+        }
+    }
+    out.push((Method::GET, "/board".into()));
+    assert!(out.len() > 25, "found {} admin routes", out.len());
+    out
+}
+
+#[tokio::test]
+async fn every_admin_and_board_route_refuses_no_token_and_a_shopper_token() {
+    let app = TestApp::new().await;
+    let shopper = app.token_for("shopper@example.com", Role::User).await;
+    for (method, path) in protected_routes(&app).await {
+        let none = app.json(method.clone(), &path, None, Some(json!({}))).await;
+        assert_eq!(
+            none.status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path}: {}",
+            none.text
+        );
+        let as_user = app
+            .json(method.clone(), &path, Some(&shopper), Some(json!({})))
+            .await;
+        assert!(
+            matches!(
+                as_user.status,
+                StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED
+            ),
+            "{method} {path} with a shopper token: {} {}",
+            as_user.status,
+            as_user.text
+        );
+        assert_eq!(
+            as_user.header("content-type"),
+            Some("application/problem+json"),
+            "{method} {path}"
+        );
+    }
+}
+
+fn claims(app: &TestApp, over: Value) -> Value {
+    let now = chrono::Utc::now().timestamp();
+    let user = uuid::Uuid::now_v7();
+    let mut c = json!({
+        "iss": app.config.jwt_issuer, "aud": app.config.jwt_audience, "typ": "access",
+        "iat": now, "exp": now + 600, "jti": uuid::Uuid::new_v4().to_string(),
+        "sub": user, "role": "admin",
+    });
+    for (k, v) in over.as_object().unwrap() {
+        if v.is_null() {
+            c.as_object_mut().unwrap().remove(k);
+        } else {
+            c[k] = v.clone();
+        }
+    }
+    c
+}
+
+fn sign(alg: Algorithm, secret: &[u8], c: &Value) -> String {
+    jsonwebtoken::encode(&Header::new(alg), c, &EncodingKey::from_secret(secret)).unwrap()
+}
+
+#[tokio::test]
+async fn tokens_with_another_algorithm_audience_issuer_key_or_expiry_are_refused() {
+    let app = TestApp::new().await;
+    let secret = app.config.jwt_secret.expose().as_bytes().to_vec();
+    let good = sign(Algorithm::HS256, &secret, &claims(&app, json!({})));
+    let ok = app
+        .json(Method::GET, "/v1/admin/merchants", Some(&good), None)
+        .await;
+    assert_eq!(
+        ok.status,
+        StatusCode::OK,
+        "the control token works: {}",
+        ok.text
+    );
+
+    let b64 = |v: &Value| {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
+    };
+    let unsigned = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&claims(&app, json!({})))
+    );
+    let mut forged = good.clone();
+    forged.pop();
+    forged.push(if good.ends_with('A') { 'B' } else { 'A' });
+    let cases = [
+        (
+            "HS512 with the same secret",
+            sign(Algorithm::HS512, &secret, &claims(&app, json!({}))),
+        ),
+        ("alg none", unsigned),
+        (
+            "another audience",
+            sign(
+                Algorithm::HS256,
+                &secret,
+                &claims(&app, json!({"aud": "someone-else"})),
+            ),
+        ),
+        (
+            "another issuer",
+            sign(
+                Algorithm::HS256,
+                &secret,
+                &claims(&app, json!({"iss": "evil"})),
+            ),
+        ),
+        (
+            "expired",
+            sign(
+                Algorithm::HS256,
+                &secret,
+                &claims(&app, json!({"exp": chrono::Utc::now().timestamp() - 60})),
+            ),
+        ),
+        (
+            "another key",
+            sign(
+                Algorithm::HS256,
+                b"another-secret-another-secret-0123",
+                &claims(&app, json!({})),
+            ),
+        ),
+        ("forged signature", forged),
+        (
+            "no exp",
+            sign(
+                Algorithm::HS256,
+                &secret,
+                &claims(&app, json!({"exp": null})),
+            ),
+        ),
+        (
+            "no role",
+            sign(
+                Algorithm::HS256,
+                &secret,
+                &claims(&app, json!({"role": null})),
+            ),
+        ),
+        (
+            "a refresh token",
+            sign(
+                Algorithm::HS256,
+                &secret,
+                &claims(&app, json!({"typ": "refresh"})),
+            ),
+        ),
+        ("garbage", "not-a-token".to_owned()),
+    ];
+    for (what, token) in cases {
+        let r = app
+            .json(Method::GET, "/v1/admin/merchants", Some(&token), None)
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{what}: {}", r.text);
+        assert_eq!(r.body["code"], "unauthorized", "{what}: {}", r.text);
+    }
+}
+
+#[tokio::test]
+async fn one_shopper_never_sees_another_shoppers_money_or_purchases() {
+    let app = TestApp::new().await;
+    let alice = {
+        let mut c = app.db.conn().await;
+        let u = clicknback_core::services::users::create(
+            &mut c,
+            "alice@example.com",
+            "password-123",
+            Role::User,
+        )
+        .await
+        .unwrap();
+        clicknback_core::services::ledger::post(
+            &mut c,
+            &clicknback_core::services::ledger::Transfer {
+                id: format!("test:fund:{}", u.id),
+                from: clicknback_core::services::ledger::AccountRef::platform(
+                    clicknback_core::services::ledger::AccountKind::CashbackExpense,
+                ),
+                to: clicknback_core::services::ledger::AccountRef::user(
+                    u.id,
+                    clicknback_core::services::ledger::AccountKind::Available,
+                ),
+                amount_minor: 5_000,
+                currency: "EUR".into(),
+                kind: "reward_credit",
+                user_id: Some(u.id),
+                purchase_id: None,
+                reward_id: None,
+                payout_id: None,
+            },
+        )
+        .await
+        .unwrap();
+        app.state.tokens.issue(u.id, Role::User).access_token
+    };
+    let bob = app.token_for("bob@example.com", Role::User).await;
+    let auth = format!("Bearer {alice}");
+    let payout = app
+        .request(
+            Method::POST,
+            "/v1/payouts",
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &auth),
+                ("idempotency-key", "a1"),
+            ],
+            Some(
+                serde_json::to_vec(&json!({"amount_minor": 2_000, "currency": "EUR",
+                    "destination": {"type": "paypal", "value": "alice@example.com"}}))
+                .unwrap(),
+            ),
+        )
+        .await;
+    assert_eq!(payout.status, StatusCode::ACCEPTED, "{}", payout.text);
+    let id = payout.body["id"].as_str().unwrap();
+
+    let theirs = app
+        .json(Method::GET, &format!("/v1/payouts/{id}"), Some(&bob), None)
+        .await;
+    assert_eq!(theirs.status, StatusCode::NOT_FOUND);
+    for path in ["/v1/payouts", "/v1/me/purchases", "/v1/me/transactions"] {
+        let r = app.json(Method::GET, path, Some(&bob), None).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+        assert_eq!(
+            r.body["data"],
+            json!([]),
+            "{path} shows bob nothing of alice's"
+        );
+    }
+    let wallet = app
+        .json(Method::GET, "/v1/me/wallet", Some(&bob), None)
+        .await;
+    assert_eq!(wallet.body["data"], json!([]));
+    let stats = app
+        .json(Method::GET, "/v1/me/stats", Some(&bob), None)
+        .await;
+    assert_eq!(stats.body["data"], json!([]));
+    // Bob's key space for idempotency is his own: the same key is a new request.
+    let bob_auth = format!("Bearer {bob}");
+    let bob_try = app
+        .request(
+            Method::POST,
+            "/v1/payouts",
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &bob_auth),
+                ("idempotency-key", "a1"),
+            ],
+            Some(
+                serde_json::to_vec(&json!({"amount_minor": 2_000, "currency": "EUR",
+                    "destination": {"type": "paypal", "value": "alice@example.com"}}))
+                .unwrap(),
+            ),
+        )
+        .await;
+    assert_eq!(
+        bob_try.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        bob_try.text
+    );
+    assert_eq!(
+        bob_try.body["code"], "insufficient_funds",
+        "not alice's replay"
+    );
+    let mine = app
+        .json(
+            Method::GET,
+            &format!("/v1/payouts/{id}"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(mine.status, StatusCode::OK);
+}
