@@ -70,19 +70,54 @@ impl FromRequestParts<AppState> for AdminUser {
     }
 }
 
-/// The client's address as the listener saw it (`unknown` in-process).
+/// The client's address: the peer as the listener saw it, or, when the peer
+/// is one of `TRUSTED_PROXIES`, the nearest address in `X-Forwarded-For` that
+/// is not a trusted proxy (`unknown` in-process).
 #[derive(Debug, Clone)]
 pub struct ClientIp(pub String);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+/// The client behind `peer`, given the `X-Forwarded-For` chain.
+pub fn client_ip(
+    peer: Option<std::net::IpAddr>,
+    forwarded_for: Option<&str>,
+    trusted: &[std::net::IpAddr],
+) -> Option<std::net::IpAddr> {
+    let mut client = peer?;
+    if !trusted.contains(&client) {
+        return Some(client);
+    }
+    for hop in forwarded_for.unwrap_or_default().rsplit(',') {
+        match hop.trim().parse::<std::net::IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !trusted.contains(&ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    Some(client)
+}
+
+impl FromRequestParts<AppState> for ClientIp {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        let forwarded = parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
         Ok(ClientIp(
-            parts
-                .extensions
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|c| c.0.ip().to_string())
+            client_ip(peer, forwarded, &state.config.trusted_proxies)
+                .map(|ip| ip.to_string())
                 .unwrap_or_else(|| "unknown".into()),
         ))
     }
@@ -156,5 +191,31 @@ impl FromRequestParts<AppState> for BoardAdmin {
             c.insert(fingerprint, (user.id, std::time::Instant::now()));
         }
         Ok(BoardAdmin(user.id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_ip;
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let lb: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        let edge: std::net::IpAddr = "10.0.0.3".parse().unwrap();
+        let trusted = [lb, edge];
+        let xff = Some("1.2.3.4, 203.0.113.9, 10.0.0.3");
+        assert_eq!(
+            client_ip(Some(lb), xff, &trusted),
+            Some("203.0.113.9".parse().unwrap())
+        );
+        let direct: std::net::IpAddr = "198.51.100.7".parse().unwrap();
+        assert_eq!(
+            client_ip(Some(direct), xff, &trusted),
+            Some(direct),
+            "spoofed header ignored"
+        );
+        assert_eq!(client_ip(Some(lb), None, &trusted), Some(lb));
+        assert_eq!(client_ip(Some(lb), Some("garbage"), &trusted), Some(lb));
+        assert_eq!(client_ip(None, xff, &trusted), None);
     }
 }

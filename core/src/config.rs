@@ -73,6 +73,9 @@ pub struct Config {
     pub login_window: Duration,
     /// SDK tracking calls allowed per client address per minute.
     pub track_per_minute: u64,
+    /// Load balancers whose `X-Forwarded-For` is believed: behind them the
+    /// client address (for per-address limits) is the nearest untrusted hop.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     pub run_migrations_on_start: bool,
     /// `false` turns every rate limit off (benchmarks compare both).
     pub rate_limits_enabled: bool,
@@ -646,6 +649,20 @@ impl Config {
             login_max_failures: env.int_in("LOGIN_MAX_FAILURES", 5, 1..=1_000)?,
             login_window: env.secs("LOGIN_WINDOW_SECS", 900, 1..=86_400)?,
             track_per_minute: env.int_in("TRACK_RATE_LIMIT_PER_MINUTE", 300, 1..=1_000_000)?,
+            trusted_proxies: env
+                .raw("TRUSTED_PROXIES")
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    p.parse().map_err(|_| ConfigError {
+                        var: "TRUSTED_PROXIES".into(),
+                        problem: format!("contains {p:?}"),
+                        expected: "comma-separated IP addresses of your load balancers".into(),
+                    })
+                })
+                .collect::<Result<_, _>>()?,
             run_migrations_on_start: env.bool("RUN_MIGRATIONS_ON_START", true)?,
             rate_limits_enabled: env.bool("RATE_LIMITS_ENABLED", true)?,
             webhook_per_minute: env.int_in(
