@@ -75,9 +75,10 @@ impl Cache {
         self.redis.is_some()
     }
 
-    /// The Redis key of an entry: `<namespace>:<kind>:<id>`.
+    /// The Redis key of an entry: `<namespace>:cache:<kind>:<id>` (apart
+    /// from the queues, which live under `<namespace>:<queue>:`).
     pub fn key(&self, kind: &str, id: &str) -> String {
-        format!("{}:{kind}:{id}", self.namespace)
+        format!("{}:cache:{kind}:{id}", self.namespace)
     }
 
     /// The cached value of `kind:id`, or what `load` returns (then cached for `ttl`).

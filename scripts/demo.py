@@ -1,0 +1,192 @@
+"""Realistic traffic for ClickNBack (called by scripts/demo.sh).
+
+Seeds a merchant with an offer and a few shoppers, then plays a day of their
+lives: clicks on referral links, sign-ins that link the browser, purchases
+reported by the merchant's signed webhooks and confirmed from the checkout
+page, merchant confirmations and some reversals, and payouts of what became
+available (one to a destination the sandbox refuses). One line per step with
+counts; Ctrl-C stops cleanly with a summary.
+"""
+
+import argparse
+import base64
+import hashlib
+import hmac
+import json
+import random
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+p = argparse.ArgumentParser()
+p.add_argument("--api", default="http://127.0.0.1:8080")
+p.add_argument("--admin-email", required=True)
+p.add_argument("--admin-password", required=True)
+p.add_argument("--shoppers", type=int, default=5)
+p.add_argument("--purchases", type=int, default=30)
+args = p.parse_args()
+API = args.api
+counts = {"clicks": 0, "purchases": 0, "confirmed": 0, "reversed": 0, "payouts": 0, "errors": 0}
+
+
+def call(method, path, body=None, token=None, headers=None):
+    h = {"content-type": "application/json"}
+    if token:
+        h["authorization"] = "Bearer " + token
+    h.update(headers or {})
+    data = body if isinstance(body, bytes) else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(API + path, data=data, method=method, headers=h)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        counts["errors"] += e.code >= 500
+        return e.code, json.loads(e.read() or b"null")
+
+
+def signed(secret, body):
+    raw = json.dumps(body).encode()
+    msg = "msg_" + uuid.uuid4().hex
+    ts = str(int(time.time()))
+    key = base64.b64decode(secret[len("whsec_"):])
+    sig = base64.b64encode(hmac.new(key, f"{msg}.{ts}.".encode() + raw, hashlib.sha256).digest()).decode()
+    return raw, {"webhook-id": msg, "webhook-timestamp": ts, "webhook-signature": "v1," + sig}
+
+
+def step(text):
+    print(f"==> {text}", flush=True)
+
+
+def progress(label, done, total):
+    width = 30
+    filled = width * done // max(total, 1)
+    end = "\n" if done == total else ""
+    print(f"\r    {label:<28} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end=end, flush=True)
+
+
+def wait_for(what, check, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = check()
+        if v:
+            return v
+        time.sleep(1)
+    print(f"    (gave up waiting for {what})")
+    return None
+
+
+def main():
+    rnd = random.Random(7)
+    run = uuid.uuid4().hex[:6]
+    step("admin login")
+    s, body = call("POST", "/v1/auth/login", {"email": args.admin_email, "password": args.admin_password})
+    if s != 200:
+        sys.exit(f"admin login failed: {s} {body}")
+    admin = body["access_token"]
+
+    step("merchant and offer")
+    _, m = call("POST", "/v1/admin/merchants", {"name": f"Demo Outdoor Store {run}"}, admin)
+    mid, secret, pk = m["id"], m["webhook_secret"], m["publishable_key"]
+    call("POST", f"/v1/admin/merchants/{mid}/offers",
+         {"name": "8% back", "rate_bps": 800, "max_cashback_minor": 4000, "active": True}, admin)
+    print(f"    merchant {mid} with an 8% offer")
+    time.sleep(1.1)  # purchases are stamped to the second; start after the offer
+
+    step(f"{args.shoppers} shoppers register, click a referral link and sign in")
+    shoppers = []
+    for i in range(args.shoppers):
+        email = f"demo-{run}-{i}@example.com"
+        call("POST", "/v1/auth/register", {"email": email, "password": "password-123"})
+        _, t = call("POST", "/v1/auth/login", {"email": email, "password": "password-123"})
+        anon = "anon-" + uuid.uuid4().hex
+        call("POST", "/v1/track/click", {"anon_id": anon, "landing_url": "https://shop.example/tents"},
+             headers={"x-publishable-key": pk})
+        counts["clicks"] += 1
+        call("POST", "/v1/track/identify", {"anon_id": anon}, t["access_token"])
+        shoppers.append({"email": email, "token": t["access_token"], "anon": anon})
+        progress("shoppers", i + 1, args.shoppers)
+
+    step(f"{args.purchases} purchases: webhook from the merchant, confirmation from the checkout page")
+    orders = []
+    for i in range(args.purchases):
+        sh = rnd.choice(shoppers)
+        order = f"demo-{run}-{i:04d}"
+        token = uuid.uuid4().hex
+        amount = rnd.choice([1999, 4500, 8900, 12900, 24900, 59900])
+        raw, h = signed(secret, {"order_id": order, "amount_minor": amount, "currency": "EUR",
+                                 "purchased_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                 "purchase_token": token})
+        s, _ = call("POST", f"/v1/webhooks/{mid}/purchases", raw, headers=h)
+        if s == 202:
+            counts["purchases"] += 1
+            call("POST", "/v1/track/purchase", {"anon_id": sh["anon"], "order_id": order, "purchase_token": token},
+                 headers={"x-publishable-key": pk})
+            orders.append(order)
+        if rnd.random() < 0.3:
+            call("POST", "/v1/track/click", {"anon_id": sh["anon"]}, headers={"x-publishable-key": pk})
+            counts["clicks"] += 1
+        progress("purchases", i + 1, args.purchases)
+
+    step("attribution in the worker (ATTRIBUTION_DELAY_SECS after each purchase)")
+
+    def credited():
+        total = 0
+        for sh in shoppers:
+            _, w = call("GET", "/v1/me/wallet", token=sh["token"])
+            total += sum(e["pending_minor"] + e["available_minor"] for e in w.get("data", []))
+        return total
+
+    wait_for("attribution", lambda: credited() > 0, timeout=180)
+    print(f"    {credited() / 100:.2f} EUR of cashback credited so far")
+
+    step("the merchant confirms most orders and reverses a few")
+    for n, order in enumerate(orders):
+        status = "reversed" if rnd.random() < 0.15 else "confirmed"
+        raw, h = signed(secret, {"status": status})
+        s, _ = call("POST", f"/v1/webhooks/{mid}/purchases/{order}/status", raw, headers=h)
+        if s == 202:
+            counts[status] += 1
+        progress("status updates", n + 1, len(orders))
+
+    step("shoppers pay out what became available")
+
+    def available(sh):
+        _, w = call("GET", "/v1/me/wallet", token=sh["token"])
+        return sum(e["available_minor"] for e in w.get("data", []))
+
+    wait_for("confirmations", lambda: any(available(sh) >= 1000 for sh in shoppers), timeout=120)
+    for n, sh in enumerate(shoppers):
+        amount = available(sh)
+        if amount < 1000:
+            continue
+        refused = n == 0  # the sandbox refuses destinations that contain "fail"
+        dest = ({"type": "paypal", "value": f"payout-fail-{run}@example.com"} if refused
+                else {"type": "iban", "value": "DE89 3704 0044 0532 0130 00"})
+        s, body = call("POST", "/v1/payouts", {"amount_minor": amount, "currency": "EUR", "destination": dest},
+                       sh["token"], {"idempotency-key": f"demo-{run}-{n}"})
+        if s == 202:
+            counts["payouts"] += 1
+            print(f"    {sh['email']}: payout of {amount / 100:.2f} EUR to {body['destination']['masked']}")
+    step("payouts and statistics in the worker")
+    time.sleep(8)  # statistics are recomputed at the end of a STATS_COALESCE_SECS bucket
+
+    step("where everyone stands")
+    for sh in shoppers:
+        _, w = call("GET", "/v1/me/wallet", token=sh["token"])
+        _, st = call("GET", "/v1/me/stats", token=sh["token"])
+        e = (w.get("data") or [{}])[0]
+        earned = sum(x["total_minor"] for x in st.get("data", []))
+        print(f"    {sh['email']:<34} available {e.get('available_minor', 0) / 100:>8.2f}  "
+              f"paid out {e.get('paid_out_minor', 0) / 100:>8.2f}  earned {earned / 100:>8.2f} EUR")
+
+
+try:
+    main()
+except KeyboardInterrupt:
+    print("\ninterrupted")
+    print("done so far: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    sys.exit(130)
+print("done: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+print(f"watch: {API}/board  {API}/metrics  the SMTP inbox (http://127.0.0.1:1080 with ./scripts/run.sh)")
