@@ -29,7 +29,6 @@ pub async fn hit(
     name: &'static str,
     who: &str,
     limit: Limit,
-    code: &'static str,
 ) -> Result<Option<Decision>, ApiError> {
     if !state.config.rate_limits_enabled {
         return Ok(None);
@@ -52,7 +51,7 @@ pub async fn hit(
         return Ok(None);
     };
     if !d.allowed {
-        return Err(too_many(name, &d, code, "too many requests"));
+        return Err(too_many(name, &d, "rate_limited", "too many requests"));
     }
     Ok(Some(d))
 }

@@ -10,14 +10,15 @@
 //! Redis is an accelerator here, never the source of truth: a cache that is
 //! off, slow or unreachable sends the read to PostgreSQL.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::LazyLock, time::Duration};
 
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{config::CacheConfig, redis_conn::RedisHandle};
 
 /// Stores `ARGV[2]` with TTL `ARGV[3]` ms unless the generation moved past `ARGV[1]`.
-const FILL: &str = r"
+static FILL: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(FILL_LUA));
+const FILL_LUA: &str = r"
 local gen = redis.call('GET', KEYS[2]) or '0'
 if gen == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
@@ -27,7 +28,8 @@ return 0
 ";
 
 /// Bumps the generation (kept a day, far longer than any load) and drops the entry.
-const INVALIDATE: &str = r"
+static INVALIDATE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(INVALIDATE_LUA));
+const INVALIDATE_LUA: &str = r"
 redis.call('INCR', KEYS[2])
 redis.call('PEXPIRE', KEYS[2], 86400000)
 redis.call('DEL', KEYS[1])
@@ -107,9 +109,11 @@ impl Cache {
                 .query_async::<(Option<Vec<u8>>, Option<String>)>(&mut c)
                 .await
         })
-        .await;
+        .await
+        .map_err(|_| "too slow".to_owned())
+        .and_then(|r| r.map_err(|e| e.to_string()));
         let generation = match read {
-            Ok(Ok((Some(bytes), _))) => match serde_json::from_slice(&bytes) {
+            Ok((Some(bytes), _)) => match serde_json::from_slice(&bytes) {
                 Ok(v) => {
                     metrics::counter!("cache_requests_total", "cache" => kind, "outcome" => "hit")
                         .increment(1);
@@ -120,15 +124,9 @@ impl Cache {
                     None
                 }
             },
-            Ok(Ok((None, generation))) => Some(generation.unwrap_or_else(|| "0".to_owned())),
-            Ok(Err(e)) => {
+            Ok((None, generation)) => Some(generation.unwrap_or_else(|| "0".to_owned())),
+            Err(e) => {
                 tracing::debug!(cache = kind, error = %e, "cache unavailable; reading the database");
-                metrics::counter!("cache_requests_total", "cache" => kind, "outcome" => "error")
-                    .increment(1);
-                return load().await;
-            }
-            Err(_) => {
-                tracing::debug!(cache = kind, "cache too slow; reading the database");
                 metrics::counter!("cache_requests_total", "cache" => kind, "outcome" => "error")
                     .increment(1);
                 return load().await;
@@ -140,8 +138,7 @@ impl Cache {
         if let (Some(generation), Ok(bytes)) = (generation, serde_json::to_vec(&value)) {
             let _ = tokio::time::timeout(self.cfg.timeout, async {
                 let mut c = redis.get().await?;
-                redis::Script::new(FILL)
-                    .key(&key)
+                FILL.key(&key)
                     .key(&gen_key)
                     .arg(generation)
                     .arg(bytes)
@@ -167,7 +164,7 @@ impl Cache {
         for _ in 0..3 {
             let r = tokio::time::timeout(Duration::from_secs(2), async {
                 let mut c = redis.get().await?;
-                redis::Script::new(INVALIDATE)
+                INVALIDATE
                     .key(&key)
                     .key(&gen_key)
                     .invoke_async::<i64>(&mut c)

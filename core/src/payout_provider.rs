@@ -238,51 +238,65 @@ impl HttpProvider {
         &self.breaker
     }
 
-    async fn send_create(&self, order: &PayoutOrder) -> Result<ProviderPayout, ProviderError> {
-        let res = self
-            .client
-            .post(format!("{}/v1/payouts", self.base))
+    /// Sends an authenticated call: the status and body, or a transport error.
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(reqwest::StatusCode, String), ProviderError> {
+        let res = req
             .bearer_auth(&self.key)
-            .header("Idempotency-Key", order.reference.to_string())
-            .json(order)
             .send()
             .await
             .map_err(transport_error)?;
         let status = res.status();
-        let body = res.text().await.unwrap_or_default();
+        Ok((status, res.text().await.unwrap_or_default()))
+    }
+
+    async fn send_create(&self, order: &PayoutOrder) -> Result<ProviderPayout, ProviderError> {
+        let req = self
+            .client
+            .post(format!("{}/v1/payouts", self.base))
+            .header("Idempotency-Key", order.reference.to_string())
+            .json(order);
+        let (status, body) = self.send(req).await?;
         match status.as_u16() {
             200..=202 => decode(&body),
             400 | 402 | 422 => Err(ProviderError::Rejected(reason(&body, status))),
-            // Our configuration, not the payout, is wrong: keep the payout
-            // and its reservation until an operator fixes it.
-            401 | 403 | 404 | 405 => {
-                tracing::error!(
-                    status = status.as_u16(),
-                    "the payout provider refused the call; check PAYOUT_PROVIDER_URL and PAYOUT_PROVIDER_KEY"
-                );
-                Err(ProviderError::NotSent(reason(&body, status)))
-            }
-            429 => Err(ProviderError::NotSent(reason(&body, status))),
-            _ => Err(ProviderError::Unknown(reason(&body, status))),
+            // A 404 here means our URL is wrong, not that the payout is.
+            404 => Err(misconfigured(&body, status)),
+            _ => Err(unsuccessful(&body, status)),
         }
     }
 
     async fn send_find(&self, reference: Uuid) -> Result<Option<ProviderPayout>, ProviderError> {
-        let res = self
+        let req = self
             .client
-            .get(format!("{}/v1/payouts/{reference}", self.base))
-            .bearer_auth(&self.key)
-            .send()
-            .await
-            .map_err(transport_error)?;
-        let status = res.status();
-        let body = res.text().await.unwrap_or_default();
+            .get(format!("{}/v1/payouts/{reference}", self.base));
+        let (status, body) = self.send(req).await?;
         match status.as_u16() {
             200 => decode(&body).map(Some),
             404 => Ok(None),
-            401 | 429 => Err(ProviderError::NotSent(reason(&body, status))),
-            _ => Err(ProviderError::Unknown(reason(&body, status))),
+            _ => Err(unsuccessful(&body, status)),
         }
+    }
+}
+
+/// Our configuration, not the payout, is wrong: the payout and its
+/// reservation wait until an operator fixes it.
+fn misconfigured(body: &str, status: reqwest::StatusCode) -> ProviderError {
+    tracing::error!(
+        status = status.as_u16(),
+        "the payout provider refused the call; check PAYOUT_PROVIDER_URL and PAYOUT_PROVIDER_KEY"
+    );
+    ProviderError::NotSent(reason(body, status))
+}
+
+/// Any other answer that is not a success, for either call.
+fn unsuccessful(body: &str, status: reqwest::StatusCode) -> ProviderError {
+    match status.as_u16() {
+        401 | 403 | 405 => misconfigured(body, status),
+        429 => ProviderError::NotSent(reason(body, status)),
+        _ => ProviderError::Unknown(reason(body, status)),
     }
 }
 

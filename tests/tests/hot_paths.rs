@@ -280,23 +280,13 @@ async fn a_burst_of_rewards_runs_one_statistics_recompute_served_through_the_cac
 
     // The worker runs the coalesced job at the end of its bucket.
     let _worker = app.worker(&[("STATS_COALESCE_SECS", "5")]);
-    eventually(Duration::from_secs(30), "the statistics", || async {
-        let r = app
-            .json(Method::GET, "/v1/me/stats", Some(&token), None)
-            .await;
-        (r.body["data"][0]["count"] == 100).then_some(())
-    })
-    .await;
+    let eur = stats_with_count(&app, &token, 100).await;
     let ran = app
         .scalar(&format!(
             "SELECT count(*) AS n FROM outbox WHERE task_id LIKE 'stats:{user}:%' AND sent_at IS NOT NULL"
         ))
         .await;
     assert!(ran <= 2, "{ran} recomputes ran for 100 rewards");
-    let stats = app
-        .json(Method::GET, "/v1/me/stats", Some(&token), None)
-        .await;
-    let eur = &stats.body["data"][0];
     let expected_total: i64 = (0..100).map(|i| (1_000 + i) / 10).sum();
     assert_eq!(eur["currency"], "EUR");
     assert_eq!(eur["count"], 100);
@@ -314,15 +304,17 @@ async fn a_burst_of_rewards_runs_one_statistics_recompute_served_through_the_cac
     // A further reward's recompute invalidates the cached figures.
     let p = report(&app, mid, &secret, &purchase_for("b-last", 5_000, "c-9")).await;
     attribute(&app, p).await;
-    eventually(
-        Duration::from_secs(30),
-        "the refreshed statistics",
-        || async {
-            let r = app
-                .json(Method::GET, "/v1/me/stats", Some(&token), None)
-                .await;
-            (r.body["data"][0]["count"] == 101).then_some(())
-        },
-    )
-    .await;
+    stats_with_count(&app, &token, 101).await;
+}
+
+/// Waits until `GET /v1/me/stats` reports `count` rewards; returns that entry.
+async fn stats_with_count(app: &TestApp, token: &str, count: i64) -> serde_json::Value {
+    eventually(Duration::from_secs(30), "the statistics", || async {
+        let r = app
+            .json(Method::GET, "/v1/me/stats", Some(token), None)
+            .await;
+        let eur = r.body["data"][0].clone();
+        (eur["count"] == count).then_some(eur)
+    })
+    .await
 }

@@ -8,17 +8,16 @@ use std::{sync::Arc, time::Duration};
 use axum::http::{Method, StatusCode};
 use clicknback_core::{
     config::PayoutConfig,
-    models::user::Role,
     payout_provider::{CircuitState, HttpProvider},
     services::{
-        ledger::{self, AccountKind, AccountRef, Transfer},
+        ledger::{self},
         payouts::{self, Processed},
-        users,
     },
 };
 use clicknback_tests::{
     TestApp,
     procs::{SmtpSink, eventually},
+    wallets::{funded_user, request_payout},
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -29,56 +28,11 @@ use wiremock::{
 
 const IBAN: &str = "DE89 3704 0044 0532 0130 00";
 
-/// A user with `available` minor units of EUR available; returns (id, token).
-async fn funded_user(app: &TestApp, email: &str, available: i64) -> (Uuid, String) {
-    let mut c = app.db.conn().await;
-    let user = users::create(&mut c, email, "password-123", Role::User)
+/// One processing pass of payout `id` through `provider`.
+async fn process(app: &TestApp, provider: &HttpProvider, id: Uuid) -> Processed {
+    payouts::process(&app.state.db, &app.state.keys, provider, id)
         .await
-        .unwrap();
-    if available > 0 {
-        ledger::post(
-            &mut c,
-            &Transfer {
-                id: format!("test:fund:{}", user.id),
-                from: AccountRef::platform(AccountKind::CashbackExpense),
-                to: AccountRef::user(user.id, AccountKind::Available),
-                amount_minor: available,
-                currency: "EUR".into(),
-                kind: "reward_credit",
-                user_id: Some(user.id),
-                purchase_id: None,
-                reward_id: None,
-                payout_id: None,
-            },
-        )
-        .await
-        .unwrap();
-    }
-    let token = app.state.tokens.issue(user.id, Role::User).access_token;
-    (user.id, token)
-}
-
-async fn request_payout(
-    app: &TestApp,
-    token: &str,
-    key: &str,
-    body: &Value,
-) -> (StatusCode, Value, Option<String>) {
-    let auth = format!("Bearer {token}");
-    let r = app
-        .request(
-            Method::POST,
-            "/v1/payouts",
-            &[
-                ("content-type", "application/json"),
-                ("authorization", &auth),
-                ("idempotency-key", key),
-            ],
-            Some(serde_json::to_vec(body).unwrap()),
-        )
-        .await;
-    let replayed = r.header("idempotent-replayed").map(str::to_owned);
-    (r.status, r.body, replayed)
+        .unwrap()
 }
 
 fn iban_payout(amount: i64) -> Value {
@@ -333,15 +287,11 @@ async fn a_paid_payout_moves_reserved_to_paid_out_once_and_sends_one_email() {
     let provider = provider_for(&app, &server);
     let (user, id) = new_payout(&app, "paid@example.com").await;
 
-    let out = payouts::process(&app.state.db, &app.state.keys, &provider, id)
-        .await
-        .unwrap();
+    let out = process(&app, &provider, id).await;
     assert_eq!(out, Processed::Paid);
     assert_eq!(balances(&app, user).await, (3_000, 0, 2_000));
     assert_eq!(status_of(&app, id).await, "paid");
-    let again = payouts::process(&app.state.db, &app.state.keys, &provider, id)
-        .await
-        .unwrap();
+    let again = process(&app, &provider, id).await;
     assert_eq!(again, Processed::AlreadyFinal);
 
     let sent = creates(&server).await;
@@ -378,9 +328,7 @@ async fn a_definitive_failure_releases_the_reservation() {
         .await;
     let provider = provider_for(&app, &server);
     let (user, id) = new_payout(&app, "refused@example.com").await;
-    let out = payouts::process(&app.state.db, &app.state.keys, &provider, id)
-        .await
-        .unwrap();
+    let out = process(&app, &provider, id).await;
     assert!(
         matches!(out, Processed::Failed(ref r) if r.contains("account closed")),
         "{out:?}"
@@ -400,14 +348,7 @@ async fn a_definitive_failure_releases_the_reservation() {
         .mount(&server2)
         .await;
     let (user2, id2) = new_payout(&app, "refused2@example.com").await;
-    let out = payouts::process(
-        &app.state.db,
-        &app.state.keys,
-        &provider_for(&app, &server2),
-        id2,
-    )
-    .await
-    .unwrap();
+    let out = process(&app, &provider_for(&app, &server2), id2).await;
     assert_eq!(out, Processed::Failed("account closed".into()));
     assert_eq!(balances(&app, user2).await, (5_000, 0, 0));
 }
@@ -430,9 +371,7 @@ async fn a_timeout_then_a_paid_lookup_never_sends_the_payout_twice() {
     let provider = provider_for(&app, &server);
     let (user, id) = new_payout(&app, "slow@example.com").await;
 
-    let first = payouts::process(&app.state.db, &app.state.keys, &provider, id)
-        .await
-        .unwrap();
+    let first = process(&app, &provider, id).await;
     assert!(matches!(first, Processed::Unknown(_)), "{first:?}");
     assert_eq!(status_of(&app, id).await, "submitted_unknown");
     assert_eq!(
@@ -441,14 +380,10 @@ async fn a_timeout_then_a_paid_lookup_never_sends_the_payout_twice() {
         "the reservation stays"
     );
 
-    let second = payouts::process(&app.state.db, &app.state.keys, &provider, id)
-        .await
-        .unwrap();
+    let second = process(&app, &provider, id).await;
     assert_eq!(second, Processed::Paid);
     assert_eq!(balances(&app, user).await, (3_000, 0, 2_000));
-    let third = payouts::process(&app.state.db, &app.state.keys, &provider, id)
-        .await
-        .unwrap();
+    let third = process(&app, &provider, id).await;
     assert_eq!(third, Processed::AlreadyFinal);
     assert_eq!(creates(&server).await.len(), 1, "sent exactly once");
 }
@@ -474,13 +409,9 @@ async fn an_unknown_outcome_the_provider_never_received_is_resent_under_the_same
         .await;
     let provider = provider_for(&app, &server);
     let (_, id) = new_payout(&app, "lost@example.com").await;
-    let first = payouts::process(&app.state.db, &app.state.keys, &provider, id)
-        .await
-        .unwrap();
+    let first = process(&app, &provider, id).await;
     assert!(matches!(first, Processed::Unknown(_)), "{first:?}");
-    let second = payouts::process(&app.state.db, &app.state.keys, &provider, id)
-        .await
-        .unwrap();
+    let second = process(&app, &provider, id).await;
     assert_eq!(second, Processed::Paid);
     let received = server.received_requests().await.unwrap();
     let kinds: Vec<&str> = received.iter().map(|r| r.method.as_str()).collect();
@@ -514,15 +445,11 @@ async fn a_provider_that_is_down_opens_the_breaker_which_recovers_after_a_probe(
         ids.push(new_payout(&app, &format!("down{i}@example.com")).await.1);
     }
     for id in &ids[..3] {
-        let out = payouts::process(&app.state.db, &app.state.keys, &provider, *id)
-            .await
-            .unwrap();
+        let out = process(&app, &provider, *id).await;
         assert!(matches!(out, Processed::Unknown(_)), "{out:?}");
     }
     assert_eq!(provider.breaker().state(), CircuitState::Open);
-    let fast = payouts::process(&app.state.db, &app.state.keys, &provider, ids[3])
-        .await
-        .unwrap();
+    let fast = process(&app, &provider, ids[3]).await;
     assert!(
         matches!(fast, Processed::NotSent(ref r) if r.contains("circuit breaker")),
         "{fast:?}"
@@ -540,9 +467,7 @@ async fn a_provider_that_is_down_opens_the_breaker_which_recovers_after_a_probe(
         .await;
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     for id in &ids {
-        let out = payouts::process(&app.state.db, &app.state.keys, &provider, *id)
-            .await
-            .unwrap();
+        let out = process(&app, &provider, *id).await;
         assert_eq!(out, Processed::Paid);
     }
     assert_eq!(provider.breaker().state(), CircuitState::Closed);
@@ -605,14 +530,7 @@ async fn the_resolve_schedule_settles_a_payout_left_in_submitted_unknown() {
         .mount(&server)
         .await;
     let (user, id) = new_payout(&app, "stuck@example.com").await;
-    let out = payouts::process(
-        &app.state.db,
-        &app.state.keys,
-        &provider_for(&app, &server),
-        id,
-    )
-    .await
-    .unwrap();
+    let out = process(&app, &provider_for(&app, &server), id).await;
     assert!(matches!(out, Processed::Unknown(_)), "{out:?}");
     // Its job is gone (say it went dead and nobody re-queued it).
     app.scalar("WITH d AS (DELETE FROM outbox WHERE task_id LIKE 'payout:%' RETURNING 1) SELECT count(*) AS n FROM d")

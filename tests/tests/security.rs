@@ -5,7 +5,10 @@
 
 use axum::http::{Method, StatusCode};
 use clicknback_core::models::user::Role;
-use clicknback_tests::TestApp;
+use clicknback_tests::{
+    TestApp,
+    wallets::{funded_user, request_payout},
+};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
@@ -207,60 +210,13 @@ async fn tokens_with_another_algorithm_audience_issuer_key_or_expiry_are_refused
 #[tokio::test]
 async fn one_shopper_never_sees_another_shoppers_money_or_purchases() {
     let app = TestApp::new().await;
-    let alice = {
-        let mut c = app.db.conn().await;
-        let u = clicknback_core::services::users::create(
-            &mut c,
-            "alice@example.com",
-            "password-123",
-            Role::User,
-        )
-        .await
-        .unwrap();
-        clicknback_core::services::ledger::post(
-            &mut c,
-            &clicknback_core::services::ledger::Transfer {
-                id: format!("test:fund:{}", u.id),
-                from: clicknback_core::services::ledger::AccountRef::platform(
-                    clicknback_core::services::ledger::AccountKind::CashbackExpense,
-                ),
-                to: clicknback_core::services::ledger::AccountRef::user(
-                    u.id,
-                    clicknback_core::services::ledger::AccountKind::Available,
-                ),
-                amount_minor: 5_000,
-                currency: "EUR".into(),
-                kind: "reward_credit",
-                user_id: Some(u.id),
-                purchase_id: None,
-                reward_id: None,
-                payout_id: None,
-            },
-        )
-        .await
-        .unwrap();
-        app.state.tokens.issue(u.id, Role::User).access_token
-    };
+    let (_, alice) = funded_user(&app, "alice@example.com", 5_000).await;
     let bob = app.token_for("bob@example.com", Role::User).await;
-    let auth = format!("Bearer {alice}");
-    let payout = app
-        .request(
-            Method::POST,
-            "/v1/payouts",
-            &[
-                ("content-type", "application/json"),
-                ("authorization", &auth),
-                ("idempotency-key", "a1"),
-            ],
-            Some(
-                serde_json::to_vec(&json!({"amount_minor": 2_000, "currency": "EUR",
-                    "destination": {"type": "paypal", "value": "alice@example.com"}}))
-                .unwrap(),
-            ),
-        )
-        .await;
-    assert_eq!(payout.status, StatusCode::ACCEPTED, "{}", payout.text);
-    let id = payout.body["id"].as_str().unwrap();
+    let to_alice = json!({"amount_minor": 2_000, "currency": "EUR",
+        "destination": {"type": "paypal", "value": "alice@example.com"}});
+    let (status, payout, _) = request_payout(&app, &alice, "a1", &to_alice).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{payout}");
+    let id = payout["id"].as_str().unwrap();
 
     let theirs = app
         .json(Method::GET, &format!("/v1/payouts/{id}"), Some(&bob), None)
@@ -284,33 +240,9 @@ async fn one_shopper_never_sees_another_shoppers_money_or_purchases() {
         .await;
     assert_eq!(stats.body["data"], json!([]));
     // Bob's key space for idempotency is his own: the same key is a new request.
-    let bob_auth = format!("Bearer {bob}");
-    let bob_try = app
-        .request(
-            Method::POST,
-            "/v1/payouts",
-            &[
-                ("content-type", "application/json"),
-                ("authorization", &bob_auth),
-                ("idempotency-key", "a1"),
-            ],
-            Some(
-                serde_json::to_vec(&json!({"amount_minor": 2_000, "currency": "EUR",
-                    "destination": {"type": "paypal", "value": "alice@example.com"}}))
-                .unwrap(),
-            ),
-        )
-        .await;
-    assert_eq!(
-        bob_try.status,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "{}",
-        bob_try.text
-    );
-    assert_eq!(
-        bob_try.body["code"], "insufficient_funds",
-        "not alice's replay"
-    );
+    let (status, bob_try, _) = request_payout(&app, &bob, "a1", &to_alice).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bob_try}");
+    assert_eq!(bob_try["code"], "insufficient_funds", "not alice's replay");
     let mine = app
         .json(
             Method::GET,

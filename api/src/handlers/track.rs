@@ -85,7 +85,7 @@ async fn limited(state: &AppState, ip: &str) -> ApiResult<Option<Decision>> {
         limit: state.config.track_per_minute,
         window: std::time::Duration::from_secs(60),
     };
-    limits::hit(state, "track", ip, l, "rate_limited").await
+    limits::hit(state, "track", ip, l).await
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

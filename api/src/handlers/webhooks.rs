@@ -102,14 +102,7 @@ async fn verify(
             .unwrap_or(state.config.webhook_per_minute),
         window: std::time::Duration::from_secs(60),
     };
-    let decision = limits::hit(
-        state,
-        "webhook",
-        &merchant.id.to_string(),
-        limit,
-        "rate_limited",
-    )
-    .await?;
+    let decision = limits::hit(state, "webhook", &merchant.id.to_string(), limit).await?;
 
     let is_json = header_str(headers, header::CONTENT_TYPE.as_str())
         .and_then(|v| v.split(';').next())

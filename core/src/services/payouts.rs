@@ -288,6 +288,7 @@ pub async fn request(
     key: &IdempotencyKey,
     input: ValidPayout,
 ) -> Result<Outcome, PayoutError> {
+    let amount = input.amount_minor;
     let outcome = conn
         .transaction::<Outcome, PayoutError, _>(async move |conn| {
             if let Some(replay) = idempotency::begin::<PayoutError>(conn, key).await? {
@@ -341,16 +342,12 @@ pub async fn request(
         tracing::info!(
             user.id = %user,
             payout.id = %outcome.body["id"].as_str().unwrap_or_default(),
-            amount.minor = input_amount(&outcome.body),
+            amount.minor = amount,
             "payout requested; amount reserved"
         );
         metrics::counter!("payouts_requested_total").increment(1);
     }
     Ok(outcome)
-}
-
-fn input_amount(body: &serde_json::Value) -> i64 {
-    body["amount_minor"].as_i64().unwrap_or_default()
 }
 
 pub async fn get(

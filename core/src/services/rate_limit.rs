@@ -51,7 +51,10 @@ impl Decision {
     }
 }
 
-const HIT: &str = r"
+/// Hashed once per process; `invoke_async` sends EVALSHA and loads it on a miss.
+static HIT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(HIT_LUA));
+const HIT_LUA: &str = r"
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 local ttl = redis.call('PTTL', KEYS[1])
@@ -71,7 +74,7 @@ fn decide(l: Limit, count: u64, ttl_ms: i64) -> Decision {
 
 /// Counts a hit and says whether it is within the limit.
 pub async fn hit<C: ConnectionLike>(conn: &mut C, key: &str, l: Limit) -> Decision {
-    let r: redis::RedisResult<(u64, i64)> = redis::Script::new(HIT)
+    let r: redis::RedisResult<(u64, i64)> = HIT
         .key(key)
         .arg(l.window.as_millis() as u64)
         .invoke_async(conn)

@@ -53,104 +53,40 @@ async fn webhooks() -> anyhow::Result<()> {
         .pool_max_idle_per_host(concurrency)
         .timeout(Duration::from_secs(30))
         .build()?;
-
-    let login: serde_json::Value = client
-        .post(format!("{api}/v1/auth/login"))
-        .json(&json!({"email": arg("--admin-email", "bench@example.com"), "password": arg("--admin-password", "bench-password")}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let token = login["access_token"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let merchant: serde_json::Value = client
-        .post(format!("{api}/v1/admin/merchants"))
-        .bearer_auth(&token)
-        .json(&json!({"name": format!("bench-{}", uuid::Uuid::new_v4().simple())}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let (merchant, _) = merchant_with_offer(&client, &api, &format!("bench-{run}"), false).await?;
     let mid = merchant["id"].as_str().unwrap_or_default().to_owned();
     let secret = WebhookSecret::parse(merchant["webhook_secret"].as_str().unwrap_or_default())
         .ok_or_else(|| anyhow::anyhow!("no webhook secret"))?;
     let url = Arc::new(format!("{api}/v1/webhooks/{mid}/purchases"));
-    let run = uuid::Uuid::new_v4().simple().to_string();
-
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (client, url, secret, next, run) = (
-            client.clone(),
-            url.clone(),
-            secret.clone(),
-            next.clone(),
-            run.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut errors = 0usize;
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= requests {
-                    break;
-                }
-                let body = serde_json::to_vec(&json!({
-                    "order_id": format!("{run}-{i}"),
-                    "amount_minor": 1_000 + (i as i64 % 9_000),
-                    "currency": "EUR",
-                    "purchased_at": chrono::Utc::now().to_rfc3339(),
-                }))
-                .expect("json");
-                let id = format!("msg_{run}_{i}");
-                let ts = chrono::Utc::now().timestamp();
-                let sig = secret.sign(&id, ts, &body);
-                let t = Instant::now();
-                let res = client
-                    .post(url.as_str())
-                    .header("content-type", "application/json")
-                    .header("webhook-id", &id)
-                    .header("webhook-timestamp", ts.to_string())
-                    .header("webhook-signature", sig)
-                    .body(body)
-                    .send()
-                    .await;
-                let ok = matches!(&res, Ok(r) if r.status().as_u16() == 202);
-                if ok {
-                    lat.push(t.elapsed().as_secs_f64() * 1_000.0);
-                } else {
-                    errors += 1;
-                }
-            }
-            (lat, errors)
-        }));
-    }
-    let mut lat = Vec::with_capacity(requests);
-    let mut errors = 0;
-    for t in tasks {
-        let (l, e) = t.await?;
-        lat.extend(l);
-        errors += e;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    lat.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    let out = json!({
-        "requests": requests,
-        "accepted": lat.len(),
-        "errors": errors,
-        "concurrency": concurrency,
-        "seconds": elapsed,
-        "per_second": lat.len() as f64 / elapsed,
-        "p50_ms": percentile(&lat, 0.50),
-        "p99_ms": percentile(&lat, 0.99),
-    });
-    println!("{out}");
-    Ok(())
+    let order = Arc::new(AtomicUsize::new(0));
+    drive(requests, concurrency, move || {
+        let (client, url, secret, run) = (client.clone(), url.clone(), secret.clone(), run.clone());
+        let i = order.fetch_add(1, Ordering::Relaxed);
+        async move {
+            let body = serde_json::to_vec(&json!({
+                "order_id": format!("{run}-{i}"),
+                "amount_minor": 1_000 + (i as i64 % 9_000),
+                "currency": "EUR",
+                "purchased_at": chrono::Utc::now().to_rfc3339(),
+            }))
+            .expect("json");
+            let id = format!("msg_{run}_{i}");
+            let ts = chrono::Utc::now().timestamp();
+            let sig = secret.sign(&id, ts, &body);
+            let res = client
+                .post(url.as_str())
+                .header("content-type", "application/json")
+                .header("webhook-id", &id)
+                .header("webhook-timestamp", ts.to_string())
+                .header("webhook-signature", sig)
+                .body(body)
+                .send()
+                .await;
+            matches!(&res, Ok(r) if r.status().as_u16() == 202)
+        }
+    })
+    .await
 }
 
 async fn post_json(
