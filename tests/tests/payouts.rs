@@ -97,6 +97,17 @@ fn echo(status: &'static str) -> impl Fn(&Request) -> ResponseTemplate {
     }
 }
 
+/// A fake provider whose `POST /v1/payouts` answers with `answer`.
+async fn provider_answering_creates(answer: impl wiremock::Respond + 'static) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/payouts"))
+        .respond_with(answer)
+        .mount(&server)
+        .await;
+    server
+}
+
 /// The provider's lookup: paid for `known` payouts (every one when `None`),
 /// 404 for the rest.
 async fn lookups_answer_paid(server: &MockServer, known: Option<Vec<Uuid>>) {
@@ -278,12 +289,7 @@ async fn fifty_concurrent_requests_against_a_balance_for_ten_reserve_exactly_ten
 #[tokio::test]
 async fn a_paid_payout_moves_reserved_to_paid_out_once_and_sends_one_email() {
     let app = TestApp::new().await;
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/v1/payouts"))
-        .respond_with(echo("paid"))
-        .mount(&server)
-        .await;
+    let server = provider_answering_creates(echo("paid")).await;
     let provider = provider_for(&app, &server);
     let (user, id) = new_payout(&app, "paid@example.com").await;
 
@@ -317,15 +323,11 @@ async fn a_paid_payout_moves_reserved_to_paid_out_once_and_sends_one_email() {
 #[tokio::test]
 async fn a_definitive_failure_releases_the_reservation() {
     let app = TestApp::new().await;
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/v1/payouts"))
-        .respond_with(
-            ResponseTemplate::new(422)
-                .set_body_json(json!({"error": {"message": "IBAN account closed"}})),
-        )
-        .mount(&server)
-        .await;
+    let server = provider_answering_creates(
+        ResponseTemplate::new(422)
+            .set_body_json(json!({"error": {"message": "IBAN account closed"}})),
+    )
+    .await;
     let provider = provider_for(&app, &server);
     let (user, id) = new_payout(&app, "refused@example.com").await;
     let out = process(&app, &provider, id).await;
@@ -341,12 +343,7 @@ async fn a_definitive_failure_releases_the_reservation() {
     assert_eq!(emails, 1);
 
     // A provider that reports the payout failed later releases it the same way.
-    let server2 = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/v1/payouts"))
-        .respond_with(echo("failed"))
-        .mount(&server2)
-        .await;
+    let server2 = provider_answering_creates(echo("failed")).await;
     let (user2, id2) = new_payout(&app, "refused2@example.com").await;
     let out = process(&app, &provider_for(&app, &server2), id2).await;
     assert_eq!(out, Processed::Failed("account closed".into()));
@@ -481,12 +478,7 @@ async fn a_provider_that_is_down_opens_the_breaker_which_recovers_after_a_probe(
 #[tokio::test]
 async fn the_worker_pays_out_through_the_provider_and_emails_the_user() {
     let app = TestApp::new().await;
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/v1/payouts"))
-        .respond_with(echo("paid"))
-        .mount(&server)
-        .await;
+    let server = provider_answering_creates(echo("paid")).await;
     let smtp = SmtpSink::start().await;
     let worker_port = clicknback_tests::procs::free_port();
     let _worker = app.worker(&[
@@ -523,12 +515,7 @@ async fn the_worker_pays_out_through_the_provider_and_emails_the_user() {
 #[tokio::test]
 async fn the_resolve_schedule_settles_a_payout_left_in_submitted_unknown() {
     let app = TestApp::new().await;
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/v1/payouts"))
-        .respond_with(ResponseTemplate::new(504))
-        .mount(&server)
-        .await;
+    let server = provider_answering_creates(ResponseTemplate::new(504)).await;
     let (user, id) = new_payout(&app, "stuck@example.com").await;
     let out = process(&app, &provider_for(&app, &server), id).await;
     assert!(matches!(out, Processed::Unknown(_)), "{out:?}");
