@@ -9,16 +9,13 @@ counts; Ctrl-C stops cleanly with a summary.
 """
 
 import argparse
-import base64
-import hashlib
-import hmac
-import json
 import random
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
+
+import clicknback_client
+from clicknback_client import signed
 
 p = argparse.ArgumentParser()
 p.add_argument("--api", default="http://127.0.0.1:8080")
@@ -32,27 +29,9 @@ counts = {"clicks": 0, "purchases": 0, "confirmed": 0, "reversed": 0, "payouts":
 
 
 def call(method, path, body=None, token=None, headers=None):
-    h = {"content-type": "application/json"}
-    if token:
-        h["authorization"] = "Bearer " + token
-    h.update(headers or {})
-    data = body if isinstance(body, bytes) else (json.dumps(body).encode() if body is not None else None)
-    req = urllib.request.Request(API + path, data=data, method=method, headers=h)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as e:
-        counts["errors"] += e.code >= 500
-        return e.code, json.loads(e.read() or b"null")
-
-
-def signed(secret, body):
-    raw = json.dumps(body).encode()
-    msg = "msg_" + uuid.uuid4().hex
-    ts = str(int(time.time()))
-    key = base64.b64decode(secret[len("whsec_"):])
-    sig = base64.b64encode(hmac.new(key, f"{msg}.{ts}.".encode() + raw, hashlib.sha256).digest()).decode()
-    return raw, {"webhook-id": msg, "webhook-timestamp": ts, "webhook-signature": "v1," + sig}
+    status, answer = clicknback_client.call(API, method, path, body, token, headers)
+    counts["errors"] += status >= 500
+    return status, answer
 
 
 def step(text):
