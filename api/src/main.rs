@@ -48,10 +48,19 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Serve => clicknback_api::serve(config).await,
         Command::Migrate => {
-            let applied = db::run_migrations(&config.database_url).await?;
-            println!("{} migration(s) applied", applied.len());
-            for v in applied {
-                println!("  applied {v}");
+            let applied = db::run_migrations_with_progress(&config.database_url, |step| {
+                println!(
+                    "[{}/{}] applied {} ({} ms)",
+                    step.index,
+                    step.total,
+                    step.name,
+                    step.elapsed.as_millis()
+                );
+            })
+            .await?;
+            match applied.len() {
+                0 => println!("the database is up to date; no migration to apply"),
+                n => println!("{n} migration(s) applied"),
             }
             Ok(())
         }

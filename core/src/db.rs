@@ -31,8 +31,38 @@ pub fn pool(database_url: &str, max_size: usize) -> anyhow::Result<DbPool> {
 }
 
 /// Applies pending migrations. Two processes starting together take turns on
-/// an advisory lock, so the second finds nothing left to do.
+/// an advisory lock, so the second finds nothing left to do. Each migration is
+/// logged as it is applied.
 pub async fn run_migrations(database_url: &str) -> anyhow::Result<Vec<String>> {
+    run_migrations_with_progress(database_url, |step| {
+        tracing::info!(
+            migration = %step.name,
+            step = step.index,
+            total = step.total,
+            elapsed_ms = step.elapsed.as_millis() as u64,
+            "migration applied"
+        );
+    })
+    .await
+}
+
+/// One applied migration, as reported to the progress callback.
+#[derive(Debug, Clone)]
+pub struct MigrationStep {
+    /// 1-based position among the pending migrations of this run.
+    pub index: usize,
+    pub total: usize,
+    pub name: String,
+    pub elapsed: std::time::Duration,
+}
+
+/// [`run_migrations`], calling `progress` after each migration. Every
+/// migration runs in a transaction of its own, so an interrupted run leaves
+/// the database at a step boundary and the next run goes on from there.
+pub async fn run_migrations_with_progress(
+    database_url: &str,
+    mut progress: impl FnMut(MigrationStep) + Send + 'static,
+) -> anyhow::Result<Vec<String>> {
     let url = database_url.to_owned();
     tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
         use diesel::Connection;
@@ -43,10 +73,27 @@ pub async fn run_migrations(database_url: &str) -> anyhow::Result<Vec<String>> {
                 .bind::<diesel::sql_types::BigInt, _>(MIGRATION_LOCK_KEY),
             &mut conn,
         )?;
-        let result = conn
-            .run_pending_migrations(MIGRATIONS)
-            .map(|applied| applied.iter().map(|v| v.to_string()).collect::<Vec<_>>())
-            .map_err(|e| anyhow::anyhow!("applying migrations failed: {e}"));
+        let result = (|| -> anyhow::Result<Vec<String>> {
+            let pending = conn
+                .pending_migrations(MIGRATIONS)
+                .map_err(|e| anyhow::anyhow!("reading pending migrations failed: {e}"))?;
+            let total = pending.len();
+            let mut applied = Vec::with_capacity(total);
+            for (i, migration) in pending.iter().enumerate() {
+                let started = std::time::Instant::now();
+                let version = conn.run_migration(migration.as_ref()).map_err(|e| {
+                    anyhow::anyhow!("applying migration {} failed: {e}", migration.name())
+                })?;
+                progress(MigrationStep {
+                    index: i + 1,
+                    total,
+                    name: migration.name().to_string(),
+                    elapsed: started.elapsed(),
+                });
+                applied.push(version.to_string());
+            }
+            Ok(applied)
+        })();
         diesel::RunQueryDsl::execute(
             diesel::sql_query("SELECT pg_advisory_unlock($1)")
                 .bind::<diesel::sql_types::BigInt, _>(MIGRATION_LOCK_KEY),
