@@ -1,0 +1,98 @@
+//! The operator's documents keep up with the code: every environment variable
+//! the configuration reads is in `docs/OPERATIONS.md` and `.env.example`, and
+//! every metric the programs record is in the metrics table of OPERATIONS.
+
+use std::{fs, path::Path};
+
+fn workspace_file(rel: &str) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    fs::read_to_string(root.join(rel)).unwrap_or_else(|e| panic!("reading {rel}: {e}"))
+}
+
+/// Quoted upper-case names in the configuration source: the variables (and
+/// the suffixes of the per-job and per-queue ones).
+fn config_variables() -> Vec<String> {
+    let src = workspace_file("core/src/config.rs");
+    let mut names: Vec<String> = src
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| {
+            s.len() > 3
+                && s.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+                && s.chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        })
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn rust_sources(dir: &Path, out: &mut Vec<String>) {
+    for entry in fs::read_dir(dir).expect("source directory").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            rust_sources(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(fs::read_to_string(&path).expect("source file"));
+        }
+    }
+}
+
+/// Names passed to `metrics::counter!`, `gauge!` and `histogram!`.
+fn metric_names() -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut sources = Vec::new();
+    for krate in ["api/src", "core/src", "worker/src"] {
+        rust_sources(&root.join(krate), &mut sources);
+    }
+    let mut names = Vec::new();
+    for src in &sources {
+        for macro_name in ["counter!(", "gauge!(", "histogram!("] {
+            for (i, _) in src.match_indices(macro_name) {
+                let rest = src[i + macro_name.len()..].trim_start();
+                if let Some(rest) = rest.strip_prefix('"')
+                    && let Some(end) = rest.find('"')
+                {
+                    names.push(rest[..end].to_owned());
+                }
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[test]
+fn every_configuration_variable_is_documented() {
+    let ops = workspace_file("docs/OPERATIONS.md");
+    let example = workspace_file(".env.example");
+    let vars = config_variables();
+    assert!(vars.len() > 40, "found only {} variables", vars.len());
+    let missing: Vec<_> = vars
+        .iter()
+        .filter(|v| !ops.contains(v.as_str()) || !example.contains(v.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not in docs/OPERATIONS.md or .env.example: {missing:?}"
+    );
+}
+
+#[test]
+fn every_metric_is_documented() {
+    let ops = workspace_file("docs/OPERATIONS.md");
+    let names = metric_names();
+    assert!(names.len() > 20, "found only {} metrics", names.len());
+    let missing: Vec<_> = names
+        .iter()
+        .filter(|m| !ops.contains(&format!("`{m}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "metrics missing from docs/OPERATIONS.md: {missing:?}"
+    );
+}
