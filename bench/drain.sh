@@ -28,6 +28,9 @@ run_worker_until() { # namespace target
     JOB_RETRY_CANARY="attempts=3,base=1s,cap=2s,jitter=0" WORKER_ADDR="127.0.0.1:0" \
     "$BIN/clicknback-worker" run >"$WORK/worker.log" 2>&1 &
   pid=$!
+  # This runs in a subshell: stop the worker here too when interrupted.
+  trap 'kill -TERM "$pid" 2>/dev/null' EXIT
+  trap 'kill -TERM "$pid" 2>/dev/null; exit 130' INT TERM
   start=""
   while :; do
     hwm=$(awk '/VmHWM/ {print $2}' /proc/$pid/status 2>/dev/null || echo 0)

@@ -1,7 +1,10 @@
-"""Prints the benchmark table and writes the JSON result (medians, min-max)."""
-import json, os, platform, statistics, sys
+"""Prints the benchmark table and writes the result as JSON and Markdown
+(medians with min-max). With BENCH_BASELINE=<an earlier .json>, each median is
+also shown as a ratio to the same figure of that run."""
+import datetime, json, os, platform, statistics, sys
 
 work, out, runs, requests, concurrency = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+sections = sys.argv[6].split() if len(sys.argv) > 6 else []
 
 def rows(name):
     path = os.path.join(work, name)
@@ -17,12 +20,18 @@ api, sql, drain, e2e = rows("api.jsonl"), rows("sql.jsonl"), rows("drain.jsonl")
 backlog = json.load(open(os.path.join(work, "backlog.json")))
 result = {
     "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+    "taken_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     "runs": runs,
+    "sections": sections,
 }
 table = []
-def line(label, s, unit, fmt="{:.1f}"):
+# (label, path into the result of a summary) for the comparison with a baseline
+compared = {}
+def line(label, s, unit, fmt="{:.1f}", path=None):
     if s:
         table.append((label, f"{fmt.format(s['median'])} {unit}", f"({fmt.format(s['min'])}–{fmt.format(s['max'])})"))
+        if path:
+            compared[label] = path
 
 if api and sql:
     result["webhooks"] = {
@@ -33,9 +42,9 @@ if api and sql:
     }
     w = result["webhooks"]
     w["ratio_api_over_sql"] = w["api"]["per_second"]["median"] / w["sql"]["per_second"]["median"]
-    line("webhook ingestion", w["api"]["per_second"], "purchases/s")
-    line("webhook p50", w["api"]["p50_ms"], "ms")
-    line("webhook p99", w["api"]["p99_ms"], "ms")
+    line("webhook ingestion", w["api"]["per_second"], "purchases/s", path=("webhooks", "api", "per_second"))
+    line("webhook p50", w["api"]["p50_ms"], "ms", path=("webhooks", "api", "p50_ms"))
+    line("webhook p99", w["api"]["p99_ms"], "ms", path=("webhooks", "api", "p99_ms"))
     line("same SQL via pgbench", w["sql"]["per_second"], "tx/s")
     line("pgbench p50", w["sql"]["p50_ms"], "ms")
     line("pgbench p99", w["sql"]["p99_ms"], "ms")
@@ -46,7 +55,7 @@ if drain:
     d["jobs"] = drain[0]["jobs"]
     d["ratio_worker_over_redis_rpop"] = d["per_second"]["median"] / d["redis_rpop"]["median"]
     result["drain"] = d
-    line(f"worker drain of {d['jobs']} jobs", d["per_second"], "jobs/s")
+    line(f"worker drain of {d['jobs']} jobs", d["per_second"], "jobs/s", path=("drain", "per_second"))
     line("worker peak memory", {k: v / 1024 for k, v in d["peak_kib"].items()}, "MiB")
     line("raw Redis LPUSH", d["redis_lpush"], "ops/s", "{:.0f}")
     line("raw Redis RPOP", d["redis_rpop"], "ops/s", "{:.0f}")
@@ -61,11 +70,12 @@ if backlog:
 if e2e:
     e = {k: summary(e2e, k) for k in ("per_second", "p50_ms", "p99_ms", "seconds")}
     e["purchases"] = e2e[0]["purchases"]
+    e["shoppers"] = e2e[0].get("shoppers", 1)
     e["credited"] = [r["credited"] for r in e2e]
     result["e2e"] = e
-    line(f"ingestion to credit, {e['purchases']} purchases", e["per_second"], "purchases/s")
-    line("ingestion to credit p50", e["p50_ms"], "ms")
-    line("ingestion to credit p99", e["p99_ms"], "ms")
+    line(f"ingestion to credit, {e['purchases']} purchases of {e['shoppers']} shoppers", e["per_second"], "purchases/s", path=("e2e", "per_second"))
+    line("ingestion to credit p50", e["p50_ms"], "ms", path=("e2e", "p50_ms"))
+    line("ingestion to credit p99", e["p99_ms"], "ms", path=("e2e", "p99_ms"))
 
 hot_on, hot_off = rows("hot_on.jsonl"), rows("hot_off.jsonl")
 if hot_on and hot_off:
@@ -93,10 +103,64 @@ if all(stats_rows.values()):
     table.append(("stats cache / computed", f"{st['ratio_cache_over_computed']:.2f} x", ""))
     table.append(("stats cache / stored rows", f"{st['ratio_cache_over_table']:.2f} x", ""))
 
-json.dump(result, open(out, "w"), indent=2)
+memory = rows("memory.jsonl")
+if memory:
+    result["peak_memory_kib"] = {m["process"]: m["peak_kib"] for m in memory}
+    for m in memory:
+        table.append((f"peak memory: {m['process']}", f"{m['peak_kib'] / 1024:.1f} MiB", ""))
+
+sweeper = rows("sweeper.jsonl")
+if sweeper:
+    result["sweeper"] = sweeper[0]["sizes"]
+    for size in sweeper[0]["sizes"]:
+        n = size["purchases"]
+        label = f"sweeper query at {n:,} purchases"
+        s = {"median": size["median_ms"], "min": size["min_ms"], "max": size["max_ms"]}
+        line(label, s, "ms", "{:.2f}", path=("sweeper", n))
+        table.append((f"  same query without its index", f"{size['without_index_ms']:.2f} ms",
+                      "index used" if size["uses_index"] else "INDEX NOT USED"))
+    sizes = sweeper[0]["sizes"]
+    if len(sizes) >= 2 and sizes[0]["median_ms"] > 0:
+        ratio = sizes[-1]["median_ms"] / sizes[0]["median_ms"]
+        result["sweeper_ratio_largest_over_smallest"] = ratio
+        table.append((f"sweeper {sizes[-1]['purchases']:,} / {sizes[0]['purchases']:,} rows", f"{ratio:.2f} x", ""))
+
+
+def median_at(res, path):
+    v = res
+    if path[0] == "sweeper":
+        return next((x["median_ms"] for x in res.get("sweeper", []) if x["purchases"] == path[1]), None)
+    for k in path:
+        if not isinstance(v, dict) or k not in v:
+            return None
+        v = v[k]
+    return v.get("median") if isinstance(v, dict) else None
+
+
+baseline = None
+if os.environ.get("BENCH_BASELINE"):
+    baseline = json.load(open(os.environ["BENCH_BASELINE"]))
+    result["baseline"] = os.environ["BENCH_BASELINE"]
+
+def vs(label):
+    if not baseline or label not in compared:
+        return ""
+    old, new = median_at(baseline, compared[label]), median_at(result, compared[label])
+    return f"{new / old:.2f} x" if old and new else ""
+
+json.dump(result, open(out + ".json", "w"), indent=2)
+header = f"{'benchmark':<52} {'median':>20}  {'min–max':<22}" + ("  vs baseline" if baseline else "")
 print()
-print(f"{'benchmark':<44} {'median':>20}  min–max")
-print("-" * 84)
+print(header)
+print("-" * len(header))
 for label, v, r in table:
-    print(f"{label:<44} {v:>20}  {r}")
-print(f"\nwritten to {out}")
+    print(f"{label:<52} {v:>20}  {r:<22}" + (f"  {vs(label)}" if baseline else ""))
+
+with open(out + ".md", "w") as md:
+    md.write(f"Taken {result['taken_at']} on {result['machine']['cpus']} CPUs ({result['machine']['platform']}); "
+             f"{runs} runs per figure, medians with min–max.\n\n")
+    md.write("| benchmark | median | min–max |" + (" vs baseline |" if baseline else "") + "\n")
+    md.write("| --- | ---: | --- |" + (" ---: |" if baseline else "") + "\n")
+    for label, v, r in table:
+        md.write(f"| {label.strip()} | {v} | {r.strip('()')} |" + (f" {vs(label)} |" if baseline else "") + "\n")
+print(f"\nwritten to {out}.json and {out}.md")

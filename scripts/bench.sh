@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Benchmarks: ./scripts/bench.sh [webhooks] [drain] [backlog] (default: all).
+# Benchmarks: ./scripts/bench.sh [webhooks] [drain] [backlog] [e2e] [hotpaths]
+# [sweeper] (default: all).
 # Each figure is the median of BENCH_RUNS runs (default 3) with its min–max;
 # results are printed as one table and written as JSON under bench-results/
 # so a later run can be compared.
@@ -9,16 +10,21 @@
 #   drain     20,000 small jobs drained by one worker (jobs/s, peak memory),
 #             beside raw Redis push/pop throughput.
 #   backlog   100,000 due jobs plus 20,000 failing once, retries due together.
-#   e2e       purchases ingested with ATTRIBUTION_DELAY_SECS=0 until all are
-#             credited by a worker (purchases/s, p50/p99 from ingestion to credit).
+#   e2e       purchases of E2E_SHOPPERS shoppers ingested with
+#             ATTRIBUTION_DELAY_SECS=0 until all are credited by a worker
+#             (purchases/s, p50/p99 from ingestion to credit).
 #   hotpaths  the webhook endpoint with the rate limiter and caches on vs off,
 #             and GET /v1/me/stats from the cache vs the stored rows vs
 #             computed from 1,000 rewards on every request.
+#   sweeper   the sweeper's due-attribution query at 10 thousand and at 1
+#             million purchases (and without its index, for comparison).
+# The peak memory (VmHWM) of every api and worker process is recorded.
+# Ctrl-C stops every process it started and prints nothing further.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
-SECTIONS="${*:-webhooks drain backlog e2e hotpaths}"
+SECTIONS="${*:-webhooks drain backlog e2e hotpaths sweeper}"
 want() { case " $SECTIONS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 RUNS="${BENCH_RUNS:-3}"
 REQUESTS="${BENCH_REQUESTS:-4000}"
@@ -34,12 +40,36 @@ ensure_cargo
 ensure_postgres
 ensure_redis
 
-api_pid=""
+# Every process started here, stopped on exit or interruption.
+PIDS=()
 cleanup() {
-  [ -n "$api_pid" ] && kill -TERM "$api_pid" 2>/dev/null && wait "$api_pid" 2>/dev/null || true
+  trap - EXIT INT TERM
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
   rm -rf "$WORK"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'log "interrupted; stopping"; exit 130' INT TERM
+
+# Starts a release binary in the background: start NAME LOG ARGS...; sets $started.
+start() {
+  local name="$1" logfile="$2"; shift 2
+  "$BIN/$name" "$@" >"$logfile" 2>&1 &
+  started=$!
+  PIDS+=("$started")
+}
+wait_ready() { # port
+  for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$1/readyz" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  die "the api on port $1 did not become ready"
+}
+# Records a process's peak resident memory, then stops it: stop_recording PID LABEL.
+stop_recording() {
+  local hwm
+  hwm=$(awk '/VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0)
+  echo "{\"process\": \"$2\", \"peak_kib\": ${hwm:-0}}" >>"$WORK/memory.jsonl"
+  kill -TERM "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
 
 log "building release binaries"
 cargo build --release --locked -q -p clicknback-api -p clicknback-worker
@@ -60,21 +90,22 @@ CLICKNBACK_ADMIN_PASSWORD=bench-password "$BIN/clicknback-api" create-admin --em
 source "$ROOT/bench/drain.sh"
 touch "$WORK/api.jsonl" "$WORK/sql.jsonl" "$WORK/drain.jsonl" "$WORK/e2e.jsonl" \
   "$WORK/hot_on.jsonl" "$WORK/hot_off.jsonl" "$WORK/stats_cache.jsonl" "$WORK/stats_table.jsonl" \
-  "$WORK/stats_computed.jsonl"
+  "$WORK/stats_computed.jsonl" "$WORK/memory.jsonl" "$WORK/sweeper.jsonl"
 echo '{}' >"$WORK/backlog.json"
 want drain && bench_drain
 want backlog && bench_backlog
 
 if want webhooks; then
-"$BIN/clicknback-api" serve >"$WORK/api.log" 2>&1 &
-api_pid=$!
-for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+start clicknback-api "$WORK/api.log" serve
+api_pid=$started
+wait_ready "$PORT"
 
 for i in $(seq 1 "$RUNS"); do
   log "webhooks via the api: run $i/$RUNS ($REQUESTS requests, concurrency $CONCURRENCY)"
   "$BIN/loadgen" webhooks --api "http://127.0.0.1:$PORT" --requests "$REQUESTS" --concurrency "$CONCURRENCY" \
     --admin-email bench@example.com --admin-password bench-password >>"$WORK/api.jsonl"
 done
+stop_recording "$api_pid" "api, webhook ingestion"
 
 MID="$(psql "$DB_URL" -tAc 'SELECT id FROM merchants LIMIT 1')"
 PER_CLIENT=$(( REQUESTS / CONCURRENCY ))
@@ -97,30 +128,30 @@ fi
 
 if want e2e; then
   E2E_PORT=$(( PORT + 1 ))
-  ATTRIBUTION_DELAY_SECS=0 API_ADDR="127.0.0.1:$E2E_PORT" "$BIN/clicknback-api" serve >"$WORK/api-e2e.log" 2>&1 &
-  e2e_api=$!
+  ATTRIBUTION_DELAY_SECS=0 API_ADDR="127.0.0.1:$E2E_PORT" start clicknback-api "$WORK/api-e2e.log" serve
+  e2e_api=$started
   WORKER_ADDR="127.0.0.1:0" RUST_LOG=error SMTP_URL="smtp://127.0.0.1:9" QUEUE_CONCURRENCY_ATTRIBUTION=16 \
-    "$BIN/clicknback-worker" run >"$WORK/worker-e2e.log" 2>&1 &
-  e2e_worker=$!
-  for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$E2E_PORT/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+    start clicknback-worker "$WORK/worker-e2e.log" run
+  e2e_worker=$started
+  wait_ready "$E2E_PORT"
   for i in $(seq 1 "$RUNS"); do
-    log "end to end: run $i/$RUNS (${E2E_PURCHASES:-1000} purchases, attribution delay 0)"
+    log "end to end: run $i/$RUNS (${E2E_PURCHASES:-1000} purchases of ${E2E_SHOPPERS:-10} shoppers, attribution delay 0)"
     "$BIN/loadgen" e2e --api "http://127.0.0.1:$E2E_PORT" --requests "${E2E_PURCHASES:-1000}" --concurrency 16 \
-      --database-url "$DB_URL" --admin-email bench@example.com --admin-password bench-password >>"$WORK/e2e.jsonl"
+      --shoppers "${E2E_SHOPPERS:-10}" --database-url "$DB_URL" \
+      --admin-email bench@example.com --admin-password bench-password >>"$WORK/e2e.jsonl"
   done
-  kill -TERM "$e2e_api" "$e2e_worker" 2>/dev/null; wait "$e2e_api" "$e2e_worker" 2>/dev/null || true
+  stop_recording "$e2e_api" "api, end to end"
+  stop_recording "$e2e_worker" "worker, end to end"
 fi
 
 if want hotpaths; then
   ON_PORT=$(( PORT + 2 )); OFF_PORT=$(( PORT + 3 ))
-  API_ADDR="127.0.0.1:$ON_PORT" "$BIN/clicknback-api" serve >"$WORK/api-on.log" 2>&1 &
-  on_api=$!
+  API_ADDR="127.0.0.1:$ON_PORT" start clicknback-api "$WORK/api-on.log" serve
+  on_api=$started
   RATE_LIMITS_ENABLED=false CACHE_ENABLED=false API_ADDR="127.0.0.1:$OFF_PORT" \
-    "$BIN/clicknback-api" serve >"$WORK/api-off.log" 2>&1 &
-  off_api=$!
-  for p in "$ON_PORT" "$OFF_PORT"; do
-    for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$p/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
-  done
+    start clicknback-api "$WORK/api-off.log" serve
+  off_api=$started
+  wait_ready "$ON_PORT"; wait_ready "$OFF_PORT"
   ADMIN=(--admin-email bench@example.com --admin-password bench-password)
   for i in $(seq 1 "$RUNS"); do
     log "hot paths: webhooks with limiter and caches on, run $i/$RUNS"
@@ -133,7 +164,20 @@ if want hotpaths; then
     "$BIN/loadgen" stats --api "http://127.0.0.1:$OFF_PORT" "${STATS[@]}" >>"$WORK/stats_table.jsonl"
     "$BIN/loadgen" stats --api "http://127.0.0.1:$OFF_PORT" "${STATS[@]}" --computed >>"$WORK/stats_computed.jsonl"
   done
-  kill -TERM "$on_api" "$off_api" 2>/dev/null; wait "$on_api" "$off_api" 2>/dev/null || true
+  stop_recording "$on_api" "api, limiter and caches on"
+  stop_recording "$off_api" "api, limiter and caches off"
 fi
 
-python3 "$ROOT/bench/report.py" "$WORK" "$OUT_DIR/bench-$STAMP.json" "$RUNS" "$REQUESTS" "$CONCURRENCY"
+if want sweeper; then
+  SWEEP_DB="clicknback_bench_sweeper"
+  log "sweeper query: fresh database $SWEEP_DB, grown to ${SWEEPER_SIZES:-10000,1000000} purchases"
+  psql "$PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS $SWEEP_DB WITH (FORCE)" >/dev/null
+  psql "$PG_ADMIN_URL" -qc "CREATE DATABASE $SWEEP_DB" >/dev/null
+  SWEEP_URL="postgres://postgres@127.0.0.1:$PG_PORT/$SWEEP_DB"
+  DATABASE_URL="$SWEEP_URL" "$BIN/clicknback-api" migrate >/dev/null
+  "$BIN/loadgen" sweeper --database-url "$SWEEP_URL" --sizes "${SWEEPER_SIZES:-10000,1000000}" \
+    --runs "${SWEEPER_RUNS:-25}" >>"$WORK/sweeper.jsonl"
+  psql "$PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS $SWEEP_DB WITH (FORCE)" >/dev/null
+fi
+
+python3 "$ROOT/bench/report.py" "$WORK" "$OUT_DIR/bench-$STAMP" "$RUNS" "$REQUESTS" "$CONCURRENCY" "$SECTIONS"

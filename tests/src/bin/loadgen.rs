@@ -6,6 +6,9 @@
 //! `loadgen stats --api URL --database-url DB --rewards R ...` (`GET /v1/me/stats`
 //! for a shopper with R rewards; with `--computed`, the figures computed from
 //! the rewards on every request instead, straight from PostgreSQL)
+//! `loadgen sweeper --database-url DB --sizes 10000,1000000 --runs R` (the
+//! sweeper's due-attribution query, timed at each table size; grows the table
+//! of a migrated database in place)
 
 use std::{
     sync::{
@@ -41,7 +44,10 @@ async fn main() -> anyhow::Result<()> {
         "webhooks" => webhooks().await,
         "e2e" => e2e().await,
         "stats" => stats().await,
-        other => anyhow::bail!("unknown mode {other:?}; expected `webhooks`, `e2e` or `stats`"),
+        "sweeper" => sweeper().await,
+        other => anyhow::bail!(
+            "unknown mode {other:?}; expected `webhooks`, `e2e`, `stats` or `sweeper`"
+        ),
     }
 }
 
@@ -186,57 +192,66 @@ async fn e2e() -> anyhow::Result<()> {
     let pk = m["publishable_key"].as_str().unwrap_or_default().to_owned();
     let secret = WebhookSecret::parse(m["webhook_secret"].as_str().unwrap_or_default())
         .ok_or_else(|| anyhow::anyhow!("secret"))?;
-    // One shopper: a click, an account, the browser linked to it.
-    let (_, user_auth) = shopper(&client, &api, &format!("shopper-{run}@example.com")).await?;
-    let anon = format!("anon-{run}");
-    post_json(
-        &client,
-        format!("{api}/v1/track/click"),
-        &[("x-publishable-key", pk.clone())],
-        json!({"anon_id": anon}),
-    )
-    .await?;
-    let res = client
-        .post(format!("{api}/v1/track/identify"))
-        .header("authorization", &user_auth)
-        .json(&json!({"anon_id": anon}))
-        .send()
+    // Each shopper: a click, an account, the browser linked to it, and the
+    // merchant's customer id linked to the browser by a first purchase.
+    let shoppers: usize = arg("--shoppers", "1").parse::<usize>()?.max(1);
+    let mut customers = Vec::with_capacity(shoppers);
+    for s in 0..shoppers {
+        let (_, user_auth) =
+            shopper(&client, &api, &format!("shopper-{run}-{s}@example.com")).await?;
+        let anon = format!("anon-{run}-{s}");
+        post_json(
+            &client,
+            format!("{api}/v1/track/click"),
+            &[("x-publishable-key", pk.clone())],
+            json!({"anon_id": anon}),
+        )
         .await?;
-    anyhow::ensure!(res.status().is_success(), "identify: {}", res.status());
-    // The merchant's customer id gets linked to the browser by a first purchase.
-    let customer = format!("cust-{run}");
-    let first = json!({"order_id": format!("{run}-first"), "amount_minor": 5_000, "currency": "EUR",
-        "purchased_at": chrono::Utc::now().to_rfc3339(), "customer_ref": customer, "purchase_token": "tok"});
-    let (raw, id, ts, sig) = signed(&secret, &first);
-    client
-        .post(format!("{api}/v1/webhooks/{mid}/purchases"))
-        .header("content-type", "application/json")
-        .header("webhook-id", id)
-        .header("webhook-timestamp", ts.to_string())
-        .header("webhook-signature", sig)
-        .body(raw)
-        .send()
+        let res = client
+            .post(format!("{api}/v1/track/identify"))
+            .header("authorization", &user_auth)
+            .json(&json!({"anon_id": anon}))
+            .send()
+            .await?;
+        anyhow::ensure!(res.status().is_success(), "identify: {}", res.status());
+        let customer = format!("cust-{run}-{s}");
+        let order = format!("{run}-first-{s}");
+        let first = json!({"order_id": order, "amount_minor": 5_000, "currency": "EUR",
+            "purchased_at": chrono::Utc::now().to_rfc3339(), "customer_ref": customer, "purchase_token": "tok"});
+        let (raw, id, ts, sig) = signed(&secret, &first);
+        client
+            .post(format!("{api}/v1/webhooks/{mid}/purchases"))
+            .header("content-type", "application/json")
+            .header("webhook-id", id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", sig)
+            .body(raw)
+            .send()
+            .await?;
+        post_json(
+            &client,
+            format!("{api}/v1/track/purchase"),
+            &[("x-publishable-key", pk.clone())],
+            json!({"anon_id": anon, "order_id": order, "purchase_token": "tok"}),
+        )
         .await?;
-    post_json(
-        &client,
-        format!("{api}/v1/track/purchase"),
-        &[("x-publishable-key", pk)],
-        json!({"anon_id": anon, "order_id": format!("{run}-first"), "purchase_token": "tok"}),
-    )
-    .await?;
+        customers.push(customer);
+    }
+    let customers = Arc::new(customers);
+    eprintln!("    e2e: {shoppers} shopper(s) linked; ingesting {n} purchases");
 
     let url = Arc::new(format!("{api}/v1/webhooks/{mid}/purchases"));
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (client, url, secret, next, run, customer) = (
+        let (client, url, secret, next, run, customers) = (
             client.clone(),
             url.clone(),
             secret.clone(),
             next.clone(),
             run.clone(),
-            customer.clone(),
+            customers.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let mut ids = Vec::new();
@@ -246,7 +261,7 @@ async fn e2e() -> anyhow::Result<()> {
                     break;
                 }
                 let body = json!({"order_id": format!("{run}-{i}"), "amount_minor": 2_000 + (i as i64 % 50),
-                    "currency": "EUR", "purchased_at": chrono::Utc::now().to_rfc3339(), "customer_ref": customer});
+                    "currency": "EUR", "purchased_at": chrono::Utc::now().to_rfc3339(), "customer_ref": customers[i % customers.len()]});
                 let (raw, id, ts, sig) = signed(&secret, &body);
                 if let Ok(r) = client.post(url.as_str()).header("content-type", "application/json")
                     .header("webhook-id", id).header("webhook-timestamp", ts.to_string()).header("webhook-signature", sig)
@@ -286,8 +301,10 @@ async fn e2e() -> anyhow::Result<()> {
         if done.n as usize >= ids.len() || Instant::now() > deadline {
             break;
         }
+        eprint!("\r    e2e: {}/{} credited", done.n, ids.len());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    eprintln!();
     #[derive(diesel::QueryableByName)]
     struct L {
         #[diesel(sql_type = diesel::sql_types::Double)]
@@ -307,7 +324,7 @@ async fn e2e() -> anyhow::Result<()> {
     println!(
         "{}",
         json!({
-            "purchases": ids.len(), "credited": ms.len(), "ingest_seconds": ingest_secs,
+            "purchases": ids.len(), "shoppers": shoppers, "credited": ms.len(), "ingest_seconds": ingest_secs,
             "seconds": span.secs, "per_second": ms.len() as f64 / span.secs,
             "p50_ms": percentile(&ms, 0.5), "p99_ms": percentile(&ms, 0.99),
         })
@@ -323,6 +340,16 @@ where
 {
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
+    let progress = tokio::spawn({
+        let next = next.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let sent = next.load(Ordering::Relaxed).min(requests);
+                eprint!("\r    {sent}/{requests} requests");
+            }
+        }
+    });
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
         let (next, call) = (next.clone(), call.clone());
@@ -346,6 +373,8 @@ where
         errors += e;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    progress.abort();
+    eprintln!("\r    {requests}/{requests} requests");
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     println!(
         "{}",
@@ -432,4 +461,135 @@ async fn stats() -> anyhow::Result<()> {
         }
     })
     .await
+}
+
+/// The sweeper's query (`Purchase::due_for_attribution`, batch 100) timed at
+/// each table size. The table is filled the way production fills it: almost
+/// every purchase processed long ago, a thousand still waiting (half of them
+/// due). At each size the same query also runs once with its partial index
+/// dropped inside a rolled-back transaction, to show what the index buys.
+async fn sweeper() -> anyhow::Result<()> {
+    use clicknback_core::{models::purchase::Purchase, schema::purchases};
+    use diesel::{QueryDsl, pg::Pg};
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    let database = arg("--database-url", "");
+    let runs: usize = arg("--runs", "25").parse::<usize>()?.max(1);
+    let sizes: Vec<i64> = arg("--sizes", "10000,1000000")
+        .split(',')
+        .map(|s| s.trim().parse())
+        .collect::<Result<_, _>>()?;
+    let mut conn = AsyncPgConnection::establish(&database).await?;
+    let merchant = uuid::Uuid::new_v4();
+    diesel::sql_query(format!(
+        "INSERT INTO merchants (id, name, status, publishable_key, webhook_secret_encrypted)
+         VALUES ('{merchant}', 'sweeper bench', 'active', 'pk_bench_{}', '\\x00')",
+        merchant.simple()
+    ))
+    .execute(&mut conn)
+    .await?;
+    // A thousand purchases waiting for attribution, half of them due.
+    diesel::sql_query(format!(
+        "INSERT INTO purchases (id, merchant_id, order_id, amount_minor, currency, status, purchased_at, attribute_after)
+         SELECT gen_random_uuid(), '{merchant}', 'waiting-' || g, 1000, 'EUR', 'received', now(),
+                now() + (CASE WHEN g % 2 = 0 THEN -1 ELSE 1 END) * (g * interval '1 second')
+           FROM generate_series(1, 1000) g"
+    ))
+    .execute(&mut conn)
+    .await?;
+    let query = || {
+        Purchase::due_for_attribution(chrono::Utc::now() - chrono::Duration::seconds(30))
+            .select(purchases::id)
+            .limit(100)
+    };
+    let mut filled: i64 = 1000;
+    let mut out = Vec::new();
+    for size in sizes {
+        let mut left = size - filled;
+        while left > 0 {
+            let chunk = left.min(100_000);
+            diesel::sql_query(format!(
+                "INSERT INTO purchases (id, merchant_id, order_id, amount_minor, currency, status, purchased_at,
+                                        attribute_after, rewards_processed_at, created_at)
+                 SELECT gen_random_uuid(), '{merchant}', 'done-{filled}-' || g, 1000 + g % 5000, 'EUR',
+                        CASE WHEN g % 10 = 0 THEN 'unattributed' ELSE 'confirmed' END,
+                        now() - interval '40 days', now() - interval '40 days',
+                        now() - interval '40 days', now() - interval '40 days'
+                   FROM generate_series(1, {chunk}) g"
+            ))
+            .execute(&mut conn)
+            .await?;
+            filled += chunk;
+            left -= chunk;
+            eprintln!("    sweeper: {filled}/{size} purchases in the table");
+        }
+        diesel::sql_query("ANALYZE purchases")
+            .execute(&mut conn)
+            .await?;
+        let sql = diesel::debug_query::<Pg, _>(&query()).to_string();
+        #[derive(diesel::QueryableByName)]
+        struct Plan {
+            #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
+            line: String,
+        }
+        let plan: Vec<Plan> = diesel::sql_query(format!("EXPLAIN {}", inline_binds(&sql)))
+            .load(&mut conn)
+            .await?;
+        let uses_index = plan
+            .iter()
+            .any(|p| p.line.contains("purchases_due_attribution_idx"));
+        let mut ms = Vec::with_capacity(runs);
+        let mut found = 0;
+        for _ in 0..runs {
+            let t = Instant::now();
+            let ids: Vec<uuid::Uuid> = query().load(&mut conn).await?;
+            ms.push(t.elapsed().as_secs_f64() * 1_000.0);
+            found = ids.len();
+        }
+        ms.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        // The same query with the index gone, rolled back afterwards.
+        diesel::sql_query("BEGIN").execute(&mut conn).await?;
+        diesel::sql_query("DROP INDEX purchases_due_attribution_idx")
+            .execute(&mut conn)
+            .await?;
+        let mut bare = Vec::new();
+        for _ in 0..runs.min(5) {
+            let t = Instant::now();
+            let _: Vec<uuid::Uuid> = query().load(&mut conn).await?;
+            bare.push(t.elapsed().as_secs_f64() * 1_000.0);
+        }
+        bare.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        let without_index = percentile(&bare, 0.5);
+        diesel::sql_query("ROLLBACK").execute(&mut conn).await?;
+        out.push(json!({
+            "purchases": size, "batch": found, "runs": runs, "uses_index": uses_index,
+            "median_ms": percentile(&ms, 0.5), "min_ms": ms[0], "max_ms": ms[ms.len() - 1],
+            "without_index_ms": without_index,
+        }));
+    }
+    println!("{}", json!({ "sizes": out }));
+    Ok(())
+}
+
+/// `debug_query` prints binds after the statement (`-- binds: [..]`); EXPLAIN
+/// needs them in place.
+fn inline_binds(debug: &str) -> String {
+    let (sql, binds) = debug.split_once(" -- binds: ").unwrap_or((debug, "[]"));
+    let binds = binds.trim().trim_start_matches('[').trim_end_matches(']');
+    let values: Vec<String> = binds
+        .split(", ")
+        .filter(|b| !b.is_empty())
+        .map(|b| {
+            let b = b.trim_matches('"');
+            if b.parse::<i64>().is_ok() {
+                b.to_owned()
+            } else {
+                format!("'{b}'")
+            }
+        })
+        .collect();
+    let mut out = sql.to_owned();
+    for (i, v) in values.iter().enumerate().rev() {
+        out = out.replace(&format!("${}", i + 1), v);
+    }
+    out
 }
