@@ -117,8 +117,21 @@ fn argon2() -> Argon2<'static> {
     Argon2::default() // argon2id, v19, OWASP-recommended m=19 MiB, t=2, p=1
 }
 
+/// At most this many password hashes run at once per process. Each takes
+/// 19 MiB and a core for tens of milliseconds, so a burst of logins or
+/// registrations queues here instead of growing memory with the blocking pool
+/// (up to 512 threads) and starving the other requests of CPU.
+fn hashing_permits() -> &'static tokio::sync::Semaphore {
+    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    PERMITS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new(cores * 2)
+    })
+}
+
 /// Hashes a password on a blocking thread (argon2 is deliberately slow).
 pub async fn hash_password(password: String) -> anyhow::Result<String> {
+    let _permit = hashing_permits().acquire().await?;
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut OsRng);
         argon2()
@@ -134,6 +147,9 @@ pub async fn hash_password(password: String) -> anyhow::Result<String> {
 const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Pj1hOvZTKmxUAUzNefxmjcNy8zmYw2Cq3PLGu9Xy9tQ";
 
 pub async fn verify_password(password: String, hash: Option<String>) -> bool {
+    let Ok(_permit) = hashing_permits().acquire().await else {
+        return false;
+    };
     tokio::task::spawn_blocking(move || {
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| DUMMY_HASH.to_owned());
