@@ -261,6 +261,7 @@ diesel::table! {
         merchant_decision_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        waiting_since -> Nullable<Timestamptz>,
     }
 }
 

@@ -189,6 +189,88 @@ async fn a_purchase_without_a_user_waits_then_becomes_unattributed() {
 }
 
 #[tokio::test]
+async fn a_link_after_a_look_without_a_user_attributes_at_once() {
+    // The checkout page's confirmation lands after attribution first ran (a
+    // slow browser, or the api briefly without its database): the purchase is
+    // attributed as soon as the link arrives, not at the next recheck.
+    let app = TestApp::with(&[("ATTRIBUTION_DELAY_SECS", "0")]).await;
+    let (mid, secret) =
+        merchant_with_offer(&app, json!({"name": "5%", "rate_bps": 500, "active": true})).await;
+    let mut c = app.db.conn().await;
+    let merchant = clicknback_core::services::merchants::get(&mut c, mid)
+        .await
+        .unwrap();
+    let user = clicknback_core::services::users::create(
+        &mut c,
+        "slow-browser@example.com",
+        "password-123",
+        Role::User,
+    )
+    .await
+    .unwrap()
+    .id;
+    clicknback_core::services::tracking::click(&mut c, &merchant, "slow-device", None, None)
+        .await
+        .unwrap();
+    clicknback_core::services::tracking::identify(&mut c, user, "slow-device")
+        .await
+        .unwrap();
+    let mut body = clicknback_tests::webhook::purchase_body("o-slow", 10_000);
+    body["purchase_token"] = json!("tok-slow");
+    let r = app
+        .webhook(
+            &format!("/v1/webhooks/{mid}/purchases"),
+            &secret,
+            &body,
+            &[],
+        )
+        .await;
+    let pid: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
+    let first = attribution::attribute(
+        &mut c,
+        pid,
+        &app.config.attribution,
+        &RuleScorer::default(),
+        app.cache(),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(first, Outcome::Waiting { .. }), "{first:?}");
+    let linked = clicknback_core::services::tracking::confirm_purchase(
+        &mut c,
+        &merchant,
+        "slow-device",
+        "o-slow",
+        "tok-slow",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        linked,
+        clicknback_core::services::tracking::LinkOutcome::Linked
+    );
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT count(*) AS n FROM outbox WHERE task_id LIKE 'attribute:{pid}#l%'
+                AND run_at <= now() + interval '1 second'"
+        ))
+        .await,
+        1,
+        "the link enqueues attribution now, not at the recheck"
+    );
+    let _worker = app.worker(&[]);
+    eventually(Duration::from_secs(20), "the attribution", || async {
+        (app.scalar(&format!(
+            "SELECT count(*) AS n FROM rewards WHERE purchase_id = '{pid}' AND status = 'pending'"
+        ))
+        .await
+            == 1)
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_late_merge_reattributes_a_pending_reward_to_the_later_click() {
     let app = TestApp::with(&[("ATTRIBUTION_DELAY_SECS", "0")]).await;
     let (mid, secret) =

@@ -26,6 +26,8 @@ pub struct Purchase {
     pub merchant_decision_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// When attribution first found no user for it (it has waited out its delay).
+    pub waiting_since: Option<DateTime<Utc>>,
 }
 
 impl Purchase {

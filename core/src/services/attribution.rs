@@ -208,6 +208,7 @@ pub async fn attribute(
                 .set((
                     purchases::attribute_after.eq(recheck_at),
                     purchases::identity_group_id.eq(group),
+                    purchases::waiting_since.eq(p.waiting_since.unwrap_or(now)),
                 ))
                 .execute(conn)
                 .await?;

@@ -101,11 +101,15 @@ pub async fn click(
 
 /// Enqueues attribution now for the group's purchases that wait for it.
 async fn wake(conn: &mut AsyncPgConnection, group: Uuid) -> Result<(), diesel::result::Error> {
-    let waiting: Vec<(Uuid, DateTime<Utc>)> = purchases::table
+    let waiting: Vec<(Uuid, DateTime<Utc>, Option<DateTime<Utc>>)> = purchases::table
         .filter(purchases::identity_group_id.eq(group))
         .filter(purchases::rewards_processed_at.is_null())
         .filter(purchases::status.eq("received"))
-        .select((purchases::id, purchases::attribute_after))
+        .select((
+            purchases::id,
+            purchases::attribute_after,
+            purchases::waiting_since,
+        ))
         .load(conn)
         .await?;
     let now = Utc::now();
@@ -135,9 +139,16 @@ async fn wake(conn: &mut AsyncPgConnection, group: Uuid) -> Result<(), diesel::r
         )
         .await?;
     }
-    for (id, due) in waiting {
+    for (id, due, waiting_since) in waiting {
         // Not before its own delay has passed: the delay exists for late links.
-        let at = if due > now { due } else { now };
+        // A purchase already looked at without a user has waited it out; its
+        // `attribute_after` is then the next recheck, and the link is what it
+        // was waiting for.
+        let at = if due > now && waiting_since.is_none() {
+            due
+        } else {
+            now
+        };
         jobs::enqueue_as(
             conn,
             &AttributePurchase {
