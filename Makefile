@@ -1,4 +1,4 @@
-.PHONY: run demo test bench fmt lint
+.PHONY: run demo test bench faults fmt lint
 run:   ## run api + worker against local PostgreSQL and Redis
 	./scripts/run.sh
 demo:  ## play realistic traffic against the running product (start `make run` first)
@@ -7,6 +7,8 @@ test:  ## every check and test
 	./scripts/test.sh
 bench: ## every benchmark, one table
 	./scripts/bench.sh
+faults: ## crash and outage suite against the release binaries; writes docs/faults/REPORT.md
+	./scripts/faults.sh
 fmt:
 	cargo fmt --all
 lint:
