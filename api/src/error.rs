@@ -3,7 +3,7 @@
 //! logged once and never sent.
 
 use axum::{
-    extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection},
+    extract::rejection::{BytesRejection, PathRejection, QueryRejection},
     http::{HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -156,28 +156,6 @@ mod deadpool_error {
     pub type PoolError = diesel_async::pooled_connection::deadpool::PoolError;
 }
 
-impl From<JsonRejection> for ApiError {
-    fn from(r: JsonRejection) -> Self {
-        match r {
-            JsonRejection::MissingJsonContentType(_) => Self::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send the body as JSON with Content-Type: application/json",
-            ),
-            JsonRejection::JsonDataError(e) => {
-                let mut err = Self::validation(vec![FieldError::new("body", &e.body_text())]);
-                err.detail = "the JSON body does not have the expected fields or types".into();
-                err
-            }
-            JsonRejection::JsonSyntaxError(_) => {
-                Self::bad_request("invalid_json", "the body is not valid JSON")
-            }
-            JsonRejection::BytesRejection(b) => b.into(),
-            other => Self::bad_request("invalid_body", other.body_text()),
-        }
-    }
-}
-
 impl From<BytesRejection> for ApiError {
     fn from(r: BytesRejection) -> Self {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -305,10 +283,93 @@ impl From<PurchaseError> for ApiError {
     }
 }
 
-/// `Json<T>` whose rejections are problem+json too.
-#[derive(Debug, Clone, Copy, Default, axum::extract::FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// A JSON request body with problem+json rejections: 415 without a JSON
+/// content type, 413 over `MAX_BODY_BYTES`, 400 when the bytes are not JSON
+/// (invalid UTF-8, syntax, nesting deeper than 128 levels), 422 when it is not
+/// an object, a string holds a NUL character (PostgreSQL text cannot store
+/// one) or the document does not have the expected fields and types.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
+
+/// `application/json` or `application/<anything>+json`, parameters ignored.
+pub fn is_json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            let v = v.trim().to_ascii_lowercase();
+            v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
+        })
+}
+
+pub fn unsupported_media_type() -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "send the body as JSON with Content-Type: application/json",
+    )
+}
+
+/// Parses a JSON document and refuses NUL characters anywhere in it.
+pub fn parse_json(bytes: &[u8]) -> ApiResult<serde_json::Value> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|_| ApiError::bad_request("invalid_json", "the body is not valid JSON"))?;
+    if !value.is_object() {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "body",
+            "must be a JSON object",
+        )]));
+    }
+    if let Some(field) = nul_path(&value, "body") {
+        return Err(ApiError::validation(vec![FieldError::new(
+            &field,
+            "must not contain NUL characters",
+        )]));
+    }
+    Ok(value)
+}
+
+/// The path (`body.destination.value`) of the first string or key with a NUL.
+fn nul_path(v: &serde_json::Value, at: &str) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) if s.contains('\0') => Some(at.to_owned()),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, x)| nul_path(x, &format!("{at}[{i}]"))),
+        serde_json::Value::Object(map) => map.iter().find_map(|(k, x)| {
+            if k.contains('\0') {
+                Some(at.to_owned())
+            } else {
+                nul_path(x, &format!("{at}.{k}"))
+            }
+        }),
+        _ => None,
+    }
+    .map(|p| p.strip_prefix("body.").map(str::to_owned).unwrap_or(p))
+}
+
+impl<T, S> axum::extract::FromRequest<S> for Json<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        if !is_json_content_type(req.headers()) {
+            return Err(unsupported_media_type());
+        }
+        let bytes = axum::body::Bytes::from_request(req, state).await?;
+        let value = parse_json(&bytes)?;
+        T::deserialize(value).map(Json).map_err(|e| {
+            let mut err = ApiError::validation(vec![FieldError::new("body", &e.to_string())]);
+            err.detail = "the JSON body does not have the expected fields or types".into();
+            err
+        })
+    }
+}
 
 impl<T: Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
@@ -316,15 +377,64 @@ impl<T: Serialize> IntoResponse for Json<T> {
     }
 }
 
-/// `Path<T>` with problem+json rejections.
-#[derive(Debug, axum::extract::FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(ApiError))]
+/// `Path<T>` with problem+json rejections; a percent-encoded NUL is refused
+/// (400) before it can reach a query.
+#[derive(Debug)]
 pub struct Path<T>(pub T);
 
-/// `Query<T>` with problem+json rejections.
-#[derive(Debug, axum::extract::FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
+impl<T, S> axum::extract::FromRequestParts<S> for Path<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        if has_encoded_nul(parts.uri.path()) {
+            return Err(ApiError::bad_request(
+                "invalid_path_parameter",
+                "path parameters must not contain NUL characters",
+            ));
+        }
+        let axum::extract::Path(v) =
+            axum::extract::Path::<T>::from_request_parts(parts, state).await?;
+        Ok(Path(v))
+    }
+}
+
+/// `Query<T>` with problem+json rejections; a percent-encoded NUL is refused (400).
+#[derive(Debug)]
 pub struct Query<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Query<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        if parts.uri.query().is_some_and(has_encoded_nul) {
+            return Err(ApiError::bad_request(
+                "invalid_query_parameter",
+                "query parameters must not contain NUL characters",
+            ));
+        }
+        let axum::extract::Query(v) =
+            axum::extract::Query::<T>::from_request_parts(parts, state).await?;
+        Ok(Query(v))
+    }
+}
+
+fn has_encoded_nul(s: &str) -> bool {
+    s.as_bytes().windows(3).any(|w| w == b"%00")
+}
 
 pub type ApiResult<T> = Result<T, ApiError>;
 

@@ -103,6 +103,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(health::metrics))
         .merge(openapi::routes())
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(crate::middleware::http_metrics))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
@@ -143,6 +144,15 @@ fn job_routes(prefix: &str) -> Router<AppState> {
 
 async fn not_found() -> crate::error::ApiError {
     crate::error::ApiError::not_found("route")
+}
+
+/// A known path with another method: 405 problem+json; axum adds `Allow`.
+async fn method_not_allowed() -> crate::error::ApiError {
+    crate::error::ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this path does not accept that method; see the Allow header",
+    )
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {

@@ -25,12 +25,15 @@ use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
 
-/// `?limit=&cursor=`.
+/// `?limit=&cursor=`; another parameter is a 400.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
-    /// Page size, 1 to 100 (default 20).
+    /// Page size, 1 to 100 (default 20); another value is a 400 `invalid_limit`.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
-    /// The `next_cursor` of the previous page.
+    /// The `next_cursor` of the previous page: opaque and signed; an altered
+    /// cursor is a 400 `invalid_cursor`.
     pub cursor: Option<String>,
 }
 
@@ -115,6 +118,20 @@ where
 pub fn typed<T: DeserializeOwned>(json: &serde_json::Value) -> ApiResult<T> {
     T::deserialize(json)
         .map_err(|e| ApiError::validation(vec![FieldError::new("body", &e.to_string())]))
+}
+
+/// The `Idempotency-Key` header: `None` when absent, a 400 when present but
+/// not text (e.g. a control character or a byte above 0x7e).
+pub fn idempotency_key_header(headers: &HeaderMap) -> ApiResult<Option<&str>> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => v.to_str().map(Some).map_err(|_| {
+            ApiError::bad_request(
+                "idempotency_key_invalid",
+                "Idempotency-Key must be 1 to 255 printable ASCII characters",
+            )
+        }),
+    }
 }
 
 /// The response of an idempotent request; `Idempotent-Replayed: true` on a replay.

@@ -6,6 +6,7 @@ use axum::{
     response::Response,
 };
 use clicknback_core::services::{
+    FieldError,
     idempotency::IdempotencyKey,
     payouts::{self, PayoutError, PayoutRequest, PayoutView},
 };
@@ -14,7 +15,7 @@ use uuid::Uuid;
 use crate::{
     auth::AuthUser,
     error::{ApiError, ApiResult, Json, Path, Problem, Query},
-    handlers::{ListQuery, Page, respond, typed},
+    handlers::{ListQuery, Page, idempotency_key_header, respond, typed},
     state::AppState,
 };
 
@@ -58,9 +59,15 @@ pub async fn create(
     let key = IdempotencyKey::new(
         format!("user:{}", user.id),
         "POST /v1/payouts",
-        headers.get("idempotency-key").and_then(|v| v.to_str().ok()),
+        idempotency_key_header(&headers)?,
         &json,
     )?;
+    if json.get("destination").is_some_and(|d| !d.is_object()) {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "destination",
+            "must be an object {type, value}",
+        )]));
+    }
     let body: PayoutRequest = typed(&json)?;
     let valid = body
         .validate(state.config.payouts.min_amount_minor)

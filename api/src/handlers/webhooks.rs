@@ -10,7 +10,7 @@
 
 use axum::{
     extract::State,
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, StatusCode},
     response::Response,
 };
 use chrono::Utc;
@@ -27,8 +27,11 @@ use clicknback_core::{
 use uuid::Uuid;
 
 use crate::{
-    error::{ApiError, ApiResult, Path, Problem, RawBody},
-    handlers::{respond, typed},
+    error::{
+        ApiError, ApiResult, Path, Problem, RawBody, is_json_content_type, parse_json,
+        unsupported_media_type,
+    },
+    handlers::{idempotency_key_header, respond, typed},
     limits,
     state::AppState,
 };
@@ -64,7 +67,7 @@ async fn verify(
         )
         .await?;
 
-    let key = header_str(headers, "idempotency-key")
+    let key = idempotency_key_header(headers)?
         .or_else(|| header_str(headers, "webhook-id"))
         .map(str::to_owned);
     if key.is_none() {
@@ -104,21 +107,10 @@ async fn verify(
     };
     let decision = limits::hit(state, "webhook", &merchant.id.to_string(), limit).await?;
 
-    let is_json = header_str(headers, header::CONTENT_TYPE.as_str())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| {
-            let v = v.trim().to_ascii_lowercase();
-            v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
-        });
-    if !is_json {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the body as JSON with Content-Type: application/json",
-        ));
+    if !is_json_content_type(headers) {
+        return Err(unsupported_media_type());
     }
-    let json: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|_| ApiError::bad_request("invalid_json", "the body is not valid JSON"))?;
+    let json = parse_json(body)?;
     Ok(Verified {
         merchant,
         decision,
@@ -140,21 +132,21 @@ fn key_for(v: &Verified, endpoint: &str) -> ApiResult<IdempotencyKey> {
 #[utoipa::path(post, path = "/v1/webhooks/{merchant_id}/purchases", tag = "webhooks",
     params(
         ("merchant_id" = Uuid, Path),
-        ("webhook-id" = String, Header, description = "message id (also the idempotency key when Idempotency-Key is absent)"),
-        ("webhook-timestamp" = i64, Header, description = "unix seconds; within 5 minutes of now"),
-        ("webhook-signature" = String, Header, description = "`v1,<base64 HMAC-SHA256>`, space-separated for several"),
-        ("Idempotency-Key" = Option<String>, Header, description = "at most 255 characters"),
+        ("webhook-id" = String, Header, description = "message id, signed with the body (also the idempotency key when Idempotency-Key is absent)"),
+        ("webhook-timestamp" = i64, Header, description = "unix seconds, signed with the body; within 5 minutes of now"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 printable characters; falls back to `webhook-id`. The same key with the same body replays the first answer; with another body it is a 422 `idempotency_key_reused`"),
     ),
+    security(("webhook_signature" = [])),
     request_body = PurchaseRequest,
     responses(
         (status = 202, description = "accepted; `Idempotent-Replayed: true` on a replay", body = PurchaseView),
-        (status = 400, description = "missing idempotency key or malformed JSON", body = Problem),
-        (status = 401, description = "bad or missing signature", body = Problem),
+        (status = 400, description = "no idempotency key (`idempotency_key_missing`), a malformed one (`idempotency_key_invalid`), or a body that is not JSON (`invalid_json`)", body = Problem),
+        (status = 401, description = "bad or missing signature (`invalid_signature`)", body = Problem),
         (status = 403, description = "merchant suspended", body = Problem),
         (status = 404, description = "unknown merchant", body = Problem),
-        (status = 409, description = "order already reported, or the same key is in flight", body = Problem),
+        (status = 409, description = "order already reported under another key (`duplicate_order`), or the same key is in flight (`idempotency_request_in_progress`, with `Retry-After`)", body = Problem),
         (status = 415, body = Problem),
-        (status = 422, description = "invalid fields, or key reused with another body", body = Problem),
+        (status = 422, description = "invalid fields (`validation_failed`), or the key reused with another body (`idempotency_key_reused`)", body = Problem),
         (status = 429, description = "over the merchant's webhook rate limit; see `Retry-After`", body = Problem),
     ))]
 pub async fn purchase(
@@ -182,10 +174,12 @@ pub async fn purchase(
 /// Confirms or reverses a reported purchase.
 #[utoipa::path(post, path = "/v1/webhooks/{merchant_id}/purchases/{order_id}/status", tag = "webhooks",
     params(
-        ("merchant_id" = Uuid, Path), ("order_id" = String, Path),
-        ("webhook-id" = String, Header), ("webhook-timestamp" = i64, Header),
-        ("webhook-signature" = String, Header), ("Idempotency-Key" = Option<String>, Header),
+        ("merchant_id" = Uuid, Path), ("order_id" = String, Path, description = "the merchant's order id, as reported"),
+        ("webhook-id" = String, Header, description = "message id, signed with the body (also the idempotency key when Idempotency-Key is absent)"),
+        ("webhook-timestamp" = i64, Header, description = "unix seconds, signed with the body; within 5 minutes of now"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 printable characters; falls back to `webhook-id`"),
     ),
+    security(("webhook_signature" = [])),
     request_body = StatusRequest,
     responses(
         (status = 202, description = "accepted; the reward moves in the background", body = PurchaseView),

@@ -12,7 +12,7 @@ use clicknback_core::services::{
     Actor, audit,
     ops::{self, JobView, OpsError, QueueStats, WorkerView},
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::{
@@ -60,17 +60,63 @@ pub async fn queues(
     ))
 }
 
+/// A job queue.
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueName {
+    Attribution,
+    Rewards,
+    Emails,
+    Payouts,
+    Stats,
+    Maintenance,
+}
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Scheduled,
+    Ready,
+    Running,
+    Retrying,
+    Done,
+    Dead,
+    Outbox,
+}
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct JobsQuery {
-    /// scheduled, ready, running, retrying, done, dead or outbox (default dead).
+    /// The state to list (default `dead`); another value is a 400 `invalid_state`.
+    #[param(value_type = Option<JobState>)]
     pub state: Option<String>,
-    /// At most this many (1 to 200, default 50).
+    /// At most this many (default 50); values below 1 or above 200 are clamped to that range.
     pub limit: Option<i64>,
+}
+
+/// The new job created by a re-queue.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Requeued {
+    pub task_id: String,
+}
+
+/// How many dead jobs were re-queued.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RequeuedAll {
+    pub requeued: u64,
+}
+
+/// A queue's pause state after the change.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PauseState {
+    pub queue: String,
+    pub paused: bool,
 }
 
 /// Jobs of a queue in one state.
 #[utoipa::path(get, path = "/v1/admin/queues/{queue}/jobs", tag = "jobs", security(("bearer" = [])),
-    params(("queue" = String, Path), JobsQuery), responses(
+    params(("queue" = QueueName, Path, description = "an unknown queue is a 404"), JobsQuery), responses(
     (status = 200, body = Vec<JobView>), (status = 400, body = Problem), (status = 404, body = Problem),
     (status = 401, body = Problem), (status = 403, body = Problem),
 ))]
@@ -97,7 +143,7 @@ pub async fn jobs(
 
 /// One job, wherever it is.
 #[utoipa::path(get, path = "/v1/admin/queues/{queue}/jobs/{task_id}", tag = "jobs", security(("bearer" = [])),
-    params(("queue" = String, Path), ("task_id" = String, Path)), responses(
+    params(("queue" = QueueName, Path, description = "an unknown queue is a 404"), ("task_id" = String, Path)), responses(
     (status = 200, body = JobView), (status = 404, body = Problem),
     (status = 401, body = Problem), (status = 403, body = Problem),
 ))]
@@ -153,14 +199,14 @@ async fn record(
 /// Re-queues one dead job (a fresh attempt 1, through the outbox).
 #[utoipa::path(post, path = "/v1/admin/dead-jobs/{id}/requeue", tag = "jobs", security(("bearer" = [])),
     params(("id" = i64, Path)), responses(
-    (status = 200, description = "`{task_id}` of the new job"), (status = 404, body = Problem),
+    (status = 200, description = "the new job", body = Requeued), (status = 404, body = Problem),
     (status = 401, body = Problem), (status = 403, body = Problem),
 ))]
 pub async fn requeue_dead(
     State(state): State<AppState>,
     admin: BoardAdmin,
     Path(id): Path<i64>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<Requeued>> {
     let mut conn = state.conn().await?;
     let task_id = ops::requeue_dead(&mut conn, id).await?;
     record(
@@ -170,20 +216,20 @@ pub async fn requeue_dead(
         json!({ "dead_id": id, "task_id": task_id }),
     )
     .await?;
-    Ok(Json(json!({ "task_id": task_id })))
+    Ok(Json(Requeued { task_id }))
 }
 
 /// Re-queues every dead job of a queue.
 #[utoipa::path(post, path = "/v1/admin/queues/{queue}/dead/requeue", tag = "jobs", security(("bearer" = [])),
-    params(("queue" = String, Path)), responses(
-    (status = 200, description = "`{requeued: n}`"), (status = 404, body = Problem),
+    params(("queue" = QueueName, Path, description = "an unknown queue is a 404")), responses(
+    (status = 200, body = RequeuedAll), (status = 404, body = Problem),
     (status = 401, body = Problem), (status = 403, body = Problem),
 ))]
 pub async fn requeue_all(
     State(state): State<AppState>,
     admin: BoardAdmin,
     Path(queue): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<RequeuedAll>> {
     let q = ops::parse_queue(&queue)?;
     let mut conn = state.conn().await?;
     let n = ops::requeue_all_dead(&mut conn, q).await?;
@@ -194,12 +240,12 @@ pub async fn requeue_all(
         json!({ "queue": queue, "requeued": n }),
     )
     .await?;
-    Ok(Json(json!({ "requeued": n })))
+    Ok(Json(RequeuedAll { requeued: n as u64 }))
 }
 
 /// Deletes a waiting, finished or dead job.
 #[utoipa::path(delete, path = "/v1/admin/queues/{queue}/jobs/{task_id}", tag = "jobs", security(("bearer" = [])),
-    params(("queue" = String, Path), ("task_id" = String, Path)), responses(
+    params(("queue" = QueueName, Path, description = "an unknown queue is a 404"), ("task_id" = String, Path)), responses(
     (status = 204, description = "deleted"), (status = 404, body = Problem),
     (status = 401, body = Problem), (status = 403, body = Problem),
 ))]
@@ -234,7 +280,7 @@ async fn set_paused(
     admin: BoardAdmin,
     queue: String,
     paused: bool,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<PauseState>> {
     let q = ops::parse_queue(&queue)?;
     let mut r = redis(&state).await?;
     ops::set_paused(&mut r, &state.config.redis_namespace, q, paused)
@@ -246,33 +292,33 @@ async fn set_paused(
         "queue.resume"
     };
     record(&state, &admin, action, json!({ "queue": queue })).await?;
-    Ok(Json(json!({ "queue": queue, "paused": paused })))
+    Ok(Json(PauseState { queue, paused }))
 }
 
 /// Pauses a queue: its jobs wait (in the outbox and Redis) until it is resumed.
 #[utoipa::path(post, path = "/v1/admin/queues/{queue}/pause", tag = "jobs", security(("bearer" = [])),
-    params(("queue" = String, Path)), responses(
-    (status = 200, description = "`{queue, paused: true}`"), (status = 404, body = Problem),
+    params(("queue" = QueueName, Path, description = "an unknown queue is a 404")), responses(
+    (status = 200, description = "paused", body = PauseState), (status = 404, body = Problem),
     (status = 401, body = Problem), (status = 403, body = Problem),
 ))]
 pub async fn pause(
     State(state): State<AppState>,
     admin: BoardAdmin,
     Path(queue): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<PauseState>> {
     set_paused(state, admin, queue, true).await
 }
 
 /// Resumes a paused queue.
 #[utoipa::path(post, path = "/v1/admin/queues/{queue}/resume", tag = "jobs", security(("bearer" = [])),
-    params(("queue" = String, Path)), responses(
-    (status = 200, description = "`{queue, paused: false}`"), (status = 404, body = Problem),
+    params(("queue" = QueueName, Path, description = "an unknown queue is a 404")), responses(
+    (status = 200, description = "resumed", body = PauseState), (status = 404, body = Problem),
     (status = 401, body = Problem), (status = 403, body = Problem),
 ))]
 pub async fn resume(
     State(state): State<AppState>,
     admin: BoardAdmin,
     Path(queue): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<PauseState>> {
     set_paused(state, admin, queue, false).await
 }

@@ -50,11 +50,40 @@ pub struct ReviewItem {
     pub created_at: DateTime<Utc>,
 }
 
+/// A purchase's status.
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PurchaseStatus {
+    Received,
+    Attributed,
+    Unattributed,
+    Flagged,
+    Confirmed,
+    Reversed,
+}
+
+impl PurchaseStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Received => "received",
+            Self::Attributed => "attributed",
+            Self::Unattributed => "unattributed",
+            Self::Flagged => "flagged",
+            Self::Confirmed => "confirmed",
+            Self::Reversed => "reversed",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct ReviewQuery {
-    /// Purchase status to list (default `flagged`).
-    pub status: Option<String>,
+    /// Purchase status to list (default `flagged`); another value is a 400.
+    pub status: Option<PurchaseStatus>,
+    /// Page size, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
+    /// The `next_cursor` of the previous page (opaque and signed; altered → 400).
     pub cursor: Option<String>,
 }
 
@@ -87,7 +116,7 @@ pub async fn list(
         cursor: q.cursor,
     }
     .parse(&state.cursors)?;
-    let status = q.status.unwrap_or_else(|| "flagged".into());
+    let status = q.status.unwrap_or(PurchaseStatus::Flagged).as_str();
     let mut conn = state.conn().await?;
     let mut query = purchases::table
         .left_join(
@@ -95,7 +124,7 @@ pub async fn list(
                 .eq(purchases::id)
                 .and(rewards::status.ne("voided"))),
         )
-        .filter(purchases::status.eq(&status))
+        .filter(purchases::status.eq(status))
         .order((purchases::created_at.desc(), purchases::id.desc()))
         .limit(limit + 1)
         .select((
@@ -141,50 +170,63 @@ pub async fn list(
     )))
 }
 
+/// The reward of a reviewed purchase.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReviewOutcome {
+    pub purchase_id: Uuid,
+    /// The reward's status after the review (`pending` when approved, `reversed` when rejected).
+    pub reward_status: String,
+    pub cashback_minor: i64,
+}
+
 async fn review(
     state: AppState,
     admin: AdminUser,
     id: Uuid,
     approve: bool,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<ReviewOutcome>> {
     let mut conn = state.conn().await?;
     let r = reward_svc::review(&mut conn, &admin.actor(), id, approve).await?;
-    Ok(Json(
-        serde_json::json!({ "purchase_id": id, "reward_status": r.status, "cashback_minor": r.amount_minor }),
-    ))
+    Ok(Json(ReviewOutcome {
+        purchase_id: id,
+        reward_status: r.status,
+        cashback_minor: r.amount_minor,
+    }))
 }
 
 /// Approves a flagged purchase: its reward is credited and follows the normal flow.
 #[utoipa::path(post, path = "/v1/admin/purchases/{id}/approve", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path)), responses(
-    (status = 200, description = "`{purchase_id, reward_status, cashback_minor}`"), (status = 404, body = Problem),
+    (status = 200, body = ReviewOutcome), (status = 404, body = Problem),
     (status = 409, description = "not flagged", body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
 ))]
 pub async fn approve(
     State(state): State<AppState>,
     admin: AdminUser,
     Path(id): Path<Uuid>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<ReviewOutcome>> {
     review(state, admin, id, true).await
 }
 
 /// Rejects a flagged purchase: its reward is reversed (no money had moved).
 #[utoipa::path(post, path = "/v1/admin/purchases/{id}/reject", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path)), responses(
-    (status = 200, description = "`{purchase_id, reward_status, cashback_minor}`"), (status = 404, body = Problem),
+    (status = 200, body = ReviewOutcome), (status = 404, body = Problem),
     (status = 409, description = "not flagged", body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
 ))]
 pub async fn reject(
     State(state): State<AppState>,
     admin: AdminUser,
     Path(id): Path<Uuid>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<ReviewOutcome>> {
     review(state, admin, id, false).await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct DaysQuery {
-    /// Days to cover, today included (1 to 90, default 1).
+    /// Days to cover, today included (1 to 90, default 1); another value is a 400.
+    #[param(minimum = 1, maximum = 90)]
     pub days: Option<i64>,
 }
 
