@@ -15,6 +15,13 @@ use crate::auth::BoardAdmin;
 
 const PAGE: &str = include_str!("../board/index.html");
 
+/// The job board (an HTML page). A browser without credentials gets a Basic
+/// challenge; an admin bearer token works too. `/board/` serves the same page.
+#[utoipa::path(get, path = "/board", tag = "jobs", security(("bearer" = []), ("board_basic" = [])), responses(
+    (status = 200, description = "the board page", content_type = "text/html"),
+    (status = 401, description = "no or wrong credentials (`WWW-Authenticate: Basic` without a bearer token)", body = crate::error::Problem),
+    (status = 403, description = "the credentials are not an admin's", body = crate::error::Problem),
+))]
 pub async fn page(_admin: BoardAdmin) -> Response {
     (
         [

@@ -5,20 +5,43 @@ use axum::{
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde_json::json;
+use serde::Serialize;
 
 use crate::state::AppState;
 
+/// `{"status": "ok"}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}
+
+/// Readiness and the state of each dependency.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// `ready` or `not_ready`.
+    pub status: &'static str,
+    pub checks: ReadinessChecks,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReadinessChecks {
+    /// `ok`, `migrations_pending` or `unreachable`.
+    pub database: &'static str,
+    /// `ok` or `unreachable`.
+    pub redis: &'static str,
+}
+
 /// The process is alive.
-#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "alive")))]
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "alive", body = Health)))]
 pub async fn healthz() -> impl IntoResponse {
-    axum::Json(json!({ "status": "ok" }))
+    axum::Json(Health { status: "ok" })
 }
 
 /// PostgreSQL and Redis are reachable and every migration is applied.
 #[utoipa::path(get, path = "/readyz", tag = "ops", responses(
-    (status = 200, description = "ready"),
-    (status = 503, description = "a dependency is not ready; `checks` says which"),
+    (status = 200, description = "ready", body = Readiness),
+    (status = 503, description = "a dependency is not ready; `checks` says which", body = Readiness),
 ))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let timeout = std::time::Duration::from_secs(2);
@@ -46,10 +69,10 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     };
     (
         status,
-        axum::Json(json!({
-            "status": if ready { "ready" } else { "not_ready" },
-            "checks": { "database": database, "redis": redis },
-        })),
+        axum::Json(Readiness {
+            status: if ready { "ready" } else { "not_ready" },
+            checks: ReadinessChecks { database, redis },
+        }),
     )
         .into_response()
 }

@@ -98,9 +98,12 @@ pub struct ClickRequest {
 
 /// Records a click on a referral link (a touchpoint) for the browser's anonymous id.
 #[utoipa::path(post, path = "/v1/track/click", tag = "sdk",
-    params(("X-Publishable-Key" = String, Header)), request_body = ClickRequest, responses(
-    (status = 201, body = TouchpointView), (status = 401, body = Problem), (status = 403, body = Problem),
-    (status = 422, body = Problem), (status = 429, body = Problem),
+    security(("publishable_key" = [])), request_body = ClickRequest, responses(
+    (status = 201, body = TouchpointView),
+    (status = 401, description = "missing or unknown publishable key (`invalid_publishable_key`)", body = Problem),
+    (status = 403, description = "the merchant is suspended", body = Problem),
+    (status = 422, description = "invalid fields (`validation_failed`)", body = Problem),
+    (status = 429, description = "over the per-address tracking limit (`rate_limited`)", body = Problem),
 ))]
 pub async fn click(
     State(state): State<AppState>,
@@ -133,8 +136,10 @@ pub struct IdentifyRequest {
 /// Links the browser's anonymous id to the signed-in user.
 #[utoipa::path(post, path = "/v1/track/identify", tag = "sdk", security(("bearer" = [])),
     request_body = IdentifyRequest, responses(
-    (status = 204, description = "linked"), (status = 401, body = Problem),
-    (status = 422, body = Problem), (status = 429, body = Problem),
+    (status = 204, description = "linked"),
+    (status = 401, body = Problem),
+    (status = 422, description = "invalid fields (`validation_failed`)", body = Problem),
+    (status = 429, description = "over the per-address tracking limit (`rate_limited`)", body = Problem),
 ))]
 pub async fn identify(
     State(state): State<AppState>,
@@ -168,9 +173,12 @@ pub struct PurchaseConfirmationResult {
 /// The checkout page's purchase confirmation, with the token that must match
 /// the merchant's webhook for the purchase to be linked to this browser.
 #[utoipa::path(post, path = "/v1/track/purchase", tag = "sdk",
-    params(("X-Publishable-Key" = String, Header)), request_body = PurchaseConfirmation, responses(
-    (status = 202, body = PurchaseConfirmationResult), (status = 401, body = Problem), (status = 403, body = Problem),
-    (status = 422, body = Problem), (status = 429, body = Problem),
+    security(("publishable_key" = [])), request_body = PurchaseConfirmation, responses(
+    (status = 202, body = PurchaseConfirmationResult),
+    (status = 401, description = "missing or unknown publishable key (`invalid_publishable_key`)", body = Problem),
+    (status = 403, description = "the merchant is suspended", body = Problem),
+    (status = 422, description = "invalid fields (`validation_failed`)", body = Problem),
+    (status = 429, description = "over the per-address tracking limit (`rate_limited`)", body = Problem),
 ))]
 pub async fn purchase(
     State(state): State<AppState>,

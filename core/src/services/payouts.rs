@@ -91,7 +91,8 @@ pub struct DestinationInput {
 #[serde(deny_unknown_fields)]
 pub struct PayoutRequest {
     pub amount_minor: i64,
-    #[schema(example = "EUR")]
+    /// An ISO-4217 code.
+    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     pub currency: String,
     pub destination: DestinationInput,
 }

@@ -61,7 +61,10 @@ impl From<&Purchase> for PurchaseView {
 #[serde(deny_unknown_fields)]
 pub struct PurchaseRequest {
     pub order_id: String,
+    #[schema(minimum = 1)]
     pub amount_minor: i64,
+    /// An ISO-4217 code.
+    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     pub currency: String,
     pub purchased_at: DateTime<Utc>,
     #[serde(default)]
