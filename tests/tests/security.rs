@@ -8,6 +8,7 @@ use clicknback_core::models::user::Role;
 use clicknback_tests::{
     TestApp,
     wallets::{funded_user, request_payout},
+    webhook::purchase_body,
 };
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -25,30 +26,38 @@ fn fill_params(path: &str) -> String {
         .join("/")
 }
 
-/// Every admin route of the OpenAPI description, and the board's API twins.
+/// Every admin and board operation of the OpenAPI description (which lists
+/// the board's `/board/api` twins of the job routes and the page itself).
 async fn protected_routes(app: &TestApp) -> Vec<(Method, String)> {
     let doc = app.json(Method::GET, "/openapi.json", None, None).await;
     assert_eq!(doc.status, StatusCode::OK);
     let mut out = Vec::new();
     for (path, ops) in doc.body["paths"].as_object().unwrap() {
-        if !path.starts_with("/v1/admin") {
+        if !path.starts_with("/v1/admin") && !path.starts_with("/board") {
             continue;
         }
         let concrete = fill_params(path);
-        for method in ops.as_object().unwrap().keys() {
+        for (method, op) in ops.as_object().unwrap() {
             let m: Method = method.to_uppercase().parse().unwrap();
-            if let Some(rest) = concrete.strip_prefix("/v1/admin")
-                && ["/queues", "/workers", "/dead-jobs"]
-                    .iter()
-                    .any(|p| rest.starts_with(p))
-            {
-                out.push((m.clone(), format!("/board/api{rest}")));
-            }
+            assert!(
+                op["security"].as_array().is_some_and(|s| !s.is_empty()),
+                "{method} {path} is described without credentials"
+            );
             out.push((m, concrete.clone()));
         }
     }
-    out.push((Method::GET, "/board".into()));
-    assert!(out.len() > 25, "found {} admin routes", out.len());
+    for must in [
+        "/board",
+        "/board/",
+        "/board/api/queues",
+        "/board/api/workers",
+    ] {
+        assert!(
+            out.iter().any(|(_, p)| p == must),
+            "{must} is not described"
+        );
+    }
+    assert!(out.len() > 35, "found {} admin routes", out.len());
     out
 }
 
@@ -199,19 +208,44 @@ async fn tokens_with_another_algorithm_audience_issuer_key_or_expiry_are_refused
         ("garbage", "not-a-token".to_owned()),
     ];
     for (what, token) in cases {
-        let r = app
-            .json(Method::GET, "/v1/admin/merchants", Some(&token), None)
-            .await;
-        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{what}: {}", r.text);
-        assert_eq!(r.body["code"], "unauthorized", "{what}: {}", r.text);
+        // Admin routes, the board's API and a shopper's own routes alike.
+        for path in ["/v1/admin/merchants", "/board/api/queues", "/v1/me/wallet"] {
+            let r = app.json(Method::GET, path, Some(&token), None).await;
+            assert_eq!(
+                r.status,
+                StatusCode::UNAUTHORIZED,
+                "{what} {path}: {}",
+                r.text
+            );
+            assert_eq!(r.body["code"], "unauthorized", "{what} {path}: {}", r.text);
+        }
     }
 }
 
 #[tokio::test]
 async fn one_shopper_never_sees_another_shoppers_money_or_purchases() {
     let app = TestApp::new().await;
-    let (_, alice) = funded_user(&app, "alice@example.com", 5_000).await;
+    let (alice_id, alice) = funded_user(&app, "alice@example.com", 5_000).await;
     let bob = app.token_for("bob@example.com", Role::User).await;
+    // A purchase of alice's, reported by a merchant and attributed to her.
+    let admin = app.admin_token().await;
+    let (mid, secret, _) = app.merchant(&admin, "Acme").await;
+    let r = app
+        .webhook(
+            &format!("/v1/webhooks/{mid}/purchases"),
+            &secret,
+            &purchase_body("alice-order-1", 4_200),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let attributed = app
+        .scalar(&format!(
+            "WITH p AS (UPDATE purchases SET user_id = '{alice_id}' RETURNING 1) \
+             SELECT count(*) AS n FROM p"
+        ))
+        .await;
+    assert_eq!(attributed, 1);
     let to_alice = json!({"amount_minor": 2_000, "currency": "EUR",
         "destination": {"type": "paypal", "value": "alice@example.com"}});
     let (status, payout, _) = request_payout(&app, &alice, "a1", &to_alice).await;
@@ -223,6 +257,12 @@ async fn one_shopper_never_sees_another_shoppers_money_or_purchases() {
         .await;
     assert_eq!(theirs.status, StatusCode::NOT_FOUND);
     for path in ["/v1/payouts", "/v1/me/purchases", "/v1/me/transactions"] {
+        let r = app.json(Method::GET, path, Some(&alice), None).await;
+        assert!(
+            r.body["data"].as_array().is_some_and(|d| !d.is_empty()),
+            "alice sees her own {path}: {}",
+            r.text
+        );
         let r = app.json(Method::GET, path, Some(&bob), None).await;
         assert_eq!(r.status, StatusCode::OK, "{path}");
         assert_eq!(
