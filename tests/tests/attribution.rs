@@ -271,6 +271,56 @@ async fn a_link_after_a_look_without_a_user_attributes_at_once() {
 }
 
 #[tokio::test]
+async fn links_of_several_purchases_inside_the_delay_share_one_wake_up_each() {
+    // A shopper buys three times within the attribution delay and the
+    // checkout page confirms each: every link wakes the group's purchases
+    // still waiting, but a purchase gets one wake-up job, not one per link.
+    let app = TestApp::with(&[("ATTRIBUTION_DELAY_SECS", "60")]).await;
+    let (mid, secret) =
+        merchant_with_offer(&app, json!({"name": "5%", "rate_bps": 500, "active": true})).await;
+    let mut c = app.db.conn().await;
+    let merchant = clicknback_core::services::merchants::get(&mut c, mid)
+        .await
+        .unwrap();
+    clicknback_core::services::tracking::click(&mut c, &merchant, "busy-device", None, None)
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let mut body = clicknback_tests::webhook::purchase_body(&format!("o-busy-{i}"), 10_000);
+        body["purchase_token"] = json!(format!("tok-busy-{i}"));
+        let r = app
+            .webhook(
+                &format!("/v1/webhooks/{mid}/purchases"),
+                &secret,
+                &body,
+                &[],
+            )
+            .await;
+        ids.push(r.body["id"].as_str().unwrap().to_owned());
+        clicknback_core::services::tracking::confirm_purchase(
+            &mut c,
+            &merchant,
+            "busy-device",
+            &format!("o-busy-{i}"),
+            &format!("tok-busy-{i}"),
+        )
+        .await
+        .unwrap();
+    }
+    for pid in &ids {
+        assert_eq!(
+            app.scalar(&format!(
+                "SELECT count(*) AS n FROM outbox WHERE task_id LIKE 'attribute:{pid}#l%'"
+            ))
+            .await,
+            1,
+            "one wake-up job for purchase {pid}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_late_merge_reattributes_a_pending_reward_to_the_later_click() {
     let app = TestApp::with(&[("ATTRIBUTION_DELAY_SECS", "0")]).await;
     let (mid, secret) =

@@ -149,13 +149,16 @@ async fn wake(conn: &mut AsyncPgConnection, group: Uuid) -> Result<(), diesel::r
         } else {
             now
         };
+        // Named by when it runs: the links of a shopper's several purchases
+        // inside the delay wake the same due purchases again and again, and
+        // those wake-ups share one job instead of adding one each.
         jobs::enqueue_as(
             conn,
             &AttributePurchase {
                 purchase_id: id,
                 reattribute: false,
             },
-            &format!("attribute:{id}#l{}", now.timestamp_millis()),
+            &format!("attribute:{id}#l{}", at.timestamp_millis()),
             1,
             at,
         )
