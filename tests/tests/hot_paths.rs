@@ -307,6 +307,50 @@ async fn a_burst_of_rewards_runs_one_statistics_recompute_served_through_the_cac
     stats_with_count(&app, &token, 101).await;
 }
 
+#[tokio::test]
+async fn concurrent_recomputes_of_one_user_take_turns() {
+    let app = TestApp::new().await;
+    let (mid, secret) = merchant_with_offer(
+        &app,
+        json!({"name": "10%", "rate_bps": 1000, "active": true}),
+    )
+    .await;
+    let (user, _) = shopper_with_click(
+        &app,
+        mid,
+        "c-10",
+        "stats-race@example.com",
+        chrono::Duration::minutes(5),
+    )
+    .await;
+    for i in 0..3 {
+        let p = report(
+            &app,
+            mid,
+            &secret,
+            &purchase_for(&format!("r-{i}"), 2_000, "c-10"),
+        )
+        .await;
+        assert!(matches!(attribute(&app, p).await, Outcome::Rewarded { .. }));
+    }
+    for _ in 0..30 {
+        let (mut a, mut b) = (app.db.conn().await, app.db.conn().await);
+        let (ra, rb) = tokio::join!(
+            clicknback_core::services::stats::recompute(&mut a, app.cache(), user),
+            clicknback_core::services::stats::recompute(&mut b, app.cache(), user)
+        );
+        assert_eq!(ra.unwrap(), 1, "one currency");
+        assert_eq!(rb.unwrap(), 1, "one currency");
+    }
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT count(*) AS n FROM user_stats WHERE user_id = '{user}' AND purchase_count = 3"
+        ))
+        .await,
+        1
+    );
+}
+
 /// Waits until `GET /v1/me/stats` reports `count` rewards; returns that entry.
 async fn stats_with_count(app: &TestApp, token: &str, count: i64) -> serde_json::Value {
     eventually(Duration::from_secs(30), "the statistics", || async {

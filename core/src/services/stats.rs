@@ -121,6 +121,15 @@ pub async fn recompute(
 ) -> Result<usize, diesel::result::Error> {
     let rows = conn
         .transaction::<usize, diesel::result::Error, _>(async move |conn| {
+            // Two recomputes of one user (jobs of neighbouring coalescing
+            // buckets, a job re-run after a crash) take turns: without the
+            // lock both delete nothing and the second insert conflicts.
+            diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+                .bind::<diesel::sql_types::BigInt, _>(crate::db::lock_key(&format!(
+                    "stats:{user}"
+                )))
+                .execute(conn)
+                .await?;
             diesel::delete(user_stats::table.filter(user_stats::user_id.eq(user)))
                 .execute(conn)
                 .await?;
