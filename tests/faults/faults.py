@@ -1032,6 +1032,9 @@ def main():
             os.remove(os.path.join(args.logs, f))
 
     def on_signal(signum, frame):
+        # Once: a second Ctrl-C (or scripts/faults.sh's trap) must not cut the clean-up short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)  # also when started in the background with SIGINT ignored
