@@ -139,7 +139,9 @@ async fn run_one(ctx: SharedCtx, env: JobEnvelope) -> Result<(), BoxDynError> {
                 ops::base_task_id(&env.task_id),
                 later.timestamp_millis()
             );
-            requeue(&ctx, &env, &id, env.attempt, later).await?;
+            requeue(&ctx, &env, &id, env.attempt, later)
+                .await
+                .map_err(unrecorded)?;
             tracing::info!(%reason, after_ms = after.as_millis() as u64, "job deferred");
             Ok(())
         }
@@ -148,7 +150,9 @@ async fn run_one(ctx: SharedCtx, env: JobEnvelope) -> Result<(), BoxDynError> {
             let delay = policy.delay_before(next, retry::unit_random());
             let at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
             let id = format!("{}#a{next}", ops::base_task_id(&env.task_id));
-            requeue(&ctx, &env, &id, next as i32, at).await?;
+            requeue(&ctx, &env, &id, next as i32, at)
+                .await
+                .map_err(unrecorded)?;
             metrics::counter!("jobs_total", "job" => env.job.clone(), "outcome" => label)
                 .increment(1);
             tracing::warn!(error = %format!("{e:#}"), next_attempt = next, retry_in_ms = delay.as_millis() as u64, "job failed; will retry");
@@ -156,13 +160,23 @@ async fn run_one(ctx: SharedCtx, env: JobEnvelope) -> Result<(), BoxDynError> {
         }
         Err(JobError::Retry(e)) | Err(JobError::Permanent(e)) => {
             let permanent = label == "failed";
-            bury(&ctx, &env, queue, attempt, &format!("{e:#}")).await?;
+            bury(&ctx, &env, queue, attempt, &format!("{e:#}"))
+                .await
+                .map_err(unrecorded)?;
             metrics::counter!("jobs_total", "job" => env.job.clone(), "outcome" => "dead")
                 .increment(1);
             tracing::error!(error = %format!("{e:#}"), permanent, attempts = attempt, "job is dead");
             Ok(())
         }
     }
+}
+
+/// The outcome of a failed run could not be written to PostgreSQL (it is
+/// unreachable): the error goes back to apalis, which runs the job again from
+/// Redis. Logged, so an outage's failed runs are visible.
+fn unrecorded(e: BoxDynError) -> BoxDynError {
+    tracing::warn!(error = %e, "job failed and its outcome could not be recorded in PostgreSQL; it runs again from Redis");
+    e
 }
 
 /// Writes the job's next run into the outbox.
