@@ -5,6 +5,8 @@ use clicknback_core::{
     jobs::SendEmail,
     services::emails::{self, Claim},
 };
+use std::time::{Duration, Instant};
+
 use lettre::{AsyncTransport, Message, message::MultiPart};
 
 use super::{JobError, JobResult};
@@ -44,9 +46,35 @@ pub async fn run(ctx: &Ctx, job: SendEmail) -> JobResult {
         .send(message)
         .await
         .map_err(|e| JobError::retry(anyhow::anyhow!("SMTP: {e}")))?;
-    let mut conn = ctx.db.get().await?;
-    emails::mark_sent(&mut conn, &job.dedupe_key).await?;
+    record_sent(ctx, &job.dedupe_key).await?;
     metrics::counter!("emails_sent_total", "kind" => job.kind.as_str()).increment(1);
     tracing::info!(email.kind = job.kind.as_str(), email.key = %job.dedupe_key, "email sent");
     Ok(())
+}
+
+/// How long a sent email waits for the database to take its sent-log entry.
+const RECORD_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Records a sent email. The message is out: failing here would have the
+/// retry send it again, so a database that is briefly unreachable (a restart,
+/// a failover) is waited for rather than handing the job back.
+async fn record_sent(ctx: &Ctx, dedupe_key: &str) -> JobResult {
+    let deadline = Instant::now() + RECORD_PATIENCE;
+    let mut wait = Duration::from_millis(200);
+    loop {
+        let attempt = async {
+            let mut conn = ctx.db.get().await?;
+            emails::mark_sent(&mut conn, dedupe_key).await?;
+            Ok::<(), JobError>(())
+        };
+        match attempt.await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() + wait < deadline => {
+                tracing::warn!(error = %e, email.key = %dedupe_key, retry_in_ms = wait.as_millis() as u64, "email sent but not yet recorded as sent; trying again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(3));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
