@@ -149,6 +149,7 @@ fn too_many(d: Decision) -> ApiError {
 #[utoipa::path(get, path = "/v1/me", tag = "me", security(("bearer" = [])), responses(
     (status = 200, body = UserView),
     (status = 401, body = Problem),
+    (status = 404, description = "the token's user no longer exists", body = Problem),
 ))]
 pub async fn me(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<UserView>> {
     let mut conn = state.conn().await?;
