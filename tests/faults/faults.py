@@ -543,6 +543,8 @@ def worker_logs(logs):
         "outbox relay pass failed": "outbox relay passes failed",
         "worker stopped with an error; restarting it": "queue pollers restarted after a Redis error",
         "maintenance round failed": "maintenance rounds failed",
+        "its outcome could not be recorded in PostgreSQL": "failed runs handed back to Redis (PostgreSQL unreachable)",
+        "cron tick could not be claimed": "cron ticks not claimed (PostgreSQL unreachable)",
     }
     for name in sorted(os.listdir(logs)):
         if not name.startswith("worker-"):
@@ -964,7 +966,7 @@ def report(path, stack, traffic, ck, info, settled_in, started, ended):
         "",
         "## Injected faults",
         "",
-        "| at (UTC) | +s | fault |",
+        "| at (UTC) | s since start | fault |",
         "| --- | ---: | --- |",
     ]
     for t, what in stack.faults:
