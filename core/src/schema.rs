@@ -61,6 +61,7 @@ diesel::table! {
         attempts -> Int4,
         created_at -> Timestamptz,
         sent_at -> Nullable<Timestamptz>,
+        claimed_at -> Nullable<Timestamptz>,
     }
 }
 

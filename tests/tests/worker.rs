@@ -285,6 +285,47 @@ async fn a_sigkilled_worker_loses_nothing_and_the_effect_happens_once() {
 }
 
 #[tokio::test]
+async fn a_worker_with_every_slot_busy_keeps_its_jobs() {
+    // Long jobs holding every slot of a queue must not make the worker look
+    // dead: another worker would re-queue them and run them a second time.
+    let app = TestApp::new().await;
+    let _first = app.worker(&[("QUEUE_CONCURRENCY_MAINTENANCE", "2")]);
+    for key in ["busy-1", "busy-2"] {
+        enqueue(
+            &app,
+            Canary {
+                sleep_ms: 8_000,
+                ..canary(key)
+            },
+        )
+        .await;
+    }
+    eventually(
+        Duration::from_secs(20),
+        "both slow jobs to start",
+        || async {
+            let a = canary_state(&app, "busy-1").await?;
+            let b = canary_state(&app, "busy-2").await?;
+            (a.runs >= 1 && b.runs >= 1).then_some(())
+        },
+    )
+    .await;
+    let _second = app.worker(&[]);
+    for key in ["busy-1", "busy-2"] {
+        let row = eventually(
+            Duration::from_secs(30),
+            "the slow job to finish",
+            || async { canary_state(&app, key).await.filter(|r| r.completed) },
+        )
+        .await;
+        assert_eq!(
+            row.runs, 1,
+            "{key} ran again elsewhere while it was running"
+        );
+    }
+}
+
+#[tokio::test]
 async fn graceful_shutdown_lets_the_running_job_finish() {
     let app = TestApp::new().await;
     let mut w = app.worker(&[("SHUTDOWN_GRACE_SECS", "20")]);
@@ -346,6 +387,48 @@ async fn two_workers_running_the_same_cron_schedule_produce_one_run_per_tick() {
     )
     .await;
     assert!(claimers >= 1);
+}
+
+#[tokio::test]
+async fn a_second_run_of_an_email_waits_while_the_first_holds_it() {
+    // Two runs of one SendEmail at once (a run re-queued while the first is
+    // still recording its send, the database briefly away): the second waits
+    // instead of sending the message again.
+    use clicknback_core::{
+        jobs::{EmailKind, SendEmail},
+        services::emails::{self, Claim},
+    };
+    let app = TestApp::new().await;
+    let mut c = app.db.conn().await;
+    let job = SendEmail {
+        kind: EmailKind::Welcome,
+        to: "twice@example.com".into(),
+        data: json!({}),
+        dedupe_key: "welcome:twice".into(),
+    };
+    let minute = Duration::from_secs(60);
+    let first = emails::claim(&mut c, &job, minute).await.unwrap();
+    assert!(matches!(first, Claim::Send { .. }), "{first:?}");
+    assert_eq!(
+        emails::claim(&mut c, &job, minute).await.unwrap(),
+        Claim::InFlight
+    );
+    // A failed send gives the claim back; the retry goes at once.
+    emails::release(&mut c, "welcome:twice").await.unwrap();
+    assert!(matches!(
+        emails::claim(&mut c, &job, minute).await.unwrap(),
+        Claim::Send { .. }
+    ));
+    // A claim older than the longest run is a run that died: taken over.
+    assert!(matches!(
+        emails::claim(&mut c, &job, Duration::ZERO).await.unwrap(),
+        Claim::Send { .. }
+    ));
+    emails::mark_sent(&mut c, "welcome:twice").await.unwrap();
+    assert_eq!(
+        emails::claim(&mut c, &job, Duration::ZERO).await.unwrap(),
+        Claim::AlreadySent
+    );
 }
 
 #[tokio::test]

@@ -88,41 +88,77 @@ pub fn message_id(dedupe_key: &str) -> String {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// Not sent yet: send it, then call [`mark_sent`].
+    /// Not sent yet and now ours: send it, then call [`mark_sent`] (or
+    /// [`release`] if sending failed).
     Send { message_id: String },
     /// Already went out.
     AlreadySent,
+    /// Another run claimed it less than `stale_after` ago: it may have handed
+    /// the message to the SMTP server and be recording that. Look again later.
+    InFlight,
 }
 
-/// Records the attempt in the sent-log and says whether to send.
+#[derive(QueryableByName)]
+struct Claimed {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    status: String,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    mine: bool,
+}
+
+/// Records the attempt in the sent-log and says whether to send. A claim
+/// older than `stale_after` belongs to a run that died and is taken over
+/// (the one case an email can go out twice: a crash between the SMTP
+/// server's accept and [`mark_sent`]).
 pub async fn claim(
     conn: &mut AsyncPgConnection,
     job: &SendEmail,
+    stale_after: std::time::Duration,
 ) -> Result<Claim, diesel::result::Error> {
+    use diesel::sql_types::{Double, Text};
     let message_id = message_id(&job.dedupe_key);
-    diesel::insert_into(email_log::table)
-        .values((
-            email_log::dedupe_key.eq(&job.dedupe_key),
-            email_log::kind.eq(job.kind.as_str()),
-            email_log::recipient.eq(&job.to),
-            email_log::message_id.eq(&message_id),
-            email_log::status.eq("sending"),
-        ))
-        .on_conflict(email_log::dedupe_key)
-        .do_update()
-        .set(email_log::attempts.eq(email_log::attempts + 1))
-        .execute(conn)
-        .await?;
-    let status: String = email_log::table
-        .find(&job.dedupe_key)
-        .select(email_log::status)
-        .first(conn)
-        .await?;
-    Ok(if status == "sent" {
+    let c: Claimed = diesel::sql_query(
+        "INSERT INTO email_log (dedupe_key, kind, recipient, message_id, status, claimed_at)
+         VALUES ($1, $2, $3, $4, 'sending', now())
+         ON CONFLICT (dedupe_key) DO UPDATE SET
+           attempts = email_log.attempts + 1,
+           claimed_at = CASE WHEN email_log.status <> 'sent'
+                              AND (email_log.claimed_at IS NULL
+                                   OR email_log.claimed_at < now() - make_interval(secs => $5))
+                             THEN now() ELSE email_log.claimed_at END
+         RETURNING status, claimed_at IS NOT DISTINCT FROM now() AS mine",
+    )
+    .bind::<Text, _>(&job.dedupe_key)
+    .bind::<Text, _>(job.kind.as_str())
+    .bind::<Text, _>(&job.to)
+    .bind::<Text, _>(&message_id)
+    .bind::<Double, _>(stale_after.as_secs_f64())
+    .get_result(conn)
+    .await?;
+    Ok(if c.status == "sent" {
         Claim::AlreadySent
-    } else {
+    } else if c.mine {
         Claim::Send { message_id }
+    } else {
+        Claim::InFlight
     })
+}
+
+/// Gives a claim back after sending failed, so the retry need not wait for it
+/// to go stale.
+pub async fn release(
+    conn: &mut AsyncPgConnection,
+    dedupe_key: &str,
+) -> Result<(), diesel::result::Error> {
+    diesel::update(
+        email_log::table
+            .find(dedupe_key)
+            .filter(email_log::status.ne("sent")),
+    )
+    .set(email_log::claimed_at.eq(None::<chrono::DateTime<Utc>>))
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 pub async fn mark_sent(

@@ -1,5 +1,5 @@
-//! `SendEmail`: render, skip if the sent-log says it already went out, send
-//! over SMTP, record it as sent.
+//! `SendEmail`: claim the message in the sent-log (skip it if it went out,
+//! wait if another run holds it), send over SMTP, record it as sent.
 
 use clicknback_core::{
     jobs::SendEmail,
@@ -12,16 +12,48 @@ use lettre::{AsyncTransport, Message, message::MultiPart};
 use super::{JobError, JobResult};
 use crate::runtime::Ctx;
 
+/// A claim older than this belongs to a run that died: longer than a run can
+/// take (the SMTP timeout, 15 s, plus [`RECORD_PATIENCE`]).
+const CLAIM_STALE_AFTER: Duration = Duration::from_secs(60);
+
 pub async fn run(ctx: &Ctx, job: SendEmail) -> JobResult {
     let mut conn = ctx.db.get().await?;
-    let message_id = match emails::claim(&mut conn, &job).await? {
+    let message_id = match emails::claim(&mut conn, &job, CLAIM_STALE_AFTER).await? {
         Claim::AlreadySent => {
             tracing::info!(email.key = %job.dedupe_key, "email already sent; skipping");
             return Ok(());
         }
+        Claim::InFlight => {
+            return Err(JobError::Defer {
+                reason: format!(
+                    "email {} is being sent by another run; looking again later",
+                    job.dedupe_key
+                ),
+                after: Duration::from_secs(5),
+            });
+        }
         Claim::Send { message_id } => message_id,
     };
-    let rendered = emails::render(&job);
+    drop(conn);
+    match send(ctx, &job, message_id).await {
+        Ok(()) => {}
+        Err(e) => {
+            // Not sent: the next attempt may go at once.
+            if let Ok(mut conn) = ctx.db.get().await {
+                let _ = emails::release(&mut conn, &job.dedupe_key).await;
+            }
+            return Err(e);
+        }
+    }
+    record_sent(ctx, &job.dedupe_key).await?;
+    metrics::counter!("emails_sent_total", "kind" => job.kind.as_str()).increment(1);
+    tracing::info!(email.kind = job.kind.as_str(), email.key = %job.dedupe_key, "email sent");
+    Ok(())
+}
+
+/// Renders the message and hands it to the SMTP server.
+async fn send(ctx: &Ctx, job: &SendEmail, message_id: String) -> JobResult {
+    let rendered = emails::render(job);
     let to = job
         .to
         .parse()
@@ -41,14 +73,10 @@ pub async fn run(ctx: &Ctx, job: SendEmail) -> JobResult {
             rendered.html,
         ))
         .map_err(|e| JobError::permanent(anyhow::anyhow!("building the message: {e}")))?;
-    drop(conn);
     ctx.mailer
         .send(message)
         .await
         .map_err(|e| JobError::retry(anyhow::anyhow!("SMTP: {e}")))?;
-    record_sent(ctx, &job.dedupe_key).await?;
-    metrics::counter!("emails_sent_total", "kind" => job.kind.as_str()).increment(1);
-    tracing::info!(email.kind = job.kind.as_str(), email.key = %job.dedupe_key, "email sent");
     Ok(())
 }
 
