@@ -141,6 +141,10 @@ impl IntoResponse for ApiError {
 
 impl From<diesel::result::Error> for ApiError {
     fn from(e: diesel::result::Error) -> Self {
+        if clicknback_core::db::is_unavailable(&e) {
+            tracing::warn!(error = %e, "database connection lost");
+            return Self::unavailable("the database is unavailable; retry shortly");
+        }
         Self::internal(format!("database: {e}"))
     }
 }

@@ -143,6 +143,35 @@ pub fn unique_violation(err: &DieselError) -> Option<&str> {
     }
 }
 
+/// Whether a query failed because PostgreSQL went away (a restart, a
+/// failover, a dropped connection) rather than because of the query: worth
+/// answering "retry shortly", not "internal error".
+pub fn is_unavailable(err: &DieselError) -> bool {
+    match err {
+        DieselError::DatabaseError(
+            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+            _,
+        )
+        | DieselError::BrokenTransactionManager => true,
+        DieselError::DatabaseError(DatabaseErrorKind::Unknown, info) => {
+            let m = info.message().to_ascii_lowercase();
+            [
+                "terminating connection",
+                "connection closed",
+                "server closed the connection",
+                "the database system is shutting down",
+                "the database system is starting up",
+                "the database system is in recovery mode",
+                // a failover that left us on a standby
+                "read-only transaction",
+            ]
+            .iter()
+            .any(|needle| m.contains(needle))
+        }
+        _ => false,
+    }
+}
+
 /// Whether a write broke a CHECK constraint of the given name.
 pub fn check_violation(err: &DieselError, name: &str) -> bool {
     matches!(err, DieselError::DatabaseError(DatabaseErrorKind::CheckViolation, info)
