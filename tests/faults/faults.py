@@ -545,6 +545,9 @@ def worker_logs(logs):
         "maintenance round failed": "maintenance rounds failed",
         "its outcome could not be recorded in PostgreSQL": "failed runs handed back to Redis (PostgreSQL unreachable)",
         "cron tick could not be claimed": "cron ticks not claimed (PostgreSQL unreachable)",
+        "email sent but not yet recorded as sent": "sent-log writes retried after the SMTP server accepted "
+                                                   "(PostgreSQL unreachable)",
+        "is being sent by another run": "email runs deferred because another run held the message",
     }
     for name in sorted(os.listdir(logs)):
         if not name.startswith("worker-"):
@@ -664,12 +667,17 @@ def schedule(stack, traffic, scale):
     stack.write_mode(stack.provider_mode, "ok")
     log("payout provider healthy again")
 
+    at(147)
+    stack.fault("SMTP server slow (0.8 s per message) around the PostgreSQL restart, so that messages it "
+                "accepts land while PostgreSQL is down")
+    stack.write_mode(stack.smtp_mode, "slow")
     at(148)
     stack.fault("PostgreSQL restart (pg_ctl stop -m fast: every connection dropped; down 4 s; started again)")
     stack.pg_ctl("stop", "-m", "fast")
     time.sleep(4)
     stack.pg_ctl("start")
-    log("PostgreSQL answering again")
+    stack.write_mode(stack.smtp_mode, "ok")
+    log("PostgreSQL answering again; SMTP server at full speed")
 
     at(165)
     stack.fault("SIGKILL worker B")

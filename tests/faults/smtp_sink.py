@@ -9,6 +9,7 @@ mode file, read on every command, holds one word:
     ok      accept everything (also when the file is missing or empty)
     4xx     answer `451 4.3.0` to MAIL FROM (a temporary failure)
     5xx     answer `554 5.3.0` to MAIL FROM (a permanent failure)
+    slow    take 0.8 s over each message before accepting it
 
 Refusing connections is done by stopping this process (the suite restarts it).
 """
@@ -47,6 +48,8 @@ class Recorder:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if self.mode() == "slow":
+            await asyncio.sleep(0.8)
         msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
         line = {
             "at": time.time(),
