@@ -293,3 +293,32 @@ async fn one_shopper_never_sees_another_shoppers_money_or_purchases() {
         .await;
     assert_eq!(mine.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_well_signed_token_for_a_user_that_does_not_exist_is_refused() {
+    let app = TestApp::new().await;
+    let ghost = app
+        .state
+        .tokens
+        .issue(uuid::Uuid::now_v7(), Role::User)
+        .access_token;
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/track/identify",
+            Some(&ghost),
+            Some(json!({"anon_id": "ghost-device"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+    assert_eq!(r.body["code"], "unauthorized");
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    assert_eq!(
+        app.scalar(
+            "SELECT count(*) AS n FROM identity_nodes WHERE kind = 'anon' AND key = 'ghost-device'"
+        )
+        .await,
+        0,
+        "nothing of the refused call is kept"
+    );
+}

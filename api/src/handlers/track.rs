@@ -29,6 +29,7 @@ impl From<TrackError> for ApiError {
     fn from(e: TrackError) -> Self {
         match e {
             TrackError::Invalid(fields) => ApiError::validation(fields),
+            TrackError::UnknownUser => ApiError::unauthorized("the token's user does not exist"),
             TrackError::Db(d) => d.into(),
         }
     }

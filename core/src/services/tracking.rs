@@ -22,6 +22,9 @@ use crate::{
 pub enum TrackError {
     #[error("invalid fields")]
     Invalid(Vec<FieldError>),
+    /// The signed-in user the call names does not exist.
+    #[error("the token's user does not exist")]
+    UnknownUser,
     #[error(transparent)]
     Db(#[from] diesel::result::Error),
 }
@@ -177,7 +180,15 @@ pub async fn identify(
     let anon = anon_id.to_owned();
     conn.transaction::<(), TrackError, _>(async move |conn| {
         let a = identity::ensure_node(conn, &NodeSpec::anon(&anon)).await?;
-        let u = identity::ensure_node(conn, &NodeSpec::user(user)).await?;
+        let u = identity::ensure_node(conn, &NodeSpec::user(user))
+            .await
+            .map_err(|e| match e {
+                diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::ForeignKeyViolation,
+                    _,
+                ) => TrackError::UnknownUser,
+                e => e.into(),
+            })?;
         let survivor = identity::merge(conn, a, u, "identify").await?;
         wake(conn, survivor).await?;
         Ok(())
