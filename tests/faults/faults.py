@@ -913,9 +913,10 @@ def check(stack, traffic, settle_started):
     else:
         ck.add("no email delivered twice (outside the documented crash window)", not unexplained,
                f"{len(dups)} Message-IDs received more than once: {len(explained)} inside the window docs/OPERATIONS.md "
-               f"admits (a worker SIGKILLed between the SMTP server's accept and the sent-log write: "
-               f"the kill came {', '.join(f'{d:+.3f} s' for _, d in explained[:5])} from the moment the sink recorded the "
-               f"first copy), {len(unexplained)} not explained by it"
+               f"admits (a worker SIGKILLed between the SMTP server's accept and the sent-log write"
+               + (f": the kill came {', '.join(f'{d:+.3f} s' for _, d in explained[:5])} from the moment the sink "
+                  f"recorded the first copy" if explained else "")
+               + f"), {len(unexplained)} not explained by it (each with the faults of the 15 s after its first copy)"
                + (f": {unexplained[:5]}" if unexplained else ""))
         if explained:
             ck.add("emails sent twice inside the documented crash window", False,
