@@ -66,9 +66,9 @@ fn decode<T: DeserializeOwned>(env: &JobEnvelope) -> Result<T, JobError> {
         .map_err(|e| JobError::permanent(anyhow::anyhow!("malformed {} payload: {e}", env.job)))
 }
 
-async fn dispatch(ctx: &Ctx, env: &JobEnvelope) -> JobResult {
+async fn dispatch(ctx: &SharedCtx, env: &JobEnvelope) -> JobResult {
     match env.job.as_str() {
-        SendEmail::NAME => send_email::run(ctx, decode(env)?).await,
+        SendEmail::NAME => send_email::run(ctx.clone(), decode(env)?).await,
         RunSchedule::NAME => run_schedule::run(ctx, decode(env)?).await,
         Canary::NAME => canary::run(ctx, decode(env)?, env.attempt).await,
         AttributePurchase::NAME => attribute_purchase::run(ctx, decode(env)?).await,

@@ -1,5 +1,10 @@
 //! `SendEmail`: claim the message in the sent-log (skip it if it went out,
 //! wait if another run holds it), send over SMTP, record it as sent.
+//!
+//! Sending and recording run as a task of their own: once the SMTP server
+//! has the message, the record is written even if the job's run is dropped
+//! (its queue restarted, the run abandoned by apalis), so only the death of
+//! the process itself can leave a sent email unrecorded.
 
 use clicknback_core::{
     jobs::SendEmail,
@@ -8,15 +13,16 @@ use clicknback_core::{
 use std::time::{Duration, Instant};
 
 use lettre::{AsyncTransport, Message, message::MultiPart};
+use tracing::Instrument;
 
 use super::{JobError, JobResult};
-use crate::runtime::Ctx;
+use crate::runtime::{Ctx, SharedCtx};
 
 /// A claim older than this belongs to a run that died: longer than a run can
 /// take (the SMTP timeout, 15 s, plus [`RECORD_PATIENCE`]).
 const CLAIM_STALE_AFTER: Duration = Duration::from_secs(60);
 
-pub async fn run(ctx: &Ctx, job: SendEmail) -> JobResult {
+pub async fn run(ctx: SharedCtx, job: SendEmail) -> JobResult {
     let mut conn = ctx.db.get().await?;
     let message_id = match emails::claim(&mut conn, &job, CLAIM_STALE_AFTER).await? {
         Claim::AlreadySent => {
@@ -35,15 +41,21 @@ pub async fn run(ctx: &Ctx, job: SendEmail) -> JobResult {
         Claim::Send { message_id } => message_id,
     };
     drop(conn);
-    match send(ctx, &job, message_id).await {
-        Ok(()) => {}
-        Err(e) => {
-            // Not sent: the next attempt may go at once.
-            if let Ok(mut conn) = ctx.db.get().await {
-                let _ = emails::release(&mut conn, &job.dedupe_key).await;
-            }
-            return Err(e);
+    let delivery = tokio::spawn(
+        async move { send_and_record(&ctx, &job, message_id).await }.in_current_span(),
+    );
+    delivery
+        .await
+        .map_err(|e| JobError::retry(anyhow::anyhow!("the delivery task failed: {e}")))?
+}
+
+async fn send_and_record(ctx: &Ctx, job: &SendEmail, message_id: String) -> JobResult {
+    if let Err(e) = send(ctx, job, message_id).await {
+        // Not sent: the next attempt may go at once.
+        if let Ok(mut conn) = ctx.db.get().await {
+            let _ = emails::release(&mut conn, &job.dedupe_key).await;
         }
+        return Err(e);
     }
     record_sent(ctx, &job.dedupe_key).await?;
     metrics::counter!("emails_sent_total", "kind" => job.kind.as_str()).increment(1);
