@@ -149,7 +149,10 @@ pub fn unique_violation(err: &DieselError) -> Option<&str> {
 pub fn is_unavailable(err: &DieselError) -> bool {
     match err {
         DieselError::DatabaseError(
-            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+            DatabaseErrorKind::ClosedConnection
+            | DatabaseErrorKind::UnableToSendCommand
+            // a failover that left us on a standby
+            | DatabaseErrorKind::ReadOnlyTransaction,
             _,
         )
         | DieselError::BrokenTransactionManager => true,
@@ -162,8 +165,6 @@ pub fn is_unavailable(err: &DieselError) -> bool {
                 "the database system is shutting down",
                 "the database system is starting up",
                 "the database system is in recovery mode",
-                // a failover that left us on a standby
-                "read-only transaction",
             ]
             .iter()
             .any(|needle| m.contains(needle))

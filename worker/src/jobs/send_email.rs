@@ -18,9 +18,20 @@ use tracing::Instrument;
 use super::{JobError, JobResult};
 use crate::runtime::{Ctx, SharedCtx};
 
+/// The longest a hand-over to the SMTP server may take, connection included
+/// (lettre bounds only the connect; a server that stalls after accepting the
+/// connection would otherwise hold the run forever).
+const SMTP_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a sent email waits for the database to take its sent-log entry.
+const RECORD_PATIENCE: Duration = Duration::from_secs(30);
+
 /// A claim older than this belongs to a run that died: longer than a run can
-/// take (the SMTP timeout, 15 s, plus [`RECORD_PATIENCE`]).
-const CLAIM_STALE_AFTER: Duration = Duration::from_secs(60);
+/// take (sending plus recording), with a margin.
+const CLAIM_STALE_AFTER: Duration = Duration::from_secs(120);
+const _: () = assert!(
+    CLAIM_STALE_AFTER.as_secs() > SMTP_SEND_TIMEOUT.as_secs() + RECORD_PATIENCE.as_secs() + 30
+);
 
 pub async fn run(ctx: SharedCtx, job: SendEmail) -> JobResult {
     let mut conn = ctx.db.get().await?;
@@ -50,21 +61,69 @@ pub async fn run(ctx: SharedCtx, job: SendEmail) -> JobResult {
 }
 
 async fn send_and_record(ctx: &Ctx, job: &SendEmail, message_id: String) -> JobResult {
-    if let Err(e) = send(ctx, job, message_id).await {
-        // Not sent: the next attempt may go at once.
-        if let Ok(mut conn) = ctx.db.get().await {
-            let _ = emails::release(&mut conn, &job.dedupe_key).await;
+    if let Err(failure) = send(ctx, job, message_id).await {
+        if failure.not_sent {
+            // The server refused it or was never reached: the next attempt
+            // may go at once.
+            if let Ok(mut conn) = ctx.db.get().await {
+                let _ = emails::release(&mut conn, &job.dedupe_key).await;
+            }
         }
-        return Err(e);
+        // Otherwise (a timeout, a connection lost mid-way) the server may
+        // have it: the claim stays until it is stale, so no run resends it
+        // before then.
+        return Err(failure.error);
     }
-    record_sent(ctx, &job.dedupe_key).await?;
+    match tokio::time::timeout(RECORD_PATIENCE, record_sent(ctx, &job.dedupe_key)).await {
+        Ok(recorded) => recorded?,
+        Err(_) => {
+            return Err(JobError::retry(anyhow::anyhow!(
+                "email {} sent but the database did not record it within {} s",
+                job.dedupe_key,
+                RECORD_PATIENCE.as_secs()
+            )));
+        }
+    }
     metrics::counter!("emails_sent_total", "kind" => job.kind.as_str()).increment(1);
     tracing::info!(email.kind = job.kind.as_str(), email.key = %job.dedupe_key, "email sent");
     Ok(())
 }
 
+/// Why a message did not go out, and whether it certainly did not.
+struct SendFailure {
+    error: JobError,
+    /// The SMTP server answered with a refusal, could not be reached, or the
+    /// message could not even be built: it does not have the message.
+    not_sent: bool,
+}
+
+impl From<JobError> for SendFailure {
+    fn from(error: JobError) -> Self {
+        Self {
+            error,
+            not_sent: true,
+        }
+    }
+}
+
+/// Whether an SMTP error means the server never took the message: it
+/// answered 4xx or 5xx, or the connection was refused.
+fn refused(e: &lettre::transport::smtp::Error) -> bool {
+    if e.is_transient() || e.is_permanent() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        source = err.source();
+    }
+    false
+}
+
 /// Renders the message and hands it to the SMTP server.
-async fn send(ctx: &Ctx, job: &SendEmail, message_id: String) -> JobResult {
+async fn send(ctx: &Ctx, job: &SendEmail, message_id: String) -> Result<(), SendFailure> {
     let rendered = emails::render(job);
     let to = job
         .to
@@ -85,15 +144,21 @@ async fn send(ctx: &Ctx, job: &SendEmail, message_id: String) -> JobResult {
             rendered.html,
         ))
         .map_err(|e| JobError::permanent(anyhow::anyhow!("building the message: {e}")))?;
-    ctx.mailer
-        .send(message)
-        .await
-        .map_err(|e| JobError::retry(anyhow::anyhow!("SMTP: {e}")))?;
-    Ok(())
+    match tokio::time::timeout(SMTP_SEND_TIMEOUT, ctx.mailer.send(message)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(SendFailure {
+            not_sent: refused(&e),
+            error: JobError::retry(anyhow::anyhow!("SMTP: {e}")),
+        }),
+        Err(_) => Err(SendFailure {
+            not_sent: false,
+            error: JobError::retry(anyhow::anyhow!(
+                "SMTP: no answer within {} s",
+                SMTP_SEND_TIMEOUT.as_secs()
+            )),
+        }),
+    }
 }
-
-/// How long a sent email waits for the database to take its sent-log entry.
-const RECORD_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Records a sent email. The message is out: failing here would have the
 /// retry send it again, so a database that is briefly unreachable (a restart,
