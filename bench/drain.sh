@@ -29,8 +29,8 @@ run_worker_until() { # namespace target
     "$BIN/clicknback-worker" run >"$WORK/worker.log" 2>&1 &
   pid=$!
   # This runs in a subshell: stop the worker here too when interrupted.
-  trap 'kill -TERM "$pid" 2>/dev/null' EXIT
-  trap 'kill -TERM "$pid" 2>/dev/null; exit 130' INT TERM
+  trap "kill -TERM $pid 2>/dev/null" EXIT
+  trap "kill -TERM $pid 2>/dev/null; exit 130" INT TERM
   start=""
   while :; do
     hwm=$(awk '/VmHWM/ {print $2}' /proc/$pid/status 2>/dev/null || echo 0)

@@ -76,16 +76,23 @@ cargo build --release --locked -q -p clicknback-api -p clicknback-worker
 cargo build --release --locked -q -p clicknback-tests --bin loadgen
 BIN="$ROOT/target/release"
 
-log "fresh benchmark database $DB"
-psql "$PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null
-psql "$PG_ADMIN_URL" -qc "CREATE DATABASE $DB" >/dev/null
-DB_URL="postgres://postgres@127.0.0.1:$PG_PORT/$DB"
-
-export APP_ENV=development DATABASE_URL="$DB_URL" REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" \
+export APP_ENV=development REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" \
   REDIS_NAMESPACE="bench$$" API_ADDR="127.0.0.1:$PORT" RUST_LOG=warn DATABASE_POOL_SIZE=32 \
   WEBHOOK_RATE_LIMIT_PER_MINUTE=10000000   # counted on every request, never reached
-"$BIN/clicknback-api" migrate >/dev/null
-CLICKNBACK_ADMIN_PASSWORD=bench-password "$BIN/clicknback-api" create-admin --email bench@example.com >/dev/null
+
+# A new, migrated database with the benchmark's admin: fresh_db NAME; prints its URL.
+fresh_db() {
+  log "fresh benchmark database $1"
+  psql "$PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS $1 WITH (FORCE)" >/dev/null
+  psql "$PG_ADMIN_URL" -qc "CREATE DATABASE $1" >/dev/null
+  local url="postgres://postgres@127.0.0.1:$PG_PORT/$1"
+  DATABASE_URL="$url" "$BIN/clicknback-api" migrate >/dev/null
+  DATABASE_URL="$url" CLICKNBACK_ADMIN_PASSWORD=bench-password \
+    "$BIN/clicknback-api" create-admin --email bench@example.com >/dev/null
+  echo "$url"
+}
+DB_URL="$(fresh_db "$DB")"
+export DATABASE_URL="$DB_URL"
 
 source "$ROOT/bench/drain.sh"
 touch "$WORK/api.jsonl" "$WORK/sql.jsonl" "$WORK/drain.jsonl" "$WORK/e2e.jsonl" \
@@ -127,17 +134,21 @@ done
 fi
 
 if want e2e; then
+  # Its own database: the purchases of the webhook runs would otherwise wait
+  # for attribution in front of the ones measured here.
+  E2E_URL="$(fresh_db "${DB}_e2e")"
   E2E_PORT=$(( PORT + 1 ))
-  ATTRIBUTION_DELAY_SECS=0 API_ADDR="127.0.0.1:$E2E_PORT" start clicknback-api "$WORK/api-e2e.log" serve
+  DATABASE_URL="$E2E_URL" ATTRIBUTION_DELAY_SECS=0 API_ADDR="127.0.0.1:$E2E_PORT" \
+    start clicknback-api "$WORK/api-e2e.log" serve
   e2e_api=$started
-  WORKER_ADDR="127.0.0.1:0" RUST_LOG=error SMTP_URL="smtp://127.0.0.1:9" QUEUE_CONCURRENCY_ATTRIBUTION=16 \
-    start clicknback-worker "$WORK/worker-e2e.log" run
+  DATABASE_URL="$E2E_URL" WORKER_ADDR="127.0.0.1:0" RUST_LOG=error SMTP_URL="smtp://127.0.0.1:9" \
+    QUEUE_CONCURRENCY_ATTRIBUTION=16 start clicknback-worker "$WORK/worker-e2e.log" run
   e2e_worker=$started
   wait_ready "$E2E_PORT"
   for i in $(seq 1 "$RUNS"); do
     log "end to end: run $i/$RUNS (${E2E_PURCHASES:-1000} purchases of ${E2E_SHOPPERS:-10} shoppers, attribution delay 0)"
     "$BIN/loadgen" e2e --api "http://127.0.0.1:$E2E_PORT" --requests "${E2E_PURCHASES:-1000}" --concurrency 16 \
-      --shoppers "${E2E_SHOPPERS:-10}" --database-url "$DB_URL" \
+      --shoppers "${E2E_SHOPPERS:-10}" --database-url "$E2E_URL" \
       --admin-email bench@example.com --admin-password bench-password >>"$WORK/e2e.jsonl"
   done
   stop_recording "$e2e_api" "api, end to end"

@@ -92,7 +92,8 @@ cleanup() {
   redis-cli -h 127.0.0.1 -p "$REDIS_PORT" --scan --pattern "$NAMESPACE:*" 2>/dev/null \
     | xargs -r -n 500 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" del >/dev/null 2>&1 || true
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'log "interrupted; stopping"; exit 130' INT TERM
 
 # Limits far above what a few minutes of fuzzing sends: the run is about
 # input handling, and the limits have their own tests.
