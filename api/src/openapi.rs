@@ -97,7 +97,7 @@ of this API.";
     ),
     components(schemas(
         Problem,
-        handlers::admin::jobs::QueueName,
+        clicknback_core::jobs::Queue,
         handlers::admin::jobs::JobState,
         handlers::admin::purchases::PurchaseStatus,
     )),

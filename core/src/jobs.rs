@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::schema::outbox;
 
 /// The queues of SPEC §4, plus `maintenance` for the cron schedules' work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Queue {
     Attribution,

@@ -60,18 +60,6 @@ pub async fn queues(
     ))
 }
 
-/// A job queue.
-#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum QueueName {
-    Attribution,
-    Rewards,
-    Emails,
-    Payouts,
-    Stats,
-    Maintenance,
-}
-
 /// Where a job is.
 #[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -116,7 +104,7 @@ pub struct PauseState {
 
 /// Jobs of a queue in one state.
 #[utoipa::path(get, path = "/v1/admin/queues/{queue}/jobs", tag = "jobs", security(("bearer" = [])),
-    params(("queue" = QueueName, Path, description = "an unknown queue is a 404"), JobsQuery), responses(
+    params(("queue" = clicknback_core::jobs::Queue, Path, description = "an unknown queue is a 404"), JobsQuery), responses(
     (status = 200, body = Vec<JobView>), (status = 400, body = Problem), (status = 404, body = Problem),
     (status = 401, body = Problem), (status = 403, body = Problem),
 ))]
@@ -143,7 +131,7 @@ pub async fn jobs(
 
 /// One job, wherever it is.
 #[utoipa::path(get, path = "/v1/admin/queues/{queue}/jobs/{task_id}", tag = "jobs", security(("bearer" = [])),
-    params(("queue" = QueueName, Path, description = "an unknown queue is a 404"), ("task_id" = String, Path)), responses(
+    params(("queue" = clicknback_core::jobs::Queue, Path, description = "an unknown queue is a 404"), ("task_id" = String, Path)), responses(
     (status = 200, body = JobView), (status = 404, body = Problem),
     (status = 401, body = Problem), (status = 403, body = Problem),
 ))]
@@ -221,7 +209,7 @@ pub async fn requeue_dead(
 
 /// Re-queues every dead job of a queue.
 #[utoipa::path(post, path = "/v1/admin/queues/{queue}/dead/requeue", tag = "jobs", security(("bearer" = [])),
-    params(("queue" = QueueName, Path, description = "an unknown queue is a 404")), responses(
+    params(("queue" = clicknback_core::jobs::Queue, Path, description = "an unknown queue is a 404")), responses(
     (status = 200, body = RequeuedAll), (status = 404, body = Problem),
     (status = 401, body = Problem), (status = 403, body = Problem),
 ))]
@@ -245,7 +233,7 @@ pub async fn requeue_all(
 
 /// Deletes a waiting, finished or dead job.
 #[utoipa::path(delete, path = "/v1/admin/queues/{queue}/jobs/{task_id}", tag = "jobs", security(("bearer" = [])),
-    params(("queue" = QueueName, Path, description = "an unknown queue is a 404"), ("task_id" = String, Path)), responses(
+    params(("queue" = clicknback_core::jobs::Queue, Path, description = "an unknown queue is a 404"), ("task_id" = String, Path)), responses(
     (status = 204, description = "deleted"), (status = 404, body = Problem),
     (status = 401, body = Problem), (status = 403, body = Problem),
 ))]
@@ -297,7 +285,7 @@ async fn set_paused(
 
 /// Pauses a queue: its jobs wait (in the outbox and Redis) until it is resumed.
 #[utoipa::path(post, path = "/v1/admin/queues/{queue}/pause", tag = "jobs", security(("bearer" = [])),
-    params(("queue" = QueueName, Path, description = "an unknown queue is a 404")), responses(
+    params(("queue" = clicknback_core::jobs::Queue, Path, description = "an unknown queue is a 404")), responses(
     (status = 200, description = "paused", body = PauseState), (status = 404, body = Problem),
     (status = 401, body = Problem), (status = 403, body = Problem),
 ))]
@@ -311,7 +299,7 @@ pub async fn pause(
 
 /// Resumes a paused queue.
 #[utoipa::path(post, path = "/v1/admin/queues/{queue}/resume", tag = "jobs", security(("bearer" = [])),
-    params(("queue" = QueueName, Path, description = "an unknown queue is a 404")), responses(
+    params(("queue" = clicknback_core::jobs::Queue, Path, description = "an unknown queue is a 404")), responses(
     (status = 200, description = "resumed", body = PauseState), (status = 404, body = Problem),
     (status = 401, body = Problem), (status = 403, body = Problem),
 ))]
