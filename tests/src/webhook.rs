@@ -23,6 +23,26 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Signed {
 }
 
 impl TestApp {
+    /// Reports a purchase through the merchant's signed webhook; the new
+    /// purchase's id (the webhook must be accepted).
+    pub async fn report_purchase(
+        &self,
+        merchant: impl std::fmt::Display,
+        secret: &str,
+        body: &serde_json::Value,
+    ) -> uuid::Uuid {
+        let r = self
+            .webhook(
+                &format!("/v1/webhooks/{merchant}/purchases"),
+                secret,
+                body,
+                &[],
+            )
+            .await;
+        assert_eq!(r.status, axum::http::StatusCode::ACCEPTED, "{}", r.text);
+        r.body["id"].as_str().unwrap().parse().unwrap()
+    }
+
     /// POSTs a signed webhook; `extra` adds headers (e.g. Idempotency-Key).
     pub async fn webhook(
         &self,

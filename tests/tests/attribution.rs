@@ -160,15 +160,9 @@ async fn a_purchase_without_a_user_waits_then_becomes_unattributed() {
     let app = TestApp::with(&[("ATTRIBUTION_DELAY_SECS", "0")]).await;
     let (mid, secret) =
         merchant_with_offer(&app, json!({"name": "5%", "rate_bps": 500, "active": true})).await;
-    let r = app
-        .webhook(
-            &format!("/v1/webhooks/{mid}/purchases"),
-            &secret,
-            &purchase_for("o-1", 1_000, "stranger"),
-            &[],
-        )
+    let pid = app
+        .report_purchase(mid, &secret, &purchase_for("o-1", 1_000, "stranger"))
         .await;
-    let pid: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
     let mut c = app.db.conn().await;
     let mut cfg = app.config.attribution.clone();
     let waiting = attribution::attribute(&mut c, pid, &cfg, &RuleScorer::default(), app.cache())
@@ -217,15 +211,7 @@ async fn a_link_after_a_look_without_a_user_attributes_at_once() {
         .unwrap();
     let mut body = clicknback_tests::webhook::purchase_body("o-slow", 10_000);
     body["purchase_token"] = json!("tok-slow");
-    let r = app
-        .webhook(
-            &format!("/v1/webhooks/{mid}/purchases"),
-            &secret,
-            &body,
-            &[],
-        )
-        .await;
-    let pid: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
+    let pid = app.report_purchase(mid, &secret, &body).await;
     let first = attribution::attribute(
         &mut c,
         pid,
@@ -289,15 +275,7 @@ async fn links_of_several_purchases_inside_the_delay_share_one_wake_up_each() {
     for i in 0..3 {
         let mut body = clicknback_tests::webhook::purchase_body(&format!("o-busy-{i}"), 10_000);
         body["purchase_token"] = json!(format!("tok-busy-{i}"));
-        let r = app
-            .webhook(
-                &format!("/v1/webhooks/{mid}/purchases"),
-                &secret,
-                &body,
-                &[],
-            )
-            .await;
-        ids.push(r.body["id"].as_str().unwrap().to_owned());
+        ids.push(app.report_purchase(mid, &secret, &body).await);
         clicknback_core::services::tracking::confirm_purchase(
             &mut c,
             &merchant,
@@ -343,15 +321,7 @@ async fn a_late_merge_reattributes_a_pending_reward_to_the_later_click() {
         .unwrap();
     let mut body = purchase_for("o-late", 10_000, "c-7");
     body["purchase_token"] = json!("tok");
-    let r = app
-        .webhook(
-            &format!("/v1/webhooks/{mid}/purchases"),
-            &secret,
-            &body,
-            &[],
-        )
-        .await;
-    let pid: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
+    let pid = app.report_purchase(mid, &secret, &body).await;
     let first = attribution::attribute(
         &mut c,
         pid,

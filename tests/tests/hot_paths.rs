@@ -21,14 +21,6 @@ use redis::AsyncCommands;
 use serde_json::json;
 use uuid::Uuid;
 
-async fn report(app: &TestApp, mid: Uuid, secret: &str, body: &serde_json::Value) -> Uuid {
-    let r = app
-        .webhook(&format!("/v1/webhooks/{mid}/purchases"), secret, body, &[])
-        .await;
-    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
-    r.body["id"].as_str().unwrap().parse().unwrap()
-}
-
 async fn attribute(app: &TestApp, purchase: Uuid) -> Outcome {
     let mut c = app.db.conn().await;
     attribution::attribute(
@@ -57,7 +49,9 @@ async fn a_deactivated_offer_is_not_applied_to_a_purchase_attributed_right_after
     .await;
 
     // The first attribution reads the offer and fills the cache.
-    let first = report(&app, mid, &secret, &purchase_for("o-1", 10_000, "c-1")).await;
+    let first = app
+        .report_purchase(mid, &secret, &purchase_for("o-1", 10_000, "c-1"))
+        .await;
     assert!(matches!(
         attribute(&app, first).await,
         Outcome::Rewarded {
@@ -94,7 +88,9 @@ async fn a_deactivated_offer_is_not_applied_to_a_purchase_attributed_right_after
     assert_eq!(off.status, StatusCode::OK, "{}", off.text);
 
     // Bought and attributed right after the call returned: no cashback.
-    let second = report(&app, mid, &secret, &purchase_for("o-2", 10_000, "c-1")).await;
+    let second = app
+        .report_purchase(mid, &secret, &purchase_for("o-2", 10_000, "c-1"))
+        .await;
     let out = attribute(&app, second).await;
     assert!(
         matches!(out, Outcome::Unattributed { reason } if reason.contains("no active offer")),
@@ -257,13 +253,13 @@ async fn a_burst_of_rewards_runs_one_statistics_recompute_served_through_the_cac
         .issue(user, clicknback_core::models::user::Role::User)
         .access_token;
     for i in 0..100 {
-        let p = report(
-            &app,
-            mid,
-            &secret,
-            &purchase_for(&format!("b-{i}"), 1_000 + i, "c-9"),
-        )
-        .await;
+        let p = app
+            .report_purchase(
+                mid,
+                &secret,
+                &purchase_for(&format!("b-{i}"), 1_000 + i, "c-9"),
+            )
+            .await;
         assert!(matches!(attribute(&app, p).await, Outcome::Rewarded { .. }));
     }
     let jobs = app
@@ -302,7 +298,9 @@ async fn a_burst_of_rewards_runs_one_statistics_recompute_served_through_the_cac
     assert!(cached.is_some(), "served through the cache");
 
     // A further reward's recompute invalidates the cached figures.
-    let p = report(&app, mid, &secret, &purchase_for("b-last", 5_000, "c-9")).await;
+    let p = app
+        .report_purchase(mid, &secret, &purchase_for("b-last", 5_000, "c-9"))
+        .await;
     attribute(&app, p).await;
     stats_with_count(&app, &token, 101).await;
 }
@@ -324,13 +322,13 @@ async fn concurrent_recomputes_of_one_user_take_turns() {
     )
     .await;
     for i in 0..3 {
-        let p = report(
-            &app,
-            mid,
-            &secret,
-            &purchase_for(&format!("r-{i}"), 2_000, "c-10"),
-        )
-        .await;
+        let p = app
+            .report_purchase(
+                mid,
+                &secret,
+                &purchase_for(&format!("r-{i}"), 2_000, "c-10"),
+            )
+            .await;
         assert!(matches!(attribute(&app, p).await, Outcome::Rewarded { .. }));
     }
     for _ in 0..30 {

@@ -28,15 +28,7 @@ async fn flagged_purchase(app: &TestApp, order: &str) -> (Uuid, Uuid) {
     )
     .await;
     let body = purchase_for(order, 10_000, order);
-    let r = app
-        .webhook(
-            &format!("/v1/webhooks/{mid}/purchases"),
-            &secret,
-            &body,
-            &[],
-        )
-        .await;
-    let pid: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
+    let pid = app.report_purchase(mid, &secret, &body).await;
     let mut cfg = app.config.attribution.clone();
     cfg.fraud_threshold = 0.0;
     let mut c = app.db.conn().await;

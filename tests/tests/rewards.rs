@@ -30,15 +30,9 @@ async fn status_webhooks_confirm_then_reverse_the_reward_in_the_wallet() {
         )
         .await;
     let offer_id: Uuid = offer.body["id"].as_str().unwrap().parse().unwrap();
-    let r = app
-        .webhook(
-            &format!("/v1/webhooks/{mid}/purchases"),
-            &secret,
-            &purchase_body("o-1", 20_000),
-            &[],
-        )
+    let purchase_id = app
+        .report_purchase(&mid, &secret, &purchase_body("o-1", 20_000))
         .await;
-    let purchase_id: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
 
     // The shopper, and the reward attribution writes for them (1,000 pending).
     let mut c = app.db.conn().await;
