@@ -180,12 +180,9 @@ if want hotpaths; then
 fi
 
 if want sweeper; then
-  SWEEP_DB="clicknback_bench_sweeper"
-  log "sweeper query: fresh database $SWEEP_DB, grown to ${SWEEPER_SIZES:-10000,1000000} purchases"
-  psql "$PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS $SWEEP_DB WITH (FORCE)" >/dev/null
-  psql "$PG_ADMIN_URL" -qc "CREATE DATABASE $SWEEP_DB" >/dev/null
-  SWEEP_URL="postgres://postgres@127.0.0.1:$PG_PORT/$SWEEP_DB"
-  DATABASE_URL="$SWEEP_URL" "$BIN/clicknback-api" migrate >/dev/null
+  SWEEP_DB="${DB}_sweeper"
+  log "sweeper query: a database grown to ${SWEEPER_SIZES:-10000,1000000} purchases"
+  SWEEP_URL="$(fresh_db "$SWEEP_DB")"
   "$BIN/loadgen" sweeper --database-url "$SWEEP_URL" --sizes "${SWEEPER_SIZES:-10000,1000000}" \
     --runs "${SWEEPER_RUNS:-25}" >>"$WORK/sweeper.jsonl"
   psql "$PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS $SWEEP_DB WITH (FORCE)" >/dev/null
