@@ -1,21 +1,23 @@
 //! The OpenAPI description (`/openapi.json`) and a browsable UI (`/docs`).
 //!
-//! The handlers' annotations describe each operation; [`document`] then adds
+//! The description is built from the route list, [`crate::routes::api`]: each
+//! handler's `#[utoipa::path]` describes its operation. [`document`] then adds
 //! what every operation shares, so that the description stays true without
 //! repeating it on each handler: the error responses the extractors produce
 //! (400, 401, 403, 413, 415, 422, 500, 503) as `application/problem+json`, the
 //! `X-Request-ID` header on every response, the rate-limit, `ETag` and
-//! `Idempotent-Replayed` headers where they are sent, the `/board/api` twins of
-//! the job routes, and one unique `operationId` per operation.
+//! `Idempotent-Replayed` headers where they are sent, and one unique
+//! `operationId` per operation.
 
 use std::sync::OnceLock;
 
-use axum::{Router, routing::get};
+use axum::response::Html;
 use serde_json::{Map, Value, json};
 use utoipa::OpenApi;
-use utoipa_scalar::{Scalar, Servable};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_scalar::Scalar;
 
-use crate::{error::Problem, handlers, state::AppState};
+use crate::{error::Problem, handlers};
 
 const DESCRIPTION: &str = "\
 Cashback rewards: merchants report purchases, shoppers earn and withdraw cashback.
@@ -45,56 +47,6 @@ of this API.";
 #[derive(OpenApi)]
 #[openapi(
     info(title = "ClickNBack API", description = "see DESCRIPTION"),
-    paths(
-        handlers::health::healthz,
-        handlers::health::readyz,
-        handlers::health::metrics,
-        openapi_json,
-        docs_page,
-        handlers::auth::register,
-        handlers::auth::login,
-        handlers::auth::me,
-        handlers::me::wallet,
-        handlers::me::purchases,
-        handlers::me::transactions,
-        handlers::me::stats,
-        handlers::payouts::create,
-        handlers::payouts::list,
-        handlers::payouts::get,
-        handlers::track::click,
-        handlers::track::identify,
-        handlers::track::purchase,
-        handlers::webhooks::purchase,
-        handlers::webhooks::purchase_status,
-        handlers::admin::merchants::create,
-        handlers::admin::merchants::list,
-        handlers::admin::merchants::get,
-        handlers::admin::merchants::update,
-        handlers::admin::merchants::suspend,
-        handlers::admin::merchants::reactivate,
-        handlers::admin::merchants::rotate_secret,
-        handlers::admin::offers::create,
-        handlers::admin::offers::list,
-        handlers::admin::offers::get,
-        handlers::admin::offers::update,
-        handlers::admin::offers::activate,
-        handlers::admin::offers::deactivate,
-        handlers::admin::audit::list,
-        handlers::admin::purchases::list,
-        handlers::admin::purchases::approve,
-        handlers::admin::purchases::reject,
-        handlers::admin::purchases::link_stats,
-        handlers::admin::jobs::queues,
-        handlers::admin::jobs::jobs,
-        handlers::admin::jobs::job,
-        handlers::admin::jobs::workers,
-        handlers::admin::jobs::requeue_dead,
-        handlers::admin::jobs::requeue_all,
-        handlers::admin::jobs::delete,
-        handlers::admin::jobs::pause,
-        handlers::admin::jobs::resume,
-        handlers::board::page,
-    ),
     components(schemas(
         Problem,
         clicknback_core::jobs::Queue,
@@ -118,7 +70,7 @@ pub struct ApiDoc;
 #[utoipa::path(get, path = "/openapi.json", tag = "ops", responses(
     (status = 200, description = "the OpenAPI 3.1 description", content_type = "application/json", body = Object),
 ))]
-async fn openapi_json() -> axum::Json<Value> {
+pub(crate) async fn openapi_json() -> axum::Json<Value> {
     axum::Json(document().clone())
 }
 
@@ -126,27 +78,53 @@ async fn openapi_json() -> axum::Json<Value> {
 #[utoipa::path(get, path = "/docs", tag = "ops", responses(
     (status = 200, description = "the UI", content_type = "text/html"),
 ))]
-#[allow(dead_code)]
-async fn docs_page() {}
+pub(crate) async fn docs_page() -> Html<&'static str> {
+    static PAGE: OnceLock<String> = OnceLock::new();
+    Html(PAGE.get_or_init(|| Scalar::new(document().clone()).to_html()))
+}
 
 const METHODS: [&str; 8] = [
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
 ];
 
-/// The job routes the board page calls under `/board/api`.
-const BOARD_TWINS: [&str; 3] = ["/queues", "/workers", "/dead-jobs"];
-
-/// The description as served, built once.
+/// The description as served, built once from the route list.
 pub fn document() -> &'static Value {
     static DOC: OnceLock<Value> = OnceLock::new();
     DOC.get_or_init(|| {
-        let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the description serializes");
+        let api = crate::routes::api().into_openapi();
+        let mut doc = serde_json::to_value(api).expect("the description serializes");
         doc["info"]["description"] = json!(DESCRIPTION);
         security_schemes(&mut doc);
-        board_twins(&mut doc);
         conventions(&mut doc);
         doc
     })
+}
+
+/// `router`'s operations described as the board page's copies of the same
+/// handlers mounted at `original`.
+pub fn board_copies<S>(mut router: OpenApiRouter<S>, original: &str) -> OpenApiRouter<S>
+where
+    S: Send + Sync + Clone + 'static,
+{
+    for (path, item) in router.get_openapi_mut().paths.paths.iter_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+            &mut item.trace,
+        ];
+        for op in operations.into_iter().flatten() {
+            let d = op.description.take().unwrap_or_default();
+            op.description = Some(format!(
+                "{d}\n\nThe same operation as `{original}{path}`, for the board page."
+            ));
+        }
+    }
+    router
 }
 
 fn security_schemes(doc: &mut Value) {
@@ -176,37 +154,6 @@ fn security_schemes(doc: &mut Value) {
                 are accepted (secret rotation). The timestamp must be within 5 minutes of now."
         }
     });
-}
-
-/// Lists the job routes a second time under `/board/api`, where the board
-/// page calls them; both accept an admin bearer token or Basic credentials.
-fn board_twins(doc: &mut Value) {
-    let paths = doc["paths"].as_object_mut().expect("paths");
-    let mut twins = Vec::new();
-    for (path, item) in paths.iter_mut() {
-        let Some(rest) = path.strip_prefix("/v1/admin") else {
-            continue;
-        };
-        if !BOARD_TWINS.iter().any(|p| rest.starts_with(p)) {
-            continue;
-        }
-        let mut twin = item.clone();
-        for (_, op) in ops_mut(item) {
-            op["security"] = json!([{"bearer": []}, {"board_basic": []}]);
-        }
-        for (_, op) in ops_mut(&mut twin) {
-            op["security"] = json!([{"bearer": []}, {"board_basic": []}]);
-            let d = op["description"].as_str().unwrap_or_default().to_owned();
-            op["description"] = json!(format!(
-                "{d}\n\nThe same operation as `/v1/admin{rest}`, for the board page."
-            ));
-        }
-        twins.push((format!("/board/api{rest}"), twin));
-    }
-    paths.extend(twins);
-    if let Some(board) = paths.get("/board").cloned() {
-        paths.insert("/board/".into(), board);
-    }
 }
 
 fn ops_mut(item: &mut Value) -> impl Iterator<Item = (String, &mut Value)> {
@@ -446,12 +393,6 @@ fn shape_response(method: &str, path: &str, status: &str, response: &mut Value) 
             ),
         );
     }
-}
-
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/openapi.json", get(openapi_json))
-        .merge(Scalar::with_url("/docs", document().clone()))
 }
 
 #[cfg(test)]

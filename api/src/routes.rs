@@ -1,10 +1,13 @@
-//! Every route of the API in one list.
+//! Every route of the API in one list, which is also the list the OpenAPI
+//! description is built from: an endpoint is its handler, with its
+//! `#[utoipa::path]`, and one `.routes(routes!(...))` line in [`api`]. Handlers
+//! sharing a path share a line.
 
-use axum::{
-    Router,
-    extract::DefaultBodyLimit,
-    middleware,
-    routing::{get, patch, post},
+use axum::{Router, extract::DefaultBodyLimit, middleware};
+use utoipa::{OpenApi, openapi::path::Paths};
+use utoipa_axum::{
+    router::{OpenApiRouter, UtoipaMethodRouter},
+    routes,
 };
 
 use crate::{
@@ -13,95 +16,20 @@ use crate::{
     state::AppState,
 };
 
+/// Where the job system's operator routes live; the board page calls the same
+/// handlers again under `/board/api`.
+const JOBS_AT: &str = "/v1/admin";
+
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
-    let v1 = Router::new()
-        // shoppers
-        .route("/auth/register", post(auth::register))
-        .route("/auth/login", post(auth::login))
-        .route("/me", get(auth::me))
-        .route("/me/wallet", get(me::wallet))
-        .route("/me/purchases", get(me::purchases))
-        .route("/me/transactions", get(me::transactions))
-        .route("/me/stats", get(me::stats))
-        .route("/payouts", post(payouts::create).get(payouts::list))
-        .route("/payouts/{id}", get(payouts::get))
-        // shoppers' browsers (SDK)
-        .route("/track/click", post(track::click))
-        .route("/track/identify", post(track::identify))
-        .route("/track/purchase", post(track::purchase))
-        // merchants' servers
-        .route(
-            "/webhooks/{merchant_id}/purchases",
-            post(webhooks::purchase),
-        )
-        .route(
-            "/webhooks/{merchant_id}/purchases/{order_id}/status",
-            post(webhooks::purchase_status),
-        )
-        // admins
-        .route(
-            "/admin/merchants",
-            post(admin::merchants::create).get(admin::merchants::list),
-        )
-        .route(
-            "/admin/merchants/{id}",
-            get(admin::merchants::get).patch(admin::merchants::update),
-        )
-        .route(
-            "/admin/merchants/{id}/suspend",
-            post(admin::merchants::suspend),
-        )
-        .route(
-            "/admin/merchants/{id}/reactivate",
-            post(admin::merchants::reactivate),
-        )
-        .route(
-            "/admin/merchants/{id}/rotate-secret",
-            post(admin::merchants::rotate_secret),
-        )
-        .route(
-            "/admin/merchants/{id}/offers",
-            post(admin::offers::create).get(admin::offers::list),
-        )
-        .route("/admin/offers/{id}", get(admin::offers::get))
-        .route("/admin/offers/{id}", patch(admin::offers::update))
-        .route("/admin/offers/{id}/activate", post(admin::offers::activate))
-        .route(
-            "/admin/offers/{id}/deactivate",
-            post(admin::offers::deactivate),
-        )
-        .route("/admin/audit-log", get(admin::audit::list))
-        .route("/admin/purchases", get(admin::purchases::list))
-        .route(
-            "/admin/purchases/{id}/approve",
-            post(admin::purchases::approve),
-        )
-        .route(
-            "/admin/purchases/{id}/reject",
-            post(admin::purchases::reject),
-        )
-        .route(
-            "/admin/merchants/{id}/link-stats",
-            get(admin::purchases::link_stats),
-        )
-        .merge(job_routes("/admin"));
-
+    let described: Router<AppState> = api().into();
     let sandbox = if state.config.payouts.sandbox {
         crate::sandbox::routes()
     } else {
         Router::new()
     };
-    Router::new()
-        .nest("/v1", v1)
+    described
         .merge(sandbox)
-        .route("/board", get(board::page))
-        .route("/board/", get(board::page))
-        .nest("/board/api", job_routes(""))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .merge(openapi::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(crate::middleware::http_metrics))
@@ -113,33 +41,83 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The job system's operator routes, mounted under `/v1/admin` and `/board/api`.
-fn job_routes(prefix: &str) -> Router<AppState> {
+/// The routes the OpenAPI description lists (all but the development-only
+/// sandbox provider), each served as its `#[utoipa::path]` says.
+pub fn api() -> OpenApiRouter<AppState> {
+    use admin::{audit, merchants, offers, purchases};
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        // shoppers
+        .routes(routes!(auth::register))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::me))
+        .routes(routes!(me::wallet))
+        .routes(routes!(me::purchases))
+        .routes(routes!(me::transactions))
+        .routes(routes!(me::stats))
+        .routes(routes!(payouts::create, payouts::list))
+        .routes(routes!(payouts::get))
+        // shoppers' browsers (SDK)
+        .routes(routes!(track::click))
+        .routes(routes!(track::identify))
+        .routes(routes!(track::purchase))
+        // merchants' servers
+        .routes(routes!(webhooks::purchase))
+        .routes(routes!(webhooks::purchase_status))
+        // admins
+        .routes(routes!(merchants::create, merchants::list))
+        .routes(routes!(merchants::get, merchants::update))
+        .routes(routes!(merchants::suspend))
+        .routes(routes!(merchants::reactivate))
+        .routes(routes!(merchants::rotate_secret))
+        .routes(routes!(offers::create, offers::list))
+        .routes(routes!(offers::get, offers::update))
+        .routes(routes!(offers::activate))
+        .routes(routes!(offers::deactivate))
+        .routes(routes!(audit::list))
+        .routes(routes!(purchases::list))
+        .routes(routes!(purchases::approve))
+        .routes(routes!(purchases::reject))
+        .routes(routes!(purchases::link_stats))
+        .nest(JOBS_AT, job_routes())
+        // the job board
+        .routes(routes!(board::page))
+        .routes(at("/board/", routes!(board::page)))
+        .nest("/board/api", openapi::board_copies(job_routes(), JOBS_AT))
+        // operations
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+        .routes(routes!(openapi::openapi_json))
+        .routes(routes!(openapi::docs_page))
+}
+
+/// The job system's operator routes, mounted at [`JOBS_AT`] and `/board/api`
+/// (their `#[utoipa::path]`s name the path below the mount point).
+fn job_routes() -> OpenApiRouter<AppState> {
     use admin::jobs;
-    Router::new()
-        .route(&format!("{prefix}/queues"), get(jobs::queues))
-        .route(&format!("{prefix}/queues/{{queue}}/jobs"), get(jobs::jobs))
-        .route(
-            &format!("{prefix}/queues/{{queue}}/jobs/{{task_id}}"),
-            get(jobs::job).delete(jobs::delete),
-        )
-        .route(
-            &format!("{prefix}/queues/{{queue}}/dead/requeue"),
-            post(jobs::requeue_all),
-        )
-        .route(
-            &format!("{prefix}/queues/{{queue}}/pause"),
-            post(jobs::pause),
-        )
-        .route(
-            &format!("{prefix}/queues/{{queue}}/resume"),
-            post(jobs::resume),
-        )
-        .route(&format!("{prefix}/workers"), get(jobs::workers))
-        .route(
-            &format!("{prefix}/dead-jobs/{{id}}/requeue"),
-            post(jobs::requeue_dead),
-        )
+    OpenApiRouter::default()
+        .routes(routes!(jobs::queues))
+        .routes(routes!(jobs::jobs))
+        .routes(routes!(jobs::job, jobs::delete))
+        .routes(routes!(jobs::requeue_all))
+        .routes(routes!(jobs::pause))
+        .routes(routes!(jobs::resume))
+        .routes(routes!(jobs::workers))
+        .routes(routes!(jobs::requeue_dead))
+}
+
+/// The same handlers served, and described, at `path` instead of the path
+/// their `#[utoipa::path]` names.
+fn at(
+    path: &str,
+    (schemas, described, handlers): UtoipaMethodRouter<AppState>,
+) -> UtoipaMethodRouter<AppState> {
+    debug_assert_eq!(described.paths.len(), 1, "one path per routes! line");
+    let mut paths = Paths::new();
+    for (_, item) in described.paths {
+        paths.paths.insert(path.to_owned(), item);
+    }
+    (schemas, paths, handlers)
 }
 
 async fn not_found() -> crate::error::ApiError {
