@@ -1,13 +1,18 @@
 //! The OpenAPI description (`/openapi.json`) and a browsable UI (`/docs`).
 //!
 //! The description is built from the route list, [`crate::routes::api`]: each
-//! handler's `#[utoipa::path]` describes its operation. [`document`] then adds
-//! what every operation shares, so that the description stays true without
-//! repeating it on each handler: the error responses the extractors produce
-//! (400, 401, 403, 413, 415, 422, 500, 503) as `application/problem+json`, the
-//! `X-Request-ID` header on every response, the rate-limit, `ETag` and
-//! `Idempotent-Replayed` headers where they are sent, and one unique
-//! `operationId` per operation.
+//! handler's `#[utoipa::path]` describes its operation, including the headers
+//! it sends. A response names the header it carries, `headers(("ETag"))` or
+//! `headers(("Idempotent-Replayed"))`, and [`named_header`] gives each such
+//! header its one definition; an operation behind a rate limit says
+//! `extensions(("x-rate-limited" = json!(true)))` and is described with the
+//! `RateLimit-Policy` and `RateLimit` headers on every answer.
+//!
+//! [`document`] then adds what every operation shares, so that it is not
+//! repeated on each handler: the error responses the extractors produce (400,
+//! 401, 403, 413, 415, 422, 500, 503) as `application/problem+json`, `Retry-After`
+//! on a 429 and on a 503 problem, the `X-Request-ID` header on every response,
+//! and one unique `operationId` per operation, made of its method and path.
 
 use std::sync::OnceLock;
 
@@ -82,6 +87,9 @@ pub(crate) async fn docs_page() -> Html<&'static str> {
     static PAGE: OnceLock<String> = OnceLock::new();
     Html(PAGE.get_or_init(|| Scalar::new(document().clone()).to_html()))
 }
+
+/// The extension marking an operation behind a rate limit.
+const RATE_LIMITED: &str = "x-rate-limited";
 
 const METHODS: [&str; 8] = [
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
@@ -211,26 +219,22 @@ fn header(description: &str, required: bool, schema: Value) -> Value {
     json!({"description": description, "required": required, "schema": schema})
 }
 
-/// Operations behind a Redis rate limit (they send `RateLimit` headers).
-fn rate_limited(path: &str) -> bool {
-    path == "/v1/auth/login" || path.starts_with("/v1/track/") || path.starts_with("/v1/webhooks/")
-}
-
-/// Operations that answer with the resource's `ETag`.
-fn sends_etag(method: &str, path: &str) -> bool {
-    match method {
-        "post" => {
-            path == "/v1/admin/merchants"
-                || path == "/v1/admin/merchants/{id}/offers"
-                || path.starts_with("/v1/admin/merchants/{id}/")
-                    && ["suspend", "reactivate", "rotate-secret"]
-                        .iter()
-                        .any(|a| path.ends_with(a))
-                || path.starts_with("/v1/admin/offers/{id}/")
-        }
-        "get" | "patch" => path == "/v1/admin/merchants/{id}" || path == "/v1/admin/offers/{id}",
-        _ => false,
-    }
+/// The one definition of each header a handler names on a response it sends
+/// (`headers(("ETag"))`); `None` for a header described where it is named.
+fn named_header(name: &str) -> Option<Value> {
+    Some(match name {
+        "ETag" => header(
+            "the resource's version; send it back as `If-Match` to change it",
+            true,
+            json!({"type": "string", "pattern": "^\"[0-9]+\"$"}),
+        ),
+        "Idempotent-Replayed" => header(
+            "`true` when this is the stored answer to an earlier request with the same key",
+            false,
+            json!({"type": "string", "enum": ["true"]}),
+        ),
+        _ => return None,
+    })
 }
 
 fn conventions(doc: &mut Value) {
@@ -240,16 +244,20 @@ fn conventions(doc: &mut Value) {
         for (method, op) in ops_mut(item) {
             let method = method.as_str();
             op["operationId"] = json!(operation_id(method, path));
-            let schemes: Vec<String> = op["security"]
-                .as_array()
+            let op = op.as_object_mut().expect("an operation");
+            let rate_limited = op.remove(RATE_LIMITED).is_some_and(|v| v == true);
+            let schemes: Vec<String> = op
+                .get("security")
+                .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
                 .filter_map(Value::as_object)
                 .flat_map(|o| o.keys().cloned())
                 .collect();
-            let has_body = op.get("requestBody").is_some();
-            let has_params = op["parameters"]
-                .as_array()
+            let has_body = op.contains_key("requestBody");
+            let has_params = op
+                .get("parameters")
+                .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
                 .any(|p| matches!(p["in"].as_str(), Some("path" | "query")));
@@ -260,7 +268,10 @@ fn conventions(doc: &mut Value) {
                 "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/docs"
             );
 
-            let responses = op["responses"].as_object_mut().expect("responses");
+            let responses = op
+                .get_mut("responses")
+                .and_then(Value::as_object_mut)
+                .expect("responses");
             let mut wanted: Vec<&str> = Vec::new();
             if has_body || has_params {
                 wanted.push("400");
@@ -285,7 +296,7 @@ fn conventions(doc: &mut Value) {
                     .or_insert_with(|| problem_response(default_description(status)));
             }
             for (status, response) in responses.iter_mut() {
-                shape_response(method, path, status, response);
+                shape_response(status, response, rate_limited);
             }
         }
     }
@@ -307,7 +318,7 @@ fn operation_id(method: &str, path: &str) -> String {
     id
 }
 
-fn shape_response(method: &str, path: &str, status: &str, response: &mut Value) {
+fn shape_response(status: &str, response: &mut Value, rate_limited: bool) {
     let r = response.as_object_mut().expect("a response");
     if r.get("description")
         .and_then(Value::as_str)
@@ -316,19 +327,27 @@ fn shape_response(method: &str, path: &str, status: &str, response: &mut Value) 
         r.insert("description".into(), json!(default_description(status)));
     }
     // Problem documents are application/problem+json.
-    if let Some(content) = r.get_mut("content").and_then(Value::as_object_mut)
-        && content
+    let mut problem = false;
+    if let Some(content) = r.get_mut("content").and_then(Value::as_object_mut) {
+        if content
             .get("application/json")
             .is_some_and(|c| c["schema"] == problem_ref())
-    {
-        let c = content.remove("application/json").expect("present");
-        content.insert("application/problem+json".into(), c);
+        {
+            let c = content.remove("application/json").expect("present");
+            content.insert("application/problem+json".into(), c);
+        }
+        problem = content.contains_key("application/problem+json");
     }
     let headers = r
         .entry("headers")
         .or_insert_with(|| Value::Object(Map::new()))
         .as_object_mut()
         .expect("headers");
+    for (name, definition) in headers.iter_mut() {
+        if let Some(named) = named_header(name) {
+            *definition = named;
+        }
+    }
     headers.insert(
         "X-Request-ID".into(),
         header(
@@ -345,7 +364,7 @@ fn shape_response(method: &str, path: &str, status: &str, response: &mut Value) 
                 header("seconds until the window resets", true, seconds.clone()),
             );
         }
-        "503" if path != "/readyz" => {
+        "503" if problem => {
             headers.insert(
                 "Retry-After".into(),
                 header("seconds to wait before retrying", true, seconds.clone()),
@@ -353,7 +372,7 @@ fn shape_response(method: &str, path: &str, status: &str, response: &mut Value) 
         }
         _ => {}
     }
-    if rate_limited(path) {
+    if rate_limited {
         let required = status == "429";
         headers.insert(
             "RateLimit-Policy".into(),
@@ -369,27 +388,6 @@ fn shape_response(method: &str, path: &str, status: &str, response: &mut Value) 
                 "what is left of it, e.g. `limit=100, remaining=99, reset=42`",
                 required,
                 json!({"type": "string"}),
-            ),
-        );
-    }
-    let ok = status.starts_with('2');
-    if ok && sends_etag(method, path) {
-        headers.insert(
-            "ETag".into(),
-            header(
-                "the resource's version; send it back as `If-Match` to change it",
-                true,
-                json!({"type": "string", "pattern": "^\"[0-9]+\"$"}),
-            ),
-        );
-    }
-    if ok && method == "post" && (path == "/v1/payouts" || path.starts_with("/v1/webhooks/")) {
-        headers.insert(
-            "Idempotent-Replayed".into(),
-            header(
-                "`true` when this is the stored answer to an earlier request with the same key",
-                false,
-                json!({"type": "string", "enum": ["true"]}),
             ),
         );
     }

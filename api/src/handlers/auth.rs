@@ -78,7 +78,7 @@ pub async fn register(
 /// Exchanges email and password for an access token (shoppers and admins alike).
 /// Five failures for one email from one address within 15 minutes lock that
 /// pair out until the window ends (429 with `Retry-After`).
-#[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = Credentials, responses(
+#[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = Credentials, extensions(("x-rate-limited" = json!(true))), responses(
     (status = 200, body = TokenResponse),
     (status = 401, description = "wrong email or password", body = Problem),
     (status = 429, description = "too many failed attempts", body = Problem),

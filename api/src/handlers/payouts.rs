@@ -43,7 +43,7 @@ impl From<PayoutError> for ApiError {
     params(("Idempotency-Key" = String, Header, description = "required; at most 255 characters; a retry with the same key and body returns the first answer")),
     request_body = PayoutRequest,
     responses(
-        (status = 202, description = "accepted; `Idempotent-Replayed: true` on a replay", body = PayoutView),
+        (status = 202, description = "accepted; `Idempotent-Replayed: true` on a replay", body = PayoutView, headers(("Idempotent-Replayed"))),
         (status = 400, description = "missing Idempotency-Key or malformed JSON", body = Problem),
         (status = 401, body = Problem),
         (status = 409, description = "a request with this key is in flight", body = Problem),

@@ -98,7 +98,7 @@ pub struct ClickRequest {
 }
 
 /// Records a click on a referral link (a touchpoint) for the browser's anonymous id.
-#[utoipa::path(post, path = "/v1/track/click", tag = "sdk",
+#[utoipa::path(post, path = "/v1/track/click", tag = "sdk", extensions(("x-rate-limited" = json!(true))),
     security(("publishable_key" = [])), request_body = ClickRequest, responses(
     (status = 201, body = TouchpointView),
     (status = 401, description = "missing or unknown publishable key (`invalid_publishable_key`)", body = Problem),
@@ -135,7 +135,7 @@ pub struct IdentifyRequest {
 }
 
 /// Links the browser's anonymous id to the signed-in user.
-#[utoipa::path(post, path = "/v1/track/identify", tag = "sdk", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/track/identify", tag = "sdk", security(("bearer" = [])), extensions(("x-rate-limited" = json!(true))),
     request_body = IdentifyRequest, responses(
     (status = 204, description = "linked"),
     (status = 401, body = Problem),
@@ -173,7 +173,7 @@ pub struct PurchaseConfirmationResult {
 
 /// The checkout page's purchase confirmation, with the token that must match
 /// the merchant's webhook for the purchase to be linked to this browser.
-#[utoipa::path(post, path = "/v1/track/purchase", tag = "sdk",
+#[utoipa::path(post, path = "/v1/track/purchase", tag = "sdk", extensions(("x-rate-limited" = json!(true))),
     security(("publishable_key" = [])), request_body = PurchaseConfirmation, responses(
     (status = 202, body = PurchaseConfirmationResult),
     (status = 401, description = "missing or unknown publishable key (`invalid_publishable_key`)", body = Problem),

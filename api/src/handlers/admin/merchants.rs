@@ -89,7 +89,7 @@ fn with_secret(w: merchants::WithSecret) -> MerchantWithSecret {
 /// Creates a merchant. The response carries the webhook secret and publishable key, once.
 #[utoipa::path(post, path = "/v1/admin/merchants", tag = "admin", security(("bearer" = [])),
     request_body = CreateMerchant, responses(
-    (status = 201, body = MerchantWithSecret),
+    (status = 201, body = MerchantWithSecret, headers(("ETag"))),
     (status = 401, body = Problem), (status = 403, body = Problem), (status = 422, body = Problem),
 ))]
 pub async fn create(
@@ -134,7 +134,7 @@ pub async fn list(
 /// One merchant, with its `ETag`.
 #[utoipa::path(get, path = "/v1/admin/merchants/{id}", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path)), responses(
-    (status = 200, body = MerchantView), (status = 404, body = Problem),
+    (status = 200, body = MerchantView, headers(("ETag"))), (status = 404, body = Problem),
     (status = 401, body = Problem), (status = 403, body = Problem),
 ))]
 pub async fn get(
@@ -149,7 +149,7 @@ pub async fn get(
 /// Changes a merchant. Requires `If-Match` with its current `ETag`.
 #[utoipa::path(patch, path = "/v1/admin/merchants/{id}", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path), ("If-Match" = String, Header)), request_body = UpdateMerchant, responses(
-    (status = 200, body = MerchantView), (status = 404, body = Problem),
+    (status = 200, body = MerchantView, headers(("ETag"))), (status = 404, body = Problem),
     (status = 412, description = "stale ETag", body = Problem),
     (status = 428, description = "If-Match missing", body = Problem),
     (status = 422, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
@@ -181,7 +181,7 @@ pub async fn update(
 /// Suspends a merchant: its webhooks are refused with 403 until reactivated.
 #[utoipa::path(post, path = "/v1/admin/merchants/{id}/suspend", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path)), responses(
-    (status = 200, body = MerchantView), (status = 404, body = Problem),
+    (status = 200, body = MerchantView, headers(("ETag"))), (status = 404, body = Problem),
     (status = 401, body = Problem), (status = 403, body = Problem),
 ))]
 pub async fn suspend(
@@ -198,7 +198,7 @@ pub async fn suspend(
 /// Lifts a suspension.
 #[utoipa::path(post, path = "/v1/admin/merchants/{id}/reactivate", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path)), responses(
-    (status = 200, body = MerchantView), (status = 404, body = Problem),
+    (status = 200, body = MerchantView, headers(("ETag"))), (status = 404, body = Problem),
     (status = 401, body = Problem), (status = 403, body = Problem),
 ))]
 pub async fn reactivate(
@@ -215,7 +215,7 @@ pub async fn reactivate(
 /// Issues a new webhook secret; the previous one keeps verifying for a grace period.
 #[utoipa::path(post, path = "/v1/admin/merchants/{id}/rotate-secret", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path)), responses(
-    (status = 200, body = MerchantWithSecret), (status = 404, body = Problem),
+    (status = 200, body = MerchantWithSecret, headers(("ETag"))), (status = 404, body = Problem),
     (status = 401, body = Problem), (status = 403, body = Problem),
 ))]
 pub async fn rotate_secret(

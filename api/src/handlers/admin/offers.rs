@@ -94,7 +94,7 @@ fn with_etag(o: Offer) -> impl IntoResponse {
 /// Creates an offer for a merchant.
 #[utoipa::path(post, path = "/v1/admin/merchants/{id}/offers", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "merchant id")), request_body = CreateOffer, responses(
-    (status = 201, body = OfferView), (status = 404, body = Problem),
+    (status = 201, body = OfferView, headers(("ETag"))), (status = 404, body = Problem),
     (status = 409, description = "another offer is active", body = Problem),
     (status = 422, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
 ))]
@@ -153,7 +153,7 @@ pub async fn list(
 /// One offer, with its `ETag`.
 #[utoipa::path(get, path = "/v1/admin/offers/{id}", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path)), responses(
-    (status = 200, body = OfferView), (status = 404, body = Problem),
+    (status = 200, body = OfferView, headers(("ETag"))), (status = 404, body = Problem),
     (status = 401, body = Problem), (status = 403, body = Problem),
 ))]
 pub async fn get(
@@ -168,7 +168,7 @@ pub async fn get(
 /// Changes an offer. Requires `If-Match` with its current `ETag`.
 #[utoipa::path(patch, path = "/v1/admin/offers/{id}", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path), ("If-Match" = String, Header)), request_body = UpdateOffer, responses(
-    (status = 200, body = OfferView), (status = 404, body = Problem),
+    (status = 200, body = OfferView, headers(("ETag"))), (status = 404, body = Problem),
     (status = 412, description = "stale ETag", body = Problem),
     (status = 428, description = "If-Match missing", body = Problem),
     (status = 422, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
@@ -198,7 +198,7 @@ pub async fn update(
 /// Makes the offer the merchant's active one (409 if another is active).
 #[utoipa::path(post, path = "/v1/admin/offers/{id}/activate", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path)), responses(
-    (status = 200, body = OfferView), (status = 404, body = Problem),
+    (status = 200, body = OfferView, headers(("ETag"))), (status = 404, body = Problem),
     (status = 409, description = "another offer is active", body = Problem),
     (status = 401, body = Problem), (status = 403, body = Problem),
 ))]
@@ -216,7 +216,7 @@ pub async fn activate(
 /// Stops the offer; purchases made from now on do not get it.
 #[utoipa::path(post, path = "/v1/admin/offers/{id}/deactivate", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path)), responses(
-    (status = 200, body = OfferView), (status = 404, body = Problem),
+    (status = 200, body = OfferView, headers(("ETag"))), (status = 404, body = Problem),
     (status = 401, body = Problem), (status = 403, body = Problem),
 ))]
 pub async fn deactivate(
