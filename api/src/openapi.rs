@@ -10,7 +10,7 @@
 //!
 //! [`document`] then adds what every operation shares, so that it is not
 //! repeated on each handler: the error responses the extractors produce (400,
-//! 401, 403, 413, 415, 422, 500, 503) as `application/problem+json`, `Retry-After`
+//! 401, 413, 415, 422, 500, 503) as `application/problem+json`, `Retry-After`
 //! on a 429 and on a 503 problem, the `X-Request-ID` header on every response,
 //! and one unique `operationId` per operation, made of its method and path.
 
@@ -90,6 +90,11 @@ pub(crate) async fn docs_page() -> Html<&'static str> {
 
 /// The extension marking an operation behind a rate limit.
 const RATE_LIMITED: &str = "x-rate-limited";
+
+/// The tag of the operations that serve operators rather than callers of the
+/// API (health, readiness, metrics, this description): they get no shared 500
+/// and 503 problems and declare the error responses they have.
+const INFRASTRUCTURE: &str = "ops";
 
 const METHODS: [&str; 8] = [
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
@@ -261,12 +266,11 @@ fn conventions(doc: &mut Value) {
                 .into_iter()
                 .flatten()
                 .any(|p| matches!(p["in"].as_str(), Some("path" | "query")));
-            let admin = path.starts_with("/v1/admin") || path.starts_with("/board");
             let bearer = schemes.iter().any(|s| s == "bearer");
-            let infrastructure = matches!(
-                path,
-                "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/docs"
-            );
+            let infrastructure = op
+                .get("tags")
+                .and_then(Value::as_array)
+                .is_some_and(|tags| tags.iter().any(|t| t == INFRASTRUCTURE));
 
             let responses = op
                 .get_mut("responses")
@@ -279,16 +283,11 @@ fn conventions(doc: &mut Value) {
             if has_body {
                 wanted.extend(["413", "415", "422"]);
             }
-            if bearer || admin {
+            if bearer {
                 wanted.push("401");
-            }
-            if admin {
-                wanted.push("403");
             }
             if !infrastructure {
                 wanted.extend(["500", "503"]);
-            } else if path != "/healthz" && path != "/openapi.json" && path != "/docs" {
-                wanted.push("500");
             }
             for status in wanted {
                 responses

@@ -42,6 +42,7 @@ pub async fn healthz() -> impl IntoResponse {
 #[utoipa::path(get, path = "/readyz", tag = "ops", responses(
     (status = 200, description = "ready", body = Readiness),
     (status = 503, description = "a dependency is not ready; `checks` says which", body = Readiness),
+    (status = 500, body = crate::error::Problem),
 ))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let timeout = std::time::Duration::from_secs(2);
@@ -78,7 +79,10 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 /// Prometheus text format.
-#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "metrics", content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses(
+    (status = 200, description = "metrics", content_type = "text/plain"),
+    (status = 500, body = crate::error::Problem),
+))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     crate::observability::refresh_gauges(&state).await;
     let body = state
