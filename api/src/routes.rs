@@ -1,7 +1,8 @@
 //! Every route of the API in one list, which is also the list the OpenAPI
 //! description is built from: an endpoint is its handler, with its
 //! `#[utoipa::path]`, and one `.routes(routes!(...))` line in [`api`]. Handlers
-//! sharing a path share a line.
+//! sharing a path share a line, and only they: `routes!` serves every handler
+//! it is given at each of their paths.
 
 use axum::{Router, extract::DefaultBodyLimit, middleware};
 use utoipa::{OpenApi, openapi::path::Paths};
