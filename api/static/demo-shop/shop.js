@@ -74,12 +74,34 @@
     }
   }
 
+  // The header, the missing-key notice and the footer, the same on every page.
+  function chrome() {
+    document.body.insertAdjacentHTML("afterbegin",
+      '<header><a class="brand" href="/demo-shop/">Trailhead Outfitters</a><nav>' +
+      '<a href="/demo-shop/" id="nav-shop">Shop</a>' +
+      '<a href="/demo-shop/checkout.html" id="nav-checkout">Checkout</a>' +
+      '<a href="/demo-shop/wallet.html" id="nav-wallet">Cashback wallet</a>' +
+      '<a href="/demo-shop/login.html" id="nav-login">Log in</a>' +
+      '<button type="button" id="nav-logout" hidden>Log out <span id="nav-user"></span></button>' +
+      "</nav></header>");
+    document.querySelector("main").insertAdjacentHTML("afterbegin",
+      '<p class="status" id="setup" data-state="missing-key" hidden>This page has no publishable key: ' +
+      "open the shop once through a referral link carrying <code>?pk=&lt;publishable key&gt;</code>; " +
+      "the key is then kept in this browser.</p>");
+    document.body.insertAdjacentHTML("beforeend",
+      "<footer>A demo shop for the ClickNBack SDK. No shop server here: the page only talks to " +
+      'ClickNBack\'s api. Browser id: <code id="anon-id"></code></footer>');
+  }
+
   function navigation() {
     var email = session(EMAIL_KEY);
     var loggedIn = !!session(TOKEN_KEY);
     $("nav-login").hidden = loggedIn;
     $("nav-logout").hidden = !loggedIn;
     $("nav-user").textContent = email ? "(" + email + ")" : "";
+  }
+
+  function logoutButton() {
     $("nav-logout").addEventListener("click", function () {
       session(TOKEN_KEY, null);
       session(EMAIL_KEY, null);
@@ -117,6 +139,7 @@
       }
       session(TOKEN_KEY, r.body.access_token);
       session(EMAIL_KEY, email);
+      navigation();
       await ready;
       var linked = await ClickNBack.identify(r.body.access_token);
       if (linked.ok) {
@@ -214,12 +237,14 @@
     setInterval(function () { if (!document.hidden) load(); }, 3000);
   }
 
+  chrome();
   var pk = publishableKey();
   if (!pk) $("setup").hidden = false;
   var ready = ClickNBack.init({ apiUrl: location.origin, publishableKey: pk || "", debug: true });
   $("anon-id").textContent = ClickNBack.anonId();
   $("anon-id").setAttribute("data-anon-id", ClickNBack.anonId());
   navigation();
+  logoutButton();
   var pages = { product: product, login: login, checkout: checkout, wallet: wallet };
   pages[document.body.getAttribute("data-page")](ready);
 })();
