@@ -11,13 +11,7 @@ use std::str::FromStr;
 use apalis::prelude::{BoxDynError, Data};
 use apalis_cron::Tick;
 use chrono::{DateTime, Utc};
-use clicknback_core::{
-    config::ConfigError,
-    jobs::{self, RunSchedule},
-    schema::cron_runs,
-};
-use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use clicknback_core::{config::ConfigError, services::cron::claim_tick};
 
 use crate::runtime::SharedCtx;
 
@@ -88,28 +82,7 @@ pub async fn on_tick(
     ctx: &SharedCtx,
 ) -> anyhow::Result<bool> {
     let mut conn = ctx.db.get().await?;
-    let instance = ctx.instance.clone();
-    let claimed = conn
-        .transaction::<bool, diesel::result::Error, _>(async move |conn| {
-            let inserted = diesel::insert_into(cron_runs::table)
-                .values((
-                    cron_runs::schedule.eq(schedule.name()),
-                    cron_runs::tick.eq(tick),
-                    cron_runs::claimed_by.eq(&instance),
-                ))
-                .on_conflict_do_nothing()
-                .execute(conn)
-                .await?;
-            if inserted == 1 {
-                let job = RunSchedule {
-                    schedule: schedule.name().to_owned(),
-                    tick: tick.timestamp(),
-                };
-                jobs::enqueue(conn, &job, Utc::now()).await?;
-            }
-            Ok(inserted == 1)
-        })
-        .await?;
+    let claimed = claim_tick(&mut conn, schedule.name(), tick, &ctx.instance).await?;
     metrics::gauge!("cron_last_tick_timestamp_seconds", "schedule" => schedule.name())
         .set(tick.timestamp() as f64);
     if claimed {
