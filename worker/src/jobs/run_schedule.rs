@@ -11,36 +11,42 @@ use clicknback_core::{
 };
 use diesel_async::AsyncPgConnection;
 
-use super::{JobError, JobResult};
-use crate::{runtime::Ctx, schedules::Schedule};
+use super::{JobError, JobHandler, JobMeta, JobResult};
+use crate::{
+    runtime::{Ctx, SharedCtx},
+    schedules::Schedule,
+};
 
-pub async fn run(ctx: &Ctx, job: RunSchedule) -> JobResult {
-    let schedule = Schedule::parse(&job.schedule).ok_or_else(|| {
-        JobError::permanent(anyhow::anyhow!("unknown schedule {:?}", job.schedule))
-    })?;
-    let tick = DateTime::from_timestamp(job.tick, 0).unwrap_or_else(Utc::now);
-    let mut conn = ctx.db.get().await?;
-    let key = db::lock_key(&format!("schedule:{}", schedule.name()));
-    let outcome = if !db::try_session_lock(&mut conn, key).await? {
-        tracing::warn!(
-            schedule = schedule.name(),
-            "previous run still going; this tick is skipped"
-        );
-        Ok("skipped: previous run still going".to_owned())
-    } else {
-        let result = body(ctx, &mut conn, schedule).await;
-        let _ = db::session_unlock(&mut conn, key).await;
-        result
-    };
-    let text = match &outcome {
-        Ok(s) => s.clone(),
-        Err(e) => format!("error: {e}"),
-    };
-    cron::record_outcome(&mut conn, schedule.name(), tick, &text).await?;
-    metrics::gauge!("cron_last_run_timestamp_seconds", "schedule" => schedule.name())
-        .set(Utc::now().timestamp() as f64);
-    outcome
-        .map(|s| tracing::info!(schedule = schedule.name(), outcome = %s, "scheduled run finished"))
+impl JobHandler for RunSchedule {
+    async fn run(self, ctx: SharedCtx, _meta: JobMeta) -> JobResult {
+        let schedule = Schedule::parse(&self.schedule).ok_or_else(|| {
+            JobError::permanent(anyhow::anyhow!("unknown schedule {:?}", self.schedule))
+        })?;
+        let tick = DateTime::from_timestamp(self.tick, 0).unwrap_or_else(Utc::now);
+        let mut conn = ctx.db.get().await?;
+        let key = db::lock_key(&format!("schedule:{}", schedule.name()));
+        let outcome = if !db::try_session_lock(&mut conn, key).await? {
+            tracing::warn!(
+                schedule = schedule.name(),
+                "previous run still going; this tick is skipped"
+            );
+            Ok("skipped: previous run still going".to_owned())
+        } else {
+            let result = body(&ctx, &mut conn, schedule).await;
+            let _ = db::session_unlock(&mut conn, key).await;
+            result
+        };
+        let text = match &outcome {
+            Ok(s) => s.clone(),
+            Err(e) => format!("error: {e}"),
+        };
+        cron::record_outcome(&mut conn, schedule.name(), tick, &text).await?;
+        metrics::gauge!("cron_last_run_timestamp_seconds", "schedule" => schedule.name())
+            .set(Utc::now().timestamp() as f64);
+        outcome.map(
+            |s| tracing::info!(schedule = schedule.name(), outcome = %s, "scheduled run finished"),
+        )
+    }
 }
 
 /// `now` less a configured age.
