@@ -142,9 +142,10 @@ pub struct PayoutConfig {
     pub sandbox: bool,
 }
 
-/// How the worker runs jobs. Each job type's retry policy is declared with
-/// the job itself; its override (`JOB_RETRY_<JOB>`) is read by the worker at
-/// start, through [`Env`].
+/// How the worker runs jobs. Each job type's retry policy and each
+/// schedule's cron expression are declared with the job or schedule itself;
+/// their overrides (`JOB_RETRY_<JOB>`, `SCHEDULE_<NAME>`) are read by the
+/// worker at start, through [`Env`].
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     /// Workers heartbeat this often; a worker silent for
@@ -162,8 +163,6 @@ pub struct WorkerConfig {
     pub job_retention: Duration,
     /// Sent outbox rows are deleted after this long.
     pub outbox_retention: Duration,
-    /// Cron expressions (6 fields, seconds first) per schedule name.
-    pub schedules: Vec<(&'static str, String)>,
 }
 
 impl WorkerConfig {
@@ -174,45 +173,7 @@ impl WorkerConfig {
             .map(|(_, n)| *n)
             .unwrap_or(1)
     }
-
-    pub fn schedule_of(&self, name: &str) -> Option<&str> {
-        self.schedules
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, s)| s.as_str())
-    }
 }
-
-/// Default cron schedules (seconds minutes hours day-of-month month day-of-week).
-pub const DEFAULT_SCHEDULES: &[(&str, &str, &str)] = &[
-    // (schedule name, env var, default)
-    (
-        "sweep_attributions",
-        "SCHEDULE_SWEEP_ATTRIBUTIONS",
-        "*/30 * * * * *",
-    ),
-    ("auto_confirm", "SCHEDULE_AUTO_CONFIRM", "0 0 * * * *"),
-    (
-        "purge_idempotency_keys",
-        "SCHEDULE_PURGE_IDEMPOTENCY_KEYS",
-        "0 5 * * * *",
-    ),
-    (
-        "reconcile_ledger",
-        "SCHEDULE_RECONCILE_LEDGER",
-        "0 10 * * * *",
-    ),
-    (
-        "link_quality_alert",
-        "SCHEDULE_LINK_QUALITY_ALERT",
-        "0 15 * * * *",
-    ),
-    (
-        "resolve_payouts",
-        "SCHEDULE_RESOLVE_PAYOUTS",
-        "0 */5 * * * *",
-    ),
-];
 
 /// Default concurrency per queue.
 const DEFAULT_CONCURRENCY: &[(crate::jobs::Queue, &str, u64)] = &[
@@ -449,18 +410,6 @@ fn worker_config<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<WorkerCo
     for (q, var, default) in DEFAULT_CONCURRENCY {
         concurrency.push((*q, env.int_in(var, *default, 1..=1_000)? as usize));
     }
-    let mut schedules = Vec::new();
-    for (name, var, default) in DEFAULT_SCHEDULES {
-        let expr = env.or(var, default);
-        if expr.split_whitespace().count() < 6 {
-            return Err(ConfigError {
-                var: (*var).into(),
-                problem: format!("is {expr:?}"),
-                expected: "a cron expression with seconds first, like `*/30 * * * * *`".into(),
-            });
-        }
-        schedules.push((*name, expr));
-    }
     Ok(WorkerConfig {
         heartbeat: env.secs("JOB_HEARTBEAT_SECS", 5, 1..=300)?,
         missed_heartbeats: env.int_in("JOB_MISSED_HEARTBEATS", 3, 2..=100)? as usize,
@@ -470,7 +419,6 @@ fn worker_config<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<WorkerCo
         shutdown_grace: env.secs("SHUTDOWN_GRACE_SECS", 30, 0..=3_600)?,
         job_retention: env.secs("JOB_RETENTION_SECS", 3_600, 10..=2_592_000)?,
         outbox_retention: env.secs("OUTBOX_RETENTION_SECS", 86_400, 60..=2_592_000)?,
-        schedules,
     })
 }
 

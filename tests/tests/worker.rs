@@ -313,6 +313,29 @@ async fn a_job_of_unknown_type_is_dead_in_the_queue_it_came_from() {
 }
 
 #[tokio::test]
+async fn a_bad_retry_or_schedule_override_stops_the_worker_at_start() {
+    let app = TestApp::new().await;
+    let (code, printed) = app
+        .worker_command(&["queues"], &[("JOB_RETRY_SEND_EMAIL", "attempts=0")])
+        .await;
+    assert_eq!(code, 2, "{printed}");
+    assert!(
+        printed.contains(
+            "configuration error: JOB_RETRY_SEND_EMAIL has attempts=0; expected comma-separated attempts=N"
+        ),
+        "{printed}"
+    );
+    let (code, printed) = app
+        .worker_command(&["run"], &[("SCHEDULE_RECONCILE_LEDGER", "0 10 * * *")])
+        .await;
+    assert_eq!(code, 2, "{printed}");
+    assert!(
+        printed.contains(r#"configuration error: SCHEDULE_RECONCILE_LEDGER is "0 10 * * *"; expected a cron expression with seconds first"#),
+        "{printed}"
+    );
+}
+
+#[tokio::test]
 async fn a_sigkilled_worker_loses_nothing_and_the_effect_happens_once() {
     let app = TestApp::new().await;
     let mut first = app.worker(&[]);

@@ -70,16 +70,18 @@ async fn connect_redis(
 }
 
 /// What a worker process runs, with the environment's overrides applied:
-/// every job type with its retry policy.
+/// every job type with its retry policy, every schedule with its expression.
 pub struct Plan {
     pub jobs: registry::Registry,
+    pub schedules: Vec<(schedules::Schedule, cron::Schedule)>,
 }
 
 impl Plan {
-    /// Reads `JOB_RETRY_<JOB>`, naming the variable of a bad one.
+    /// Reads `JOB_RETRY_<JOB>` and `SCHEDULE_<NAME>`, naming the variable of a bad one.
     pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
         Ok(Self {
             jobs: jobs::registry().configure(env)?,
+            schedules: schedules::configured(env)?,
         })
     }
 }
@@ -128,7 +130,6 @@ pub async fn run(config: Config, plan: Plan, shutdown: CancellationToken) -> any
         paused: Default::default(),
         jobs: plan.jobs,
     });
-    let schedules = schedules::parse_all(&ctx)?;
 
     let mut background = tokio::task::JoinSet::new();
     let relay = relay::Relay::new(
@@ -184,7 +185,7 @@ pub async fn run(config: Config, plan: Plan, shutdown: CancellationToken) -> any
                 .build(runtime::handle)
         });
     }
-    for (schedule, expr) in schedules {
+    for (schedule, expr) in plan.schedules {
         let (ctx, instance) = (ctx.clone(), instance.clone());
         monitor = monitor.register(move |restarts| {
             WorkerBuilder::new(format!("cron-{}-{instance}-r{restarts}", schedule.name()))

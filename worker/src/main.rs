@@ -91,7 +91,7 @@ async fn main() {
     }
 }
 
-/// The configuration, then the jobs' overrides (read after
+/// The configuration, then the jobs' and schedules' overrides (read after
 /// `Config` has loaded `.env` in development), all validated before anything runs.
 fn load() -> Result<(Config, Plan), ConfigError> {
     let config = Config::from_env()?;
