@@ -142,7 +142,10 @@ pub struct PayoutConfig {
     pub sandbox: bool,
 }
 
-/// How the worker runs jobs.
+/// How the worker runs jobs. Each job type's retry policy and each
+/// schedule's cron expression are declared with the job or schedule itself;
+/// their overrides (`JOB_RETRY_<JOB>`, `SCHEDULE_<NAME>`) are read by the
+/// worker at start, through [`Env`].
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     /// Workers heartbeat this often; a worker silent for
@@ -154,16 +157,12 @@ pub struct WorkerConfig {
     pub fetch_batch: usize,
     /// Concurrency per queue, in `Queue::ALL` order.
     pub concurrency: Vec<(crate::jobs::Queue, usize)>,
-    /// Retry policy per job name.
-    pub retry: Vec<(&'static str, crate::retry::RetryPolicy)>,
     /// How long running jobs may take to finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
     /// Completed jobs are removed from Redis after this long.
     pub job_retention: Duration,
     /// Sent outbox rows are deleted after this long.
     pub outbox_retention: Duration,
-    /// Cron expressions (6 fields, seconds first) per schedule name.
-    pub schedules: Vec<(&'static str, String)>,
 }
 
 impl WorkerConfig {
@@ -174,76 +173,7 @@ impl WorkerConfig {
             .map(|(_, n)| *n)
             .unwrap_or(1)
     }
-
-    pub fn retry_of(&self, job: &str) -> crate::retry::RetryPolicy {
-        self.retry
-            .iter()
-            .find(|(name, _)| *name == job)
-            .map(|(_, p)| *p)
-            .unwrap_or(crate::retry::RetryPolicy::new(
-                5,
-                Duration::from_secs(5),
-                Duration::from_secs(300),
-                0.2,
-            ))
-    }
-
-    pub fn schedule_of(&self, name: &str) -> Option<&str> {
-        self.schedules
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, s)| s.as_str())
-    }
 }
-
-/// Default retry policies, by job name.
-pub const DEFAULT_RETRY: &[(&str, &str, u32, u64, u64)] = &[
-    // (job name, env suffix, attempts, base secs, cap secs)
-    ("AttributePurchase", "ATTRIBUTE_PURCHASE", 10, 5, 600),
-    (
-        "ApplyRewardTransition",
-        "APPLY_REWARD_TRANSITION",
-        10,
-        5,
-        600,
-    ),
-    ("SendEmail", "SEND_EMAIL", 12, 10, 1_800),
-    ("ProcessPayout", "PROCESS_PAYOUT", 10, 30, 3_600),
-    ("RecomputeUserStats", "RECOMPUTE_USER_STATS", 5, 5, 300),
-    ("RunSchedule", "RUN_SCHEDULE", 3, 5, 60),
-    ("Canary", "CANARY", 3, 1, 10),
-];
-
-/// Default cron schedules (seconds minutes hours day-of-month month day-of-week).
-pub const DEFAULT_SCHEDULES: &[(&str, &str, &str)] = &[
-    // (schedule name, env var, default)
-    (
-        "sweep_attributions",
-        "SCHEDULE_SWEEP_ATTRIBUTIONS",
-        "*/30 * * * * *",
-    ),
-    ("auto_confirm", "SCHEDULE_AUTO_CONFIRM", "0 0 * * * *"),
-    (
-        "purge_idempotency_keys",
-        "SCHEDULE_PURGE_IDEMPOTENCY_KEYS",
-        "0 5 * * * *",
-    ),
-    (
-        "reconcile_ledger",
-        "SCHEDULE_RECONCILE_LEDGER",
-        "0 10 * * * *",
-    ),
-    (
-        "link_quality_alert",
-        "SCHEDULE_LINK_QUALITY_ALERT",
-        "0 15 * * * *",
-    ),
-    (
-        "resolve_payouts",
-        "SCHEDULE_RESOLVE_PAYOUTS",
-        "0 */5 * * * *",
-    ),
-];
 
 /// Default concurrency per queue.
 const DEFAULT_CONCURRENCY: &[(crate::jobs::Queue, &str, u64)] = &[
@@ -480,44 +410,15 @@ fn worker_config<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<WorkerCo
     for (q, var, default) in DEFAULT_CONCURRENCY {
         concurrency.push((*q, env.int_in(var, *default, 1..=1_000)? as usize));
     }
-    let mut retry = Vec::new();
-    for (job, suffix, attempts, base, cap) in DEFAULT_RETRY {
-        let default = crate::retry::RetryPolicy::new(
-            *attempts,
-            Duration::from_secs(*base),
-            Duration::from_secs(*cap),
-            0.2,
-        );
-        let var = format!("JOB_RETRY_{suffix}");
-        let policy = match env.raw(&var) {
-            Some(raw) => crate::retry::RetryPolicy::parse(&var, &raw, default)?,
-            None => default,
-        };
-        retry.push((*job, policy));
-    }
-    let mut schedules = Vec::new();
-    for (name, var, default) in DEFAULT_SCHEDULES {
-        let expr = env.or(var, default);
-        if expr.split_whitespace().count() < 6 {
-            return Err(ConfigError {
-                var: (*var).into(),
-                problem: format!("is {expr:?}"),
-                expected: "a cron expression with seconds first, like `*/30 * * * * *`".into(),
-            });
-        }
-        schedules.push((*name, expr));
-    }
     Ok(WorkerConfig {
         heartbeat: env.secs("JOB_HEARTBEAT_SECS", 5, 1..=300)?,
         missed_heartbeats: env.int_in("JOB_MISSED_HEARTBEATS", 3, 2..=100)? as usize,
         poll_interval: env.millis("JOB_POLL_INTERVAL_MS", 200, 10..=30_000)?,
         fetch_batch: env.int_in("JOB_FETCH_BATCH", 20, 1..=500)? as usize,
         concurrency,
-        retry,
         shutdown_grace: env.secs("SHUTDOWN_GRACE_SECS", 30, 0..=3_600)?,
         job_retention: env.secs("JOB_RETENTION_SECS", 3_600, 10..=2_592_000)?,
         outbox_retention: env.secs("OUTBOX_RETENTION_SECS", 86_400, 60..=2_592_000)?,
-        schedules,
     })
 }
 

@@ -1,8 +1,12 @@
 //! Job payloads, their queues, and how to enqueue them.
 //!
+//! Each job type declares here, once, its name, its queue and its default
+//! retry policy ([`Job`]); the worker's registry maps the name to its handler.
 //! Jobs that must happen are written as outbox rows in the same transaction as
 //! the data they act on ([`enqueue`]); the worker's relay moves them into the
 //! apalis Redis queues. Nothing here talks to Redis.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -10,6 +14,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
 
+use crate::retry::RetryPolicy;
 use crate::schema::outbox;
 
 /// The queues of SPEC §4, plus `maintenance` for the cron schedules' work.
@@ -56,10 +61,14 @@ impl std::fmt::Display for Queue {
     }
 }
 
-/// A job type: its name, its queue, and the key that makes its enqueue idempotent.
+/// A job type: its name, its queue, its retry policy, and the key that makes
+/// its enqueue idempotent.
 pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// What the outbox and Redis carry in `job`; unique among job types.
     const NAME: &'static str;
     const QUEUE: Queue;
+    /// The default policy; `JOB_RETRY_<JOB>` overrides it ([`crate::retry`]).
+    const RETRY: RetryPolicy;
     /// Identifies this job's effect; enqueueing the same key twice is a no-op.
     fn key(&self) -> String;
 }
@@ -76,6 +85,8 @@ pub struct AttributePurchase {
 impl Job for AttributePurchase {
     const NAME: &'static str = "AttributePurchase";
     const QUEUE: Queue = Queue::Attribution;
+    const RETRY: RetryPolicy =
+        RetryPolicy::new(10, Duration::from_secs(5), Duration::from_secs(600), 0.2);
     fn key(&self) -> String {
         format!("attribute:{}", self.purchase_id)
     }
@@ -109,6 +120,8 @@ pub struct ApplyRewardTransition {
 impl Job for ApplyRewardTransition {
     const NAME: &'static str = "ApplyRewardTransition";
     const QUEUE: Queue = Queue::Rewards;
+    const RETRY: RetryPolicy =
+        RetryPolicy::new(10, Duration::from_secs(5), Duration::from_secs(600), 0.2);
     fn key(&self) -> String {
         format!("reward:{}:{}", self.purchase_id, self.to.as_str())
     }
@@ -146,6 +159,8 @@ pub struct SendEmail {
 impl Job for SendEmail {
     const NAME: &'static str = "SendEmail";
     const QUEUE: Queue = Queue::Emails;
+    const RETRY: RetryPolicy =
+        RetryPolicy::new(12, Duration::from_secs(10), Duration::from_secs(1_800), 0.2);
     fn key(&self) -> String {
         format!("email:{}", self.dedupe_key)
     }
@@ -159,6 +174,8 @@ pub struct ProcessPayout {
 impl Job for ProcessPayout {
     const NAME: &'static str = "ProcessPayout";
     const QUEUE: Queue = Queue::Payouts;
+    const RETRY: RetryPolicy =
+        RetryPolicy::new(10, Duration::from_secs(30), Duration::from_secs(3_600), 0.2);
     fn key(&self) -> String {
         format!("payout:{}", self.payout_id)
     }
@@ -172,6 +189,8 @@ pub struct RecomputeUserStats {
 impl Job for RecomputeUserStats {
     const NAME: &'static str = "RecomputeUserStats";
     const QUEUE: Queue = Queue::Stats;
+    const RETRY: RetryPolicy =
+        RetryPolicy::new(5, Duration::from_secs(5), Duration::from_secs(300), 0.2);
     fn key(&self) -> String {
         format!("stats:{}", self.user_id)
     }
@@ -188,6 +207,8 @@ pub struct RunSchedule {
 impl Job for RunSchedule {
     const NAME: &'static str = "RunSchedule";
     const QUEUE: Queue = Queue::Maintenance;
+    const RETRY: RetryPolicy =
+        RetryPolicy::new(3, Duration::from_secs(5), Duration::from_secs(60), 0.2);
     fn key(&self) -> String {
         format!("cron:{}:{}", self.schedule, self.tick)
     }
@@ -215,23 +236,11 @@ pub struct Canary {
 impl Job for Canary {
     const NAME: &'static str = "Canary";
     const QUEUE: Queue = Queue::Maintenance;
+    const RETRY: RetryPolicy =
+        RetryPolicy::new(3, Duration::from_secs(1), Duration::from_secs(10), 0.2);
     fn key(&self) -> String {
         format!("canary:{}", self.key)
     }
-}
-
-/// The queue a job name belongs to.
-pub fn queue_of(job: &str) -> Option<Queue> {
-    Some(match job {
-        AttributePurchase::NAME => AttributePurchase::QUEUE,
-        ApplyRewardTransition::NAME => ApplyRewardTransition::QUEUE,
-        SendEmail::NAME => SendEmail::QUEUE,
-        ProcessPayout::NAME => ProcessPayout::QUEUE,
-        RecomputeUserStats::NAME => RecomputeUserStats::QUEUE,
-        RunSchedule::NAME => RunSchedule::QUEUE,
-        Canary::NAME => Canary::QUEUE,
-        _ => return None,
-    })
 }
 
 /// What the relay pushes into Redis: the job's name and payload, which attempt

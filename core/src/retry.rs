@@ -1,10 +1,11 @@
 //! Retry policies per job type: attempts, exponential backoff from a base
-//! delay up to a cap, and jitter. Read from configuration and validated at
-//! start (`JOB_RETRY_<JOB>=attempts=8,base=5s,cap=10m,jitter=0.2`).
+//! delay up to a cap, and jitter. Each job type declares its default
+//! ([`crate::jobs::Job::RETRY`]); `JOB_RETRY_<JOB>=attempts=8,base=5s,cap=10m,jitter=0.2`
+//! overrides it, validated at start.
 
 use std::time::Duration;
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, Env};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
@@ -37,6 +38,19 @@ impl RetryPolicy {
     /// Whether a job that just failed on `attempt` may run again.
     pub fn allows_retry_after(&self, attempt: u32) -> bool {
         attempt < self.max_attempts
+    }
+
+    /// `default`, overridden by the job's [`env_var`] when it is set.
+    pub fn from_env<F: Fn(&str) -> Option<String>>(
+        env: &Env<F>,
+        job: &str,
+        default: RetryPolicy,
+    ) -> Result<RetryPolicy, ConfigError> {
+        let var = env_var(job);
+        match env.raw(&var) {
+            Some(raw) => RetryPolicy::parse(&var, &raw, default),
+            None => Ok(default),
+        }
     }
 
     /// Parses `attempts=8,base=5s,cap=10m,jitter=0.2` over `default` (any subset).
@@ -81,6 +95,19 @@ impl RetryPolicy {
     }
 }
 
+/// The variable overriding a job type's policy: `JOB_RETRY_` and the job's
+/// name in upper snake case (`SendEmail` → `JOB_RETRY_SEND_EMAIL`).
+pub fn env_var(job: &str) -> String {
+    let mut var = String::from("JOB_RETRY_");
+    for (i, c) in job.chars().enumerate() {
+        if i > 0 && c.is_ascii_uppercase() {
+            var.push('_');
+        }
+        var.push(c.to_ascii_uppercase());
+    }
+    var
+}
+
 /// `500ms`, `5s`, `10m`, `1h`.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
@@ -123,6 +150,35 @@ mod tests {
         let p = RetryPolicy { jitter: 0.5, ..P };
         assert_eq!(p.delay_before(3, 0.0), Duration::from_secs(4));
         assert_eq!(p.delay_before(3, 1.0), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn variables_are_the_job_name_in_upper_snake_case() {
+        assert_eq!(env_var("Canary"), "JOB_RETRY_CANARY");
+        assert_eq!(
+            env_var("ApplyRewardTransition"),
+            "JOB_RETRY_APPLY_REWARD_TRANSITION"
+        );
+    }
+
+    #[test]
+    fn an_override_applies_over_the_default_and_names_its_variable() {
+        let lookup = |k: &str| (k == "JOB_RETRY_SEND_EMAIL").then(|| "attempts=2".to_owned());
+        let env = Env::new(lookup).unwrap();
+        assert_eq!(
+            RetryPolicy::from_env(&env, "SendEmail", P)
+                .unwrap()
+                .max_attempts,
+            2
+        );
+        assert_eq!(RetryPolicy::from_env(&env, "Canary", P).unwrap(), P);
+        let bad =
+            Env::new(|k: &str| (k == "JOB_RETRY_CANARY").then(|| "attempts=0".to_owned())).unwrap();
+        let e = RetryPolicy::from_env(&bad, "Canary", P).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "configuration error: JOB_RETRY_CANARY has attempts=0; expected comma-separated attempts=N (1..=100), base=DUR, cap=DUR, jitter=F (0..=1); DUR like 500ms, 5s, 10m, 1h"
+        );
     }
 
     #[test]

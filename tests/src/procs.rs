@@ -168,6 +168,27 @@ impl TestApp {
         let child = cmd.spawn().expect("start clicknback-worker");
         WorkerProcess { child, log }
     }
+
+    /// Runs `clicknback-worker <args>` (an operator command) to its end with
+    /// `extra` in its environment: its exit code and everything it printed.
+    pub async fn worker_command(&self, args: &[&str], extra: &[(&str, &str)]) -> (i32, String) {
+        let log = std::env::temp_dir().join(format!(
+            "clicknback-worker-cli-{}.log",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let mut cmd = self.command("clicknback-worker", &log);
+        cmd.args(args);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let status = tokio::time::timeout(Duration::from_secs(30), cmd.status())
+            .await
+            .expect("the command finished within 30 s")
+            .expect("run clicknback-worker");
+        let printed = std::fs::read_to_string(&log).unwrap_or_default();
+        let _ = std::fs::remove_file(&log);
+        (status.code().unwrap_or(-1), printed)
+    }
 }
 
 /// A real SMTP server (aiosmtpd) that stores what it receives in a Maildir.

@@ -66,16 +66,20 @@ fn metric_names() -> Vec<String> {
     names
 }
 
+/// Those of `vars` missing from OPERATIONS or `.env.example`.
+fn undocumented<'a>(vars: &'a [String], ops: &str, example: &str) -> Vec<&'a String> {
+    vars.iter()
+        .filter(|v| !ops.contains(v.as_str()) || !example.contains(v.as_str()))
+        .collect()
+}
+
 #[test]
 fn every_configuration_variable_is_documented() {
     let ops = workspace_file("docs/OPERATIONS.md");
     let example = workspace_file(".env.example");
     let vars = config_variables();
     assert!(vars.len() > 40, "found only {} variables", vars.len());
-    let missing: Vec<_> = vars
-        .iter()
-        .filter(|v| !ops.contains(v.as_str()) || !example.contains(v.as_str()))
-        .collect();
+    let missing = undocumented(&vars, &ops, &example);
     assert!(
         missing.is_empty(),
         "not in docs/OPERATIONS.md or .env.example: {missing:?}"
@@ -95,4 +99,28 @@ fn every_metric_is_documented() {
         missing.is_empty(),
         "metrics missing from docs/OPERATIONS.md: {missing:?}"
     );
+}
+
+/// The per-job and per-schedule overrides, named from the worker's own lists,
+/// and each schedule's default as the operator's table shows it.
+#[test]
+fn every_job_and_schedule_override_is_documented() {
+    use clicknback_worker::{jobs, schedules};
+    let ops = workspace_file("docs/OPERATIONS.md");
+    let example = workspace_file(".env.example");
+    let mut vars: Vec<String> = jobs::registry()
+        .names()
+        .into_iter()
+        .map(clicknback_core::retry::env_var)
+        .collect();
+    vars.extend(schedules::ALL.iter().map(|s| s.env_var()));
+    let missing = undocumented(&vars, &ops, &example);
+    assert!(
+        missing.is_empty(),
+        "not in docs/OPERATIONS.md or .env.example: {missing:?}"
+    );
+    for s in schedules::ALL {
+        let row = format!("| `{}` | `{}` |", s.env_var(), s.default_cron());
+        assert!(ops.contains(&row), "docs/OPERATIONS.md lacks {row}");
+    }
 }

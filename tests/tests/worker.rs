@@ -243,6 +243,99 @@ async fn a_permanent_error_goes_dead_on_attempt_1() {
 }
 
 #[tokio::test]
+async fn a_job_of_unknown_type_is_dead_in_the_queue_it_came_from() {
+    let app = TestApp::new().await;
+    let _w = app.worker(&[]);
+    let mut c = app.db.conn().await;
+    jobs::enqueue_raw(
+        &mut c,
+        jobs::Queue::Emails,
+        "fax:1",
+        json!({"job": "SendFax", "data": {"to": "+4930123456"}}),
+        1,
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "the unknown job to be dead",
+        || async {
+            (scalar(
+                &app,
+                "SELECT count(*) AS n FROM dead_jobs WHERE task_id = 'fax:1' AND attempts = 1",
+            )
+            .await
+                == 1)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        scalar(
+            &app,
+            r#"SELECT count(*) AS n FROM dead_jobs WHERE queue = 'emails' AND last_error = 'unknown job type "SendFax"'"#
+        )
+        .await,
+        1,
+        "dead in its own queue, its error naming the type"
+    );
+    assert_eq!(
+        scalar(
+            &app,
+            "SELECT count(*) AS n FROM dead_jobs WHERE queue <> 'emails'"
+        )
+        .await,
+        0
+    );
+
+    // The board's list and the operator command show it.
+    let admin = app.admin_token().await;
+    let dead = app
+        .json(
+            Method::GET,
+            "/v1/admin/queues/emails/jobs?state=dead",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(dead.status, StatusCode::OK, "{}", dead.text);
+    assert_eq!(dead.body[0]["job"], "SendFax");
+    assert_eq!(dead.body[0]["last_error"], r#"unknown job type "SendFax""#);
+    let (code, printed) = app
+        .worker_command(&["jobs", "emails", "--state", "dead"], &[])
+        .await;
+    assert_eq!(code, 0, "{printed}");
+    assert!(
+        printed.contains(r#""last_error": "unknown job type \"SendFax\"""#),
+        "{printed}"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_retry_or_schedule_override_stops_the_worker_at_start() {
+    let app = TestApp::new().await;
+    let (code, printed) = app
+        .worker_command(&["queues"], &[("JOB_RETRY_SEND_EMAIL", "attempts=0")])
+        .await;
+    assert_eq!(code, 2, "{printed}");
+    assert!(
+        printed.contains(
+            "configuration error: JOB_RETRY_SEND_EMAIL has attempts=0; expected comma-separated attempts=N"
+        ),
+        "{printed}"
+    );
+    let (code, printed) = app
+        .worker_command(&["run"], &[("SCHEDULE_RECONCILE_LEDGER", "0 10 * * *")])
+        .await;
+    assert_eq!(code, 2, "{printed}");
+    assert!(
+        printed.contains(r#"configuration error: SCHEDULE_RECONCILE_LEDGER is "0 10 * * *"; expected a cron expression with seconds first"#),
+        "{printed}"
+    );
+}
+
+#[tokio::test]
 async fn a_sigkilled_worker_loses_nothing_and_the_effect_happens_once() {
     let app = TestApp::new().await;
     let mut first = app.worker(&[]);

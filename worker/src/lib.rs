@@ -11,6 +11,7 @@
 pub mod jobs;
 pub mod maintenance;
 pub mod poll;
+pub mod registry;
 pub mod relay;
 pub mod runtime;
 pub mod schedules;
@@ -22,7 +23,7 @@ use apalis::prelude::*;
 use apalis_cron::CronScheduler;
 use apalis_redis::RedisStorage;
 use clicknback_core::{
-    config::Config,
+    config::{Config, ConfigError, Env},
     db,
     jobs::{JobEnvelope, Queue},
     queues,
@@ -68,8 +69,35 @@ async fn connect_redis(
     }
 }
 
+/// What a worker process runs, with the environment's overrides applied:
+/// every job type with its retry policy, every schedule with its expression.
+pub struct Plan {
+    pub jobs: registry::Registry,
+    pub schedules: Vec<(schedules::Schedule, cron::Schedule)>,
+}
+
+impl Plan {
+    /// Reads `JOB_RETRY_<JOB>` and `SCHEDULE_<NAME>`, naming the variable of a bad one.
+    pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            jobs: jobs::registry().configure(env)?,
+            schedules: schedules::configured(env)?,
+        })
+    }
+}
+
+/// An environment of just `vars`, for tests of what reads overrides.
+#[cfg(test)]
+fn test_env(vars: &[(&str, &str)]) -> Env<impl Fn(&str) -> Option<String>> {
+    let vars: std::collections::HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    Env::new(move |k: &str| vars.get(k).cloned()).expect("a valid APP_ENV")
+}
+
 /// Everything a worker process runs, until `shutdown` is cancelled.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(config: Config, plan: Plan, shutdown: CancellationToken) -> anyhow::Result<()> {
     if config.run_migrations_on_start {
         db::run_migrations(&config.database_url).await?;
     }
@@ -100,8 +128,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         )?),
         keys: clicknback_core::crypto::Keyring::new(&config.data_encryption_keys),
         paused: Default::default(),
+        jobs: plan.jobs,
     });
-    let schedules = schedules::parse_all(&ctx)?;
 
     let mut background = tokio::task::JoinSet::new();
     let relay = relay::Relay::new(
@@ -150,13 +178,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                         .clone()
                         .poll_with_strategy(poll::Ticker::every(poll)),
                 )
+                .data(q)
                 .data(ctx.clone())
                 .catch_panic()
                 .concurrency(n)
                 .build(runtime::handle)
         });
     }
-    for (schedule, expr) in schedules {
+    for (schedule, expr) in plan.schedules {
         let (ctx, instance) = (ctx.clone(), instance.clone());
         monitor = monitor.register(move |restarts| {
             WorkerBuilder::new(format!("cron-{}-{instance}-r{restarts}", schedule.name()))

@@ -1,7 +1,11 @@
 //! `clicknback-worker`: runs the jobs, the outbox relay and the cron schedules.
 
 use clap::{Parser, Subcommand};
-use clicknback_core::{config::Config, telemetry};
+use clicknback_core::{
+    config::{Config, ConfigError, Env},
+    telemetry,
+};
+use clicknback_worker::Plan;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -59,8 +63,8 @@ enum Command {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    let config = match Config::from_env() {
-        Ok(c) => c,
+    let (config, plan) = match load() {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("{e}");
             std::process::exit(2);
@@ -76,7 +80,7 @@ async fn main() {
                 tracing::info!("shutdown requested");
                 signal.cancel();
             });
-            clicknback_worker::run(config, shutdown).await
+            clicknback_worker::run(config, plan, shutdown).await
         }
         other => ops(other, config).await,
     };
@@ -85,6 +89,14 @@ async fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// The configuration, then the jobs' and schedules' overrides (read after
+/// `Config` has loaded `.env` in development), all validated before anything runs.
+fn load() -> Result<(Config, Plan), ConfigError> {
+    let config = Config::from_env()?;
+    let plan = Plan::from_env(&Env::new(|k| std::env::var(k).ok())?)?;
+    Ok((config, plan))
 }
 
 async fn wait_for_signal() {

@@ -1,5 +1,5 @@
-//! Runs one job: decode the envelope, dispatch to its handler, and apply the
-//! job type's retry policy on top of apalis.
+//! Runs one job: find its type in the registry, run its handler, and apply
+//! the job type's retry policy on top of apalis.
 //!
 //! apalis-redis would retry a failed job itself, linearly and up to a
 //! hard-coded 25 attempts, and tower's retry layer lives only in the process.
@@ -18,10 +18,7 @@ use chrono::Utc;
 use clicknback_core::{
     config::Config,
     db::DbPool,
-    jobs::{
-        self, ApplyRewardTransition, AttributePurchase, Canary, Job, JobEnvelope, ProcessPayout,
-        RecomputeUserStats, RunSchedule, SendEmail,
-    },
+    jobs::{self, JobEnvelope, Queue},
     redis_conn::RedisHandle,
     retry,
     schema::dead_jobs,
@@ -30,13 +27,9 @@ use clicknback_core::{
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use lettre::{AsyncSmtpTransport, Tokio1Executor};
-use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
-use crate::jobs::{
-    JobError, JobResult, apply_reward_transition, attribute_purchase, canary, process_payout,
-    recompute_user_stats, run_schedule, send_email,
-};
+use crate::{jobs::JobError, registry::Registry};
 
 /// What every job handler shares.
 pub struct Ctx {
@@ -57,47 +50,33 @@ pub struct Ctx {
     pub keys: clicknback_core::crypto::Keyring,
     /// Paused flags per queue, read from Redis at most once a second.
     pub paused: std::sync::Mutex<std::collections::HashMap<jobs::Queue, (bool, Instant)>>,
+    /// Every job type this worker runs, by name.
+    pub jobs: Registry,
 }
 
 pub type SharedCtx = Arc<Ctx>;
 
-fn decode<T: DeserializeOwned>(env: &JobEnvelope) -> Result<T, JobError> {
-    serde_json::from_value(env.payload.clone())
-        .map_err(|e| JobError::permanent(anyhow::anyhow!("malformed {} payload: {e}", env.job)))
-}
-
-async fn dispatch(ctx: &SharedCtx, env: &JobEnvelope) -> JobResult {
-    match env.job.as_str() {
-        SendEmail::NAME => send_email::run(ctx.clone(), decode(env)?).await,
-        RunSchedule::NAME => run_schedule::run(ctx, decode(env)?).await,
-        Canary::NAME => canary::run(ctx, decode(env)?, env.attempt).await,
-        AttributePurchase::NAME => attribute_purchase::run(ctx, decode(env)?).await,
-        ApplyRewardTransition::NAME => apply_reward_transition::run(ctx, decode(env)?).await,
-        ProcessPayout::NAME => process_payout::run(ctx, decode(env)?).await,
-        RecomputeUserStats::NAME => recompute_user_stats::run(ctx, decode(env)?).await,
-        other => Err(JobError::permanent(anyhow::anyhow!(
-            "unknown job type {other:?}"
-        ))),
-    }
-}
-
-/// The apalis handler for every queue.
+/// The apalis handler for every queue; `queue` is the one it fetched from.
 pub async fn handle(
     env: JobEnvelope,
     task_id: TaskId,
+    queue: Data<Queue>,
     ctx: Data<SharedCtx>,
 ) -> Result<(), BoxDynError> {
     let ctx: SharedCtx = (*ctx).clone();
     let span = tracing::info_span!("job", job_id = %task_id, job = %env.job, attempt = env.attempt);
-    run_one(ctx, env).instrument(span).await
+    run_one(ctx, *queue, env).instrument(span).await
 }
 
-async fn run_one(ctx: SharedCtx, env: JobEnvelope) -> Result<(), BoxDynError> {
-    let queue = jobs::queue_of(&env.job).unwrap_or(jobs::Queue::Maintenance);
+/// Runs one job fetched from `queue`. Its retries, deferrals and dead record
+/// stay in that queue; a job name the registry does not hold is a permanent
+/// failure, recorded dead there like any other.
+async fn run_one(ctx: SharedCtx, queue: Queue, env: JobEnvelope) -> Result<(), BoxDynError> {
     if is_paused(&ctx, queue).await {
         let later = Utc::now() + chrono::Duration::seconds(5);
         requeue(
             &ctx,
+            queue,
             &env,
             &format!(
                 "{}#p{}",
@@ -111,8 +90,15 @@ async fn run_one(ctx: SharedCtx, env: JobEnvelope) -> Result<(), BoxDynError> {
         tracing::debug!("queue paused; job put back");
         return Ok(());
     }
+    let job = ctx.jobs.get(&env.job);
     let started = Instant::now();
-    let outcome = dispatch(&ctx, &env).await;
+    let outcome = match job {
+        Some(job) => job.run(ctx.clone(), &env).await,
+        None => Err(JobError::permanent(anyhow::anyhow!(
+            "unknown job type {:?}",
+            env.job
+        ))),
+    };
     let elapsed = started.elapsed().as_secs_f64();
     let label = match &outcome {
         Ok(()) => "success",
@@ -121,16 +107,18 @@ async fn run_one(ctx: SharedCtx, env: JobEnvelope) -> Result<(), BoxDynError> {
         Err(JobError::Defer { .. }) => "deferred",
     };
     metrics::histogram!("job_duration_seconds", "job" => env.job.clone()).record(elapsed);
-    let policy = ctx.config.worker.retry_of(&env.job);
     let attempt = env.attempt.max(1) as u32;
-    match outcome {
-        Ok(()) => {
+    let retry = job
+        .map(|j| j.retry)
+        .filter(|p| p.allows_retry_after(attempt));
+    match (outcome, retry) {
+        (Ok(()), _) => {
             metrics::counter!("jobs_total", "job" => env.job.clone(), "outcome" => label)
                 .increment(1);
             tracing::info!(duration_ms = (elapsed * 1000.0) as u64, "job succeeded");
             Ok(())
         }
-        Err(JobError::Defer { reason, after }) => {
+        (Err(JobError::Defer { reason, after }), _) => {
             metrics::counter!("jobs_total", "job" => env.job.clone(), "outcome" => label)
                 .increment(1);
             let later = Utc::now() + chrono::Duration::from_std(after).unwrap_or_default();
@@ -139,18 +127,18 @@ async fn run_one(ctx: SharedCtx, env: JobEnvelope) -> Result<(), BoxDynError> {
                 ops::base_task_id(&env.task_id),
                 later.timestamp_millis()
             );
-            requeue(&ctx, &env, &id, env.attempt, later)
+            requeue(&ctx, queue, &env, &id, env.attempt, later)
                 .await
                 .map_err(unrecorded)?;
             tracing::info!(%reason, after_ms = after.as_millis() as u64, "job deferred");
             Ok(())
         }
-        Err(JobError::Retry(e)) if policy.allows_retry_after(attempt) => {
+        (Err(JobError::Retry(e)), Some(policy)) => {
             let next = attempt + 1;
             let delay = policy.delay_before(next, retry::unit_random());
             let at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
             let id = format!("{}#a{next}", ops::base_task_id(&env.task_id));
-            requeue(&ctx, &env, &id, next as i32, at)
+            requeue(&ctx, queue, &env, &id, next as i32, at)
                 .await
                 .map_err(unrecorded)?;
             metrics::counter!("jobs_total", "job" => env.job.clone(), "outcome" => label)
@@ -158,7 +146,7 @@ async fn run_one(ctx: SharedCtx, env: JobEnvelope) -> Result<(), BoxDynError> {
             tracing::warn!(error = %format!("{e:#}"), next_attempt = next, retry_in_ms = delay.as_millis() as u64, "job failed; will retry");
             Ok(())
         }
-        Err(JobError::Retry(e)) | Err(JobError::Permanent(e)) => {
+        (Err(JobError::Retry(e) | JobError::Permanent(e)), _) => {
             let permanent = label == "failed";
             bury(&ctx, &env, queue, attempt, &format!("{e:#}"))
                 .await
@@ -179,15 +167,15 @@ fn unrecorded(e: BoxDynError) -> BoxDynError {
     e
 }
 
-/// Writes the job's next run into the outbox.
+/// Writes the job's next run into the outbox of `queue`.
 async fn requeue(
     ctx: &Ctx,
+    queue: Queue,
     env: &JobEnvelope,
     task_id: &str,
     attempt: i32,
     at: chrono::DateTime<Utc>,
 ) -> Result<(), BoxDynError> {
-    let queue = jobs::queue_of(&env.job).unwrap_or(jobs::Queue::Maintenance);
     let mut conn = ctx.db.get().await?;
     let payload = serde_json::json!({ "job": env.job, "data": env.payload });
     jobs::enqueue_raw(&mut conn, queue, task_id, payload, attempt, at).await?;
@@ -198,7 +186,7 @@ async fn requeue(
 async fn bury(
     ctx: &Ctx,
     env: &JobEnvelope,
-    queue: jobs::Queue,
+    queue: Queue,
     attempts: u32,
     error: &str,
 ) -> Result<(), BoxDynError> {
@@ -218,7 +206,7 @@ async fn bury(
     Ok(())
 }
 
-async fn is_paused(ctx: &Ctx, queue: jobs::Queue) -> bool {
+async fn is_paused(ctx: &Ctx, queue: Queue) -> bool {
     match ctx.redis.get().await {
         Ok(mut c) => ops::is_paused(&mut c, &ctx.namespace, queue)
             .await

@@ -1,4 +1,5 @@
-//! Every cron schedule in one list, and how a tick becomes work.
+//! Every cron schedule in one list, each with its name and default cron
+//! expression, and how a tick becomes work.
 //!
 //! apalis-cron fires in every worker process. A tick therefore only claims
 //! `(schedule, tick)` in `cron_runs` (the primary key lets exactly one replica
@@ -12,73 +13,97 @@ use apalis::prelude::{BoxDynError, Data};
 use apalis_cron::Tick;
 use chrono::{DateTime, Utc};
 use clicknback_core::{
-    config::ConfigError,
-    jobs::{self, RunSchedule},
-    schema::cron_runs,
+    config::{ConfigError, Env},
+    services::cron::claim_tick,
 };
-use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use crate::runtime::SharedCtx;
 
-/// The schedules: name and what a run does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Schedule {
-    /// Enqueues attribution for due, unprocessed purchases (batch 100).
-    SweepAttributions,
-    /// Pending rewards past the hold period become available.
-    AutoConfirm,
-    /// Idempotency records older than their retention are deleted.
-    PurgeIdempotencyKeys,
-    /// Every ledger invariant is checked; a breach is logged and counted.
-    ReconcileLedger,
-    /// Merchants whose purchase-token mismatch rate is too high raise an alert.
-    LinkQualityAlert,
-    /// Payouts left unfinished (`submitted_unknown`, `processing`, or a
-    /// `requested` one whose job died) are looked up at the provider and settled.
-    ResolvePayouts,
+/// Declares the schedules from one list: each variant with its name (in
+/// `cron_runs`, in `RunSchedule` and, upper-cased, in `SCHEDULE_<NAME>`) and
+/// its default expression (seconds, minutes, hours, day of month, month, day
+/// of week), and [`ALL`].
+macro_rules! schedules {
+    ($($(#[doc = $doc:literal])* $variant:ident = $name:literal, $cron:literal;)*) => {
+        /// The schedules; what a run does is in `crate::jobs::run_schedule`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Schedule {
+            $($(#[doc = $doc])* $variant,)*
+        }
+
+        /// Every schedule.
+        pub const ALL: &[Schedule] = &[$(Schedule::$variant,)*];
+
+        impl Schedule {
+            const fn spec(self) -> (&'static str, &'static str) {
+                match self {
+                    $(Schedule::$variant => ($name, $cron),)*
+                }
+            }
+        }
+    };
 }
 
-pub const ALL: [Schedule; 6] = [
-    Schedule::SweepAttributions,
-    Schedule::AutoConfirm,
-    Schedule::PurgeIdempotencyKeys,
-    Schedule::ReconcileLedger,
-    Schedule::LinkQualityAlert,
-    Schedule::ResolvePayouts,
-];
+schedules! {
+    /// Enqueues attribution for due, unprocessed purchases (batch 100).
+    SweepAttributions = "sweep_attributions", "*/30 * * * * *";
+    /// Pending rewards past the hold period become available.
+    AutoConfirm = "auto_confirm", "0 0 * * * *";
+    /// Idempotency records older than their retention are deleted.
+    PurgeIdempotencyKeys = "purge_idempotency_keys", "0 5 * * * *";
+    /// Every ledger invariant is checked; a breach is logged and counted.
+    ReconcileLedger = "reconcile_ledger", "0 10 * * * *";
+    /// Merchants whose purchase-token mismatch rate is too high raise an alert.
+    LinkQualityAlert = "link_quality_alert", "0 15 * * * *";
+    /// Payouts left unfinished (`submitted_unknown`, `processing`, or a
+    /// `requested` one whose job died) are looked up at the provider and settled.
+    ResolvePayouts = "resolve_payouts", "0 */5 * * * *";
+}
+
+const CRON_EXPECTED: &str = "a cron expression with seconds first, like `*/30 * * * * *`";
 
 impl Schedule {
     pub fn name(self) -> &'static str {
-        match self {
-            Schedule::SweepAttributions => "sweep_attributions",
-            Schedule::AutoConfirm => "auto_confirm",
-            Schedule::PurgeIdempotencyKeys => "purge_idempotency_keys",
-            Schedule::ReconcileLedger => "reconcile_ledger",
-            Schedule::LinkQualityAlert => "link_quality_alert",
-            Schedule::ResolvePayouts => "resolve_payouts",
-        }
+        self.spec().0
+    }
+
+    pub fn default_cron(self) -> &'static str {
+        self.spec().1
+    }
+
+    /// The variable overriding its expression.
+    pub fn env_var(self) -> String {
+        format!("SCHEDULE_{}", self.name().to_uppercase())
     }
 
     pub fn parse(name: &str) -> Option<Schedule> {
-        ALL.into_iter().find(|s| s.name() == name)
+        ALL.iter().copied().find(|s| s.name() == name)
+    }
+
+    /// Its expression: `SCHEDULE_<NAME>` or the default, validated.
+    pub fn cron<F: Fn(&str) -> Option<String>>(
+        self,
+        env: &Env<F>,
+    ) -> Result<cron::Schedule, ConfigError> {
+        let var = self.env_var();
+        let expr = env.or(&var, self.default_cron());
+        let bad = |problem: String| ConfigError {
+            var: var.clone(),
+            problem,
+            expected: CRON_EXPECTED.into(),
+        };
+        if expr.split_whitespace().count() < 6 {
+            return Err(bad(format!("is {expr:?}")));
+        }
+        cron::Schedule::from_str(&expr).map_err(|e| bad(format!("is {expr:?} ({e})")))
     }
 }
 
-/// Parses every configured expression, naming the variable of a bad one.
-pub fn parse_all(ctx: &SharedCtx) -> Result<Vec<(Schedule, cron::Schedule)>, ConfigError> {
-    ALL.iter()
-        .map(|s| {
-            let expr = ctx.config.worker.schedule_of(s.name()).unwrap_or_default();
-            cron::Schedule::from_str(expr)
-                .map(|c| (*s, c))
-                .map_err(|e| ConfigError {
-                    var: format!("SCHEDULE_{}", s.name().to_uppercase()),
-                    problem: format!("is {expr:?} ({e})"),
-                    expected: "a cron expression with seconds first, like `*/30 * * * * *`".into(),
-                })
-        })
-        .collect()
+/// Every schedule with its expression, naming the variable of a bad one.
+pub fn configured<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+) -> Result<Vec<(Schedule, cron::Schedule)>, ConfigError> {
+    ALL.iter().map(|&s| Ok((s, s.cron(env)?))).collect()
 }
 
 /// A tick: claim it cluster-wide and enqueue the run. Never does the work.
@@ -88,28 +113,7 @@ pub async fn on_tick(
     ctx: &SharedCtx,
 ) -> anyhow::Result<bool> {
     let mut conn = ctx.db.get().await?;
-    let instance = ctx.instance.clone();
-    let claimed = conn
-        .transaction::<bool, diesel::result::Error, _>(async move |conn| {
-            let inserted = diesel::insert_into(cron_runs::table)
-                .values((
-                    cron_runs::schedule.eq(schedule.name()),
-                    cron_runs::tick.eq(tick),
-                    cron_runs::claimed_by.eq(&instance),
-                ))
-                .on_conflict_do_nothing()
-                .execute(conn)
-                .await?;
-            if inserted == 1 {
-                let job = RunSchedule {
-                    schedule: schedule.name().to_owned(),
-                    tick: tick.timestamp(),
-                };
-                jobs::enqueue(conn, &job, Utc::now()).await?;
-            }
-            Ok(inserted == 1)
-        })
-        .await?;
+    let claimed = claim_tick(&mut conn, schedule.name(), tick, &ctx.instance).await?;
     metrics::gauge!("cron_last_tick_timestamp_seconds", "schedule" => schedule.name())
         .set(tick.timestamp() as f64);
     if claimed {
@@ -129,4 +133,34 @@ pub async fn tick_handler(
         tracing::error!(schedule = schedule.name(), error = %format!("{e:#}"), "cron tick could not be claimed");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_env as env;
+
+    #[test]
+    fn names_are_unique_and_defaults_parse() {
+        let configured = configured(&env(&[])).unwrap();
+        assert_eq!(configured.len(), ALL.len());
+        for &s in ALL {
+            assert_eq!(Schedule::parse(s.name()), Some(s));
+        }
+        assert_eq!(
+            Schedule::ResolvePayouts.env_var(),
+            "SCHEDULE_RESOLVE_PAYOUTS"
+        );
+    }
+
+    #[test]
+    fn an_override_is_validated_and_names_its_variable() {
+        let ok = env(&[("SCHEDULE_AUTO_CONFIRM", "* * * * * *")]);
+        assert!(Schedule::AutoConfirm.cron(&ok).is_ok());
+        for bad in ["*/5 * * * *", "61 * * * * *"] {
+            let e = configured(&env(&[("SCHEDULE_AUTO_CONFIRM", bad)])).unwrap_err();
+            assert_eq!(e.var, "SCHEDULE_AUTO_CONFIRM", "{bad}");
+            assert!(e.problem.starts_with(&format!("is {bad:?}")), "{e}");
+        }
+    }
 }

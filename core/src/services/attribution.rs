@@ -433,3 +433,32 @@ pub async fn reattribute(
     }
     attribute(conn, purchase_id, cfg, scorer, cache).await
 }
+
+/// How long past its due time a purchase is left to its own job before the
+/// sweep enqueues it again.
+const SWEEP_GRACE: Duration = Duration::seconds(30);
+
+/// The sweep: enqueues attribution for at most `batch` purchases due before
+/// `now` (less a grace) and still unprocessed: their job was lost, or they
+/// wait for a user. Each is enqueued under a task id of this tick, so a
+/// purchase still due at a later sweep is enqueued again. Returns how many.
+pub async fn sweep_due(
+    conn: &mut AsyncPgConnection,
+    now: DateTime<Utc>,
+    batch: i64,
+) -> Result<usize, diesel::result::Error> {
+    let ids: Vec<Uuid> = Purchase::due_for_attribution(now - SWEEP_GRACE)
+        .select(purchases::id)
+        .limit(batch)
+        .load(conn)
+        .await?;
+    let tick = now.timestamp();
+    for id in &ids {
+        let job = jobs::AttributePurchase {
+            purchase_id: *id,
+            reattribute: false,
+        };
+        jobs::enqueue_as(conn, &job, &format!("attribute:{id}#s{tick}"), 1, now).await?;
+    }
+    Ok(ids.len())
+}

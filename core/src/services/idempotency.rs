@@ -191,6 +191,23 @@ pub async fn purge_older_than(
     .await
 }
 
+/// Deletes every record older than `cutoff`, `batch` at a time so no
+/// statement holds its locks long; returns how many.
+pub async fn purge_expired(
+    conn: &mut AsyncPgConnection,
+    cutoff: DateTime<Utc>,
+    batch: i64,
+) -> Result<usize, diesel::result::Error> {
+    let mut total = 0;
+    loop {
+        let n = purge_older_than(conn, cutoff, batch).await?;
+        total += n;
+        if (n as i64) < batch {
+            return Ok(total);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

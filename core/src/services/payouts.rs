@@ -687,6 +687,53 @@ pub async fn unresolved(
         .await?)
 }
 
+/// What one pass over unfinished payouts did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Resolution {
+    /// Unfinished payouts found (at most the pass's limit).
+    pub found: usize,
+    /// Paid or failed now, or found already final.
+    pub settled: usize,
+    /// Looked at and still unfinished (pending at the provider, outcome
+    /// unknown, busy, provider unreachable, or an error).
+    pub waiting: usize,
+}
+
+/// Settles at most `limit` payouts unfinished since before `older_than`
+/// (found over `conn`; each processed over connections of `pool`) through the same path as `ProcessPayout` ([`process`]: the provider is
+/// asked first, only what it never received is sent). Stops at the first
+/// payout the provider cannot be reached for; the rest wait for the next pass.
+pub async fn resolve_unfinished(
+    conn: &mut AsyncPgConnection,
+    pool: &DbPool,
+    keys: &Keyring,
+    provider: &dyn PayoutProvider,
+    older_than: DateTime<Utc>,
+    limit: i64,
+) -> Result<Resolution, PayoutError> {
+    let stuck = unresolved(conn, older_than, limit).await?;
+    let mut r = Resolution {
+        found: stuck.len(),
+        ..Default::default()
+    };
+    for id in &stuck {
+        match process(pool, keys, provider, *id).await {
+            Ok(p) if p.is_final() => r.settled += 1,
+            Ok(Processed::NotSent(reason)) => {
+                tracing::warn!(payout.id = %id, %reason, "payout provider unreachable; resolution stops for this run");
+                r.waiting += 1;
+                break;
+            }
+            Ok(_) => r.waiting += 1,
+            Err(e) => {
+                tracing::error!(payout.id = %id, error = %e, "payout could not be resolved");
+                r.waiting += 1;
+            }
+        }
+    }
+    Ok(r)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

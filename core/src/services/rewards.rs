@@ -357,3 +357,32 @@ pub async fn review(
     })
     .await
 }
+
+/// Enqueues the confirmation of at most `batch` pending rewards created at or
+/// before `cutoff` (their hold period is over), oldest first; the jobs move
+/// the money. Returns how many.
+pub async fn confirm_due(
+    conn: &mut AsyncPgConnection,
+    cutoff: chrono::DateTime<Utc>,
+    batch: i64,
+) -> Result<usize, diesel::result::Error> {
+    use crate::jobs::{self, ApplyRewardTransition, RewardTransition};
+    let due: Vec<uuid::Uuid> = rewards::table
+        .filter(rewards::status.eq("pending"))
+        .filter(rewards::created_at.le(cutoff))
+        .order(rewards::created_at.asc())
+        .select(rewards::purchase_id)
+        .limit(batch)
+        .load(conn)
+        .await?;
+    for purchase_id in &due {
+        let job = ApplyRewardTransition {
+            purchase_id: *purchase_id,
+            to: RewardTransition::Confirmed,
+            reason: Some("hold period elapsed".into()),
+            source: "auto_confirm".into(),
+        };
+        jobs::enqueue(conn, &job, Utc::now()).await?;
+    }
+    Ok(due.len())
+}

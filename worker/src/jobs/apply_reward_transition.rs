@@ -6,28 +6,30 @@ use clicknback_core::{
     services::rewards::{self, Decision, RewardError},
 };
 
-use super::{JobError, JobResult};
-use crate::runtime::Ctx;
+use super::{JobError, JobHandler, JobMeta, JobResult};
+use crate::runtime::SharedCtx;
 
-pub async fn run(ctx: &Ctx, job: ApplyRewardTransition) -> JobResult {
-    let mut conn = ctx.db.get().await?;
-    match rewards::apply_decision(&mut conn, job.purchase_id, job.to).await {
-        Ok(Decision::Applied(step)) => {
-            tracing::info!(purchase.id = %job.purchase_id, to = job.to.as_str(), source = %job.source, ?step, "reward transition applied");
-            Ok(())
+impl JobHandler for ApplyRewardTransition {
+    async fn run(self, ctx: SharedCtx, _meta: JobMeta) -> JobResult {
+        let mut conn = ctx.db.get().await?;
+        match rewards::apply_decision(&mut conn, self.purchase_id, self.to).await {
+            Ok(Decision::Applied(step)) => {
+                tracing::info!(purchase.id = %self.purchase_id, to = self.to.as_str(), source = %self.source, ?step, "reward transition applied");
+                Ok(())
+            }
+            Ok(Decision::Recorded) => {
+                tracing::info!(purchase.id = %self.purchase_id, to = self.to.as_str(), "no reward yet; attribution will apply the decision");
+                Ok(())
+            }
+            Ok(Decision::AwaitingReview) => {
+                tracing::info!(purchase.id = %self.purchase_id, "reward awaits fraud review; decision recorded");
+                Ok(())
+            }
+            Err(e @ RewardError::IllegalTransition { .. }) => Err(JobError::permanent(e)),
+            Err(RewardError::Db(diesel::result::Error::NotFound)) => Err(JobError::permanent(
+                anyhow::anyhow!("purchase {} does not exist", self.purchase_id),
+            )),
+            Err(e) => Err(JobError::retry(e)),
         }
-        Ok(Decision::Recorded) => {
-            tracing::info!(purchase.id = %job.purchase_id, to = job.to.as_str(), "no reward yet; attribution will apply the decision");
-            Ok(())
-        }
-        Ok(Decision::AwaitingReview) => {
-            tracing::info!(purchase.id = %job.purchase_id, "reward awaits fraud review; decision recorded");
-            Ok(())
-        }
-        Err(e @ RewardError::IllegalTransition { .. }) => Err(JobError::permanent(e)),
-        Err(RewardError::Db(diesel::result::Error::NotFound)) => Err(JobError::permanent(
-            anyhow::anyhow!("purchase {} does not exist", job.purchase_id),
-        )),
-        Err(e) => Err(JobError::retry(e)),
     }
 }

@@ -1,6 +1,8 @@
-//! Job handlers. Each is thin: decode the payload, call a core service, map
-//! the error to "retry" or "permanent". The runner ([`crate::runtime`]) owns
-//! retries, dead jobs, metrics and logs.
+//! Job handlers: one file per job type, implementing [`JobHandler`] for the
+//! job's payload (declared with its name, queue and retry policy in
+//! `clicknback_core::jobs`), and one line in [`registry`]. Each is thin: call
+//! a core service, map the error to "retry" or "permanent". The runner
+//! ([`crate::runtime`]) owns decoding, retries, dead jobs, metrics and logs.
 
 pub mod apply_reward_transition;
 pub mod attribute_purchase;
@@ -9,6 +11,39 @@ pub mod process_payout;
 pub mod recompute_user_stats;
 pub mod run_schedule;
 pub mod send_email;
+
+use std::future::Future;
+
+use clicknback_core::jobs::{
+    ApplyRewardTransition, AttributePurchase, Canary, Job, ProcessPayout, RecomputeUserStats,
+    RunSchedule, SendEmail,
+};
+
+use crate::{registry::Registry, runtime::SharedCtx};
+
+/// Every job type the worker runs.
+pub fn registry() -> Registry {
+    Registry::default()
+        .register::<AttributePurchase>()
+        .register::<ApplyRewardTransition>()
+        .register::<SendEmail>()
+        .register::<ProcessPayout>()
+        .register::<RecomputeUserStats>()
+        .register::<RunSchedule>()
+        .register::<Canary>()
+}
+
+/// What a job does when it runs.
+pub trait JobHandler: Job {
+    fn run(self, ctx: SharedCtx, meta: JobMeta) -> impl Future<Output = JobResult> + Send;
+}
+
+/// What the runner knows of a run besides the payload.
+#[derive(Debug, Clone, Copy)]
+pub struct JobMeta {
+    /// 1 for the first run, counting retries (a re-queued dead job starts again at 1).
+    pub attempt: i32,
+}
 
 /// How a job failed.
 #[derive(Debug, thiserror::Error)]

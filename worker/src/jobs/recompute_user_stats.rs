@@ -2,12 +2,14 @@
 
 use clicknback_core::{jobs::RecomputeUserStats, services::stats};
 
-use super::JobResult;
-use crate::runtime::Ctx;
+use super::{JobHandler, JobMeta, JobResult};
+use crate::runtime::SharedCtx;
 
-pub async fn run(ctx: &Ctx, job: RecomputeUserStats) -> JobResult {
-    let mut conn = ctx.db.get().await?;
-    let rows = stats::recompute(&mut conn, &ctx.cache, job.user_id).await?;
-    tracing::debug!(user.id = %job.user_id, currencies = rows, "statistics recomputed");
-    Ok(())
+impl JobHandler for RecomputeUserStats {
+    async fn run(self, ctx: SharedCtx, _meta: JobMeta) -> JobResult {
+        let mut conn = ctx.db.get().await?;
+        let rows = stats::recompute(&mut conn, &ctx.cache, self.user_id).await?;
+        tracing::debug!(user.id = %self.user_id, currencies = rows, "statistics recomputed");
+        Ok(())
+    }
 }

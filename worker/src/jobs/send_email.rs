@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use lettre::{AsyncTransport, Message, message::MultiPart};
 use tracing::Instrument;
 
-use super::{JobError, JobResult};
+use super::{JobError, JobHandler, JobMeta, JobResult};
 use crate::runtime::{Ctx, SharedCtx};
 
 /// The longest a hand-over to the SMTP server may take, connection included
@@ -33,31 +33,33 @@ const _: () = assert!(
     CLAIM_STALE_AFTER.as_secs() > SMTP_SEND_TIMEOUT.as_secs() + RECORD_PATIENCE.as_secs() + 30
 );
 
-pub async fn run(ctx: SharedCtx, job: SendEmail) -> JobResult {
-    let mut conn = ctx.db.get().await?;
-    let message_id = match emails::claim(&mut conn, &job, CLAIM_STALE_AFTER).await? {
-        Claim::AlreadySent => {
-            tracing::info!(email.key = %job.dedupe_key, "email already sent; skipping");
-            return Ok(());
-        }
-        Claim::InFlight => {
-            return Err(JobError::Defer {
-                reason: format!(
-                    "email {} is being sent by another run; looking again later",
-                    job.dedupe_key
-                ),
-                after: Duration::from_secs(5),
-            });
-        }
-        Claim::Send { message_id } => message_id,
-    };
-    drop(conn);
-    let delivery = tokio::spawn(
-        async move { send_and_record(&ctx, &job, message_id).await }.in_current_span(),
-    );
-    delivery
-        .await
-        .map_err(|e| JobError::retry(anyhow::anyhow!("the delivery task failed: {e}")))?
+impl JobHandler for SendEmail {
+    async fn run(self, ctx: SharedCtx, _meta: JobMeta) -> JobResult {
+        let mut conn = ctx.db.get().await?;
+        let message_id = match emails::claim(&mut conn, &self, CLAIM_STALE_AFTER).await? {
+            Claim::AlreadySent => {
+                tracing::info!(email.key = %self.dedupe_key, "email already sent; skipping");
+                return Ok(());
+            }
+            Claim::InFlight => {
+                return Err(JobError::Defer {
+                    reason: format!(
+                        "email {} is being sent by another run; looking again later",
+                        self.dedupe_key
+                    ),
+                    after: Duration::from_secs(5),
+                });
+            }
+            Claim::Send { message_id } => message_id,
+        };
+        drop(conn);
+        let delivery = tokio::spawn(
+            async move { send_and_record(&ctx, &self, message_id).await }.in_current_span(),
+        );
+        delivery
+            .await
+            .map_err(|e| JobError::retry(anyhow::anyhow!("the delivery task failed: {e}")))?
+    }
 }
 
 async fn send_and_record(ctx: &Ctx, job: &SendEmail, message_id: String) -> JobResult {
