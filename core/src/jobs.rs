@@ -4,13 +4,14 @@
 //! the data they act on ([`enqueue`]); the worker's relay moves them into the
 //! apalis Redis queues. Nothing here talks to Redis.
 
+use crate::{
+    ids::{PayoutId, PurchaseId, UserId},
+    schema::outbox,
+};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
-use uuid::Uuid;
-
-use crate::schema::outbox;
 
 /// The queues of SPEC §4, plus `maintenance` for the cron schedules' work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -66,7 +67,7 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttributePurchase {
-    pub purchase_id: Uuid,
+    pub purchase_id: PurchaseId,
     /// Set after a late identity merge: re-check a processed purchase whose
     /// reward is still pending and move it to the latest click if that changed.
     #[serde(default)]
@@ -99,7 +100,7 @@ impl RewardTransition {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplyRewardTransition {
-    pub purchase_id: Uuid,
+    pub purchase_id: PurchaseId,
     pub to: RewardTransition,
     pub reason: Option<String>,
     /// What asked for it: `merchant_webhook`, `admin_review`, `auto_confirm`.
@@ -153,7 +154,7 @@ impl Job for SendEmail {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessPayout {
-    pub payout_id: Uuid,
+    pub payout_id: PayoutId,
 }
 
 impl Job for ProcessPayout {
@@ -166,7 +167,7 @@ impl Job for ProcessPayout {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecomputeUserStats {
-    pub user_id: Uuid,
+    pub user_id: UserId,
 }
 
 impl Job for RecomputeUserStats {

@@ -3,6 +3,7 @@
 
 use axum::http::{Method, StatusCode};
 use clicknback_core::{
+    ids::UserId,
     models::user::Role,
     services::{
         ledger::{self, AccountKind, AccountRef, Transfer},
@@ -10,12 +11,11 @@ use clicknback_core::{
     },
 };
 use serde_json::Value;
-use uuid::Uuid;
 
 use crate::TestApp;
 
 /// A user with `available` minor units of EUR available; returns (id, token).
-pub async fn funded_user(app: &TestApp, email: &str, available: i64) -> (Uuid, String) {
+pub async fn funded_user(app: &TestApp, email: &str, available: i64) -> (UserId, String) {
     let mut c = app.db.conn().await;
     let user = users::create(&mut c, email, "password-123", Role::User)
         .await

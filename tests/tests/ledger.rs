@@ -6,6 +6,7 @@
 
 use chrono::Utc;
 use clicknback_core::{
+    ids::{MerchantId, OfferId, PurchaseId, RewardId, UserId},
     models::{reward::NewReward, user::Role},
     schema::{merchants, offers, purchases, rewards},
     services::{
@@ -21,9 +22,9 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use uuid::Uuid;
 
 struct World {
-    user: Uuid,
-    offer: Uuid,
-    purchases: Vec<Uuid>,
+    user: UserId,
+    offer: OfferId,
+    purchases: Vec<PurchaseId>,
 }
 
 async fn world(conn: &mut AsyncPgConnection, n: usize) -> World {
@@ -36,7 +37,7 @@ async fn world(conn: &mut AsyncPgConnection, n: usize) -> World {
     .await
     .unwrap()
     .id;
-    let merchant = Uuid::now_v7();
+    let merchant = MerchantId::new();
     diesel::insert_into(merchants::table)
         .values((
             merchants::id.eq(merchant),
@@ -47,7 +48,7 @@ async fn world(conn: &mut AsyncPgConnection, n: usize) -> World {
         .execute(conn)
         .await
         .unwrap();
-    let offer = Uuid::now_v7();
+    let offer = OfferId::new();
     diesel::insert_into(offers::table)
         .values((
             offers::id.eq(offer),
@@ -60,7 +61,7 @@ async fn world(conn: &mut AsyncPgConnection, n: usize) -> World {
         .unwrap();
     let mut ps = Vec::new();
     for i in 0..n {
-        let id = Uuid::now_v7();
+        let id = PurchaseId::new();
         diesel::insert_into(purchases::table)
             .values((
                 purchases::id.eq(id),
@@ -85,7 +86,10 @@ async fn world(conn: &mut AsyncPgConnection, n: usize) -> World {
 }
 
 /// The live (not voided) reward of a purchase, if any.
-async fn live(conn: &mut AsyncPgConnection, purchase: Uuid) -> Option<(Uuid, i32, String, i64)> {
+async fn live(
+    conn: &mut AsyncPgConnection,
+    purchase: PurchaseId,
+) -> Option<(RewardId, i32, String, i64)> {
     rewards::table
         .filter(rewards::purchase_id.eq(purchase))
         .filter(rewards::status.ne("voided"))
@@ -104,11 +108,11 @@ async fn live(conn: &mut AsyncPgConnection, purchase: Uuid) -> Option<(Uuid, i32
 async fn attribute(
     conn: &mut AsyncPgConnection,
     w: &World,
-    purchase: Uuid,
+    purchase: PurchaseId,
     seq: i32,
     amount: i64,
 ) -> Result<(), RewardError> {
-    let id = Uuid::now_v7();
+    let id = RewardId::new();
     diesel::insert_into(rewards::table)
         .values(NewReward {
             id,
@@ -145,7 +149,7 @@ enum Op {
 async fn apply(
     conn: &mut AsyncPgConnection,
     w: &World,
-    purchase: Uuid,
+    purchase: PurchaseId,
     op: Op,
     amount: i64,
     spend_id: &str,

@@ -8,6 +8,7 @@ use axum::{
 use chrono::{DateTime, Utc};
 use clicknback_core::{
     crypto::sha256,
+    ids::UserId,
     models::user::{Role, User},
     services::{
         rate_limit::{self, Decision, Limit},
@@ -15,7 +16,6 @@ use clicknback_core::{
     },
 };
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::{
     auth::{AuthUser, ClientIp},
@@ -33,7 +33,7 @@ pub struct Credentials {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UserView {
-    pub id: Uuid,
+    pub id: UserId,
     pub email: String,
     /// `user` or `admin`.
     pub role: String,

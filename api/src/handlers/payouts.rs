@@ -5,12 +5,14 @@ use axum::{
     http::{HeaderMap, StatusCode},
     response::Response,
 };
-use clicknback_core::services::{
-    FieldError,
-    idempotency::IdempotencyKey,
-    payouts::{self, PayoutError, PayoutRequest, PayoutView},
+use clicknback_core::{
+    ids::PayoutId,
+    services::{
+        FieldError,
+        idempotency::IdempotencyKey,
+        payouts::{self, PayoutError, PayoutRequest, PayoutView},
+    },
 };
-use uuid::Uuid;
 
 use crate::{
     auth::AuthUser,
@@ -108,7 +110,7 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     user: AuthUser,
-    Path(id): Path<Uuid>,
+    Path(id): Path<PayoutId>,
 ) -> ApiResult<Json<PayoutView>> {
     let mut conn = state.conn().await?;
     Ok(Json(payouts::get(&mut conn, user.id, id).await?))

@@ -1,15 +1,13 @@
+use crate::{ids::MerchantId, schema::merchants};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use uuid::Uuid;
-
-use crate::schema::merchants;
 
 #[derive(
     Debug, Clone, Queryable, Selectable, Identifiable, serde::Serialize, serde::Deserialize,
 )]
 #[diesel(table_name = merchants, check_for_backend(diesel::pg::Pg))]
 pub struct Merchant {
-    pub id: Uuid,
+    pub id: MerchantId,
     pub name: String,
     pub status: String,
     pub publishable_key: String,
@@ -43,7 +41,7 @@ impl Merchant {
 #[derive(Debug, Insertable)]
 #[diesel(table_name = merchants)]
 pub struct NewMerchant<'a> {
-    pub id: Uuid,
+    pub id: MerchantId,
     pub name: &'a str,
     pub publishable_key: &'a str,
     pub webhook_secret_encrypted: Vec<u8>,

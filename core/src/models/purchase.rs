@@ -1,14 +1,15 @@
+use crate::{
+    ids::{IdentityGroupId, MerchantId, PurchaseId, UserId},
+    schema::purchases,
+};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use uuid::Uuid;
-
-use crate::schema::purchases;
 
 #[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
 #[diesel(table_name = purchases, check_for_backend(diesel::pg::Pg))]
 pub struct Purchase {
-    pub id: Uuid,
-    pub merchant_id: Uuid,
+    pub id: PurchaseId,
+    pub merchant_id: MerchantId,
     pub order_id: String,
     pub amount_minor: i64,
     pub currency: String,
@@ -17,8 +18,8 @@ pub struct Purchase {
     pub customer_ref: Option<String>,
     pub purchase_token: Option<String>,
     pub sub_id: Option<String>,
-    pub identity_group_id: Option<Uuid>,
-    pub user_id: Option<Uuid>,
+    pub identity_group_id: Option<IdentityGroupId>,
+    pub user_id: Option<UserId>,
     pub attribute_after: DateTime<Utc>,
     pub rewards_processed_at: Option<DateTime<Utc>>,
     pub status_reason: Option<String>,
@@ -48,8 +49,8 @@ impl Purchase {
 #[derive(Debug, Insertable)]
 #[diesel(table_name = purchases)]
 pub struct NewPurchase<'a> {
-    pub id: Uuid,
-    pub merchant_id: Uuid,
+    pub id: PurchaseId,
+    pub merchant_id: MerchantId,
     pub order_id: &'a str,
     pub amount_minor: i64,
     pub currency: &'a str,
@@ -57,8 +58,8 @@ pub struct NewPurchase<'a> {
     pub customer_ref: Option<&'a str>,
     pub purchase_token: Option<&'a str>,
     pub sub_id: Option<&'a str>,
-    pub identity_group_id: Option<Uuid>,
-    pub user_id: Option<Uuid>,
+    pub identity_group_id: Option<IdentityGroupId>,
+    pub user_id: Option<UserId>,
     pub attribute_after: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
 }

@@ -1,19 +1,20 @@
+use crate::{
+    ids::{IdentityGroupId, OfferId, PurchaseId, RewardId, TouchpointId, UserId},
+    schema::rewards,
+};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use uuid::Uuid;
-
-use crate::schema::rewards;
 
 #[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
 #[diesel(table_name = rewards, check_for_backend(diesel::pg::Pg))]
 pub struct Reward {
-    pub id: Uuid,
-    pub purchase_id: Uuid,
+    pub id: RewardId,
+    pub purchase_id: PurchaseId,
     pub attribution_seq: i32,
-    pub user_id: Uuid,
-    pub offer_id: Uuid,
-    pub touchpoint_id: Option<Uuid>,
-    pub identity_group_id: Option<Uuid>,
+    pub user_id: UserId,
+    pub offer_id: OfferId,
+    pub touchpoint_id: Option<TouchpointId>,
+    pub identity_group_id: Option<IdentityGroupId>,
     pub amount_minor: i64,
     pub currency: String,
     pub status: String,
@@ -35,13 +36,13 @@ impl Reward {
 #[derive(Debug, Insertable)]
 #[diesel(table_name = rewards)]
 pub struct NewReward<'a> {
-    pub id: Uuid,
-    pub purchase_id: Uuid,
+    pub id: RewardId,
+    pub purchase_id: PurchaseId,
     pub attribution_seq: i32,
-    pub user_id: Uuid,
-    pub offer_id: Uuid,
-    pub touchpoint_id: Option<Uuid>,
-    pub identity_group_id: Option<Uuid>,
+    pub user_id: UserId,
+    pub offer_id: OfferId,
+    pub touchpoint_id: Option<TouchpointId>,
+    pub identity_group_id: Option<IdentityGroupId>,
     pub amount_minor: i64,
     pub currency: &'a str,
     pub status: &'a str,

@@ -1,13 +1,11 @@
+use crate::{ids::UserId, schema::users};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use uuid::Uuid;
-
-use crate::schema::users;
 
 #[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
 #[diesel(table_name = users, check_for_backend(diesel::pg::Pg))]
 pub struct User {
-    pub id: Uuid,
+    pub id: UserId,
     pub email: String,
     pub password_hash: String,
     pub role: String,
@@ -18,7 +16,7 @@ pub struct User {
 #[derive(Debug, Insertable)]
 #[diesel(table_name = users)]
 pub struct NewUser<'a> {
-    pub id: Uuid,
+    pub id: UserId,
     pub email: &'a str,
     pub password_hash: &'a str,
     pub role: &'a str,

@@ -9,11 +9,6 @@
 //! processed, apply a merchant decision that arrived first, and enqueue the
 //! reward email. Idempotent: a purchase already processed is left alone.
 
-use chrono::{DateTime, Datelike, Duration, NaiveDate, Timelike, Utc};
-use diesel::prelude::*;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use uuid::Uuid;
-
 use super::{
     fraud::{FraudInput, FraudScorer},
     offers,
@@ -22,6 +17,7 @@ use super::{
 use crate::{
     cache::Cache,
     config::AttributionConfig,
+    ids::{IdentityGroupId, OfferId, PurchaseId, RewardId, TouchpointId, UserId},
     jobs::{self, EmailKind, RewardTransition, SendEmail},
     models::{
         purchase::Purchase,
@@ -33,6 +29,9 @@ use crate::{
         touchpoints, users,
     },
 };
+use chrono::{DateTime, Datelike, Duration, NaiveDate, Timelike, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -46,7 +45,7 @@ pub enum Outcome {
         reason: &'static str,
     },
     Rewarded {
-        reward_id: Uuid,
+        reward_id: RewardId,
         amount_minor: i64,
         flagged: bool,
     },
@@ -65,10 +64,10 @@ pub enum AttributionError {
 /// The group a (possibly merged) group id now lives in.
 pub async fn surviving_group(
     conn: &mut AsyncPgConnection,
-    mut group: Uuid,
-) -> Result<Uuid, diesel::result::Error> {
+    mut group: IdentityGroupId,
+) -> Result<IdentityGroupId, diesel::result::Error> {
     for _ in 0..32 {
-        let next: Option<Uuid> = identity_groups::table
+        let next: Option<IdentityGroupId> = identity_groups::table
             .find(group)
             .select(identity_groups::merged_into_id)
             .first(conn)
@@ -88,8 +87,8 @@ fn month_of(t: DateTime<Utc>) -> NaiveDate {
 /// Takes up to `wanted` from the user's monthly cap for the offer; returns what was granted.
 async fn take_from_monthly_cap(
     conn: &mut AsyncPgConnection,
-    user: Uuid,
-    offer: Uuid,
+    user: UserId,
+    offer: OfferId,
     month: NaiveDate,
     cap: i64,
     wanted: i64,
@@ -122,7 +121,7 @@ async fn take_from_monthly_cap(
 async fn fraud_input(
     conn: &mut AsyncPgConnection,
     p: &Purchase,
-    user: Uuid,
+    user: UserId,
     rate_bps: i32,
     at_max: bool,
 ) -> Result<FraudInput, diesel::result::Error> {
@@ -163,7 +162,7 @@ async fn fraud_input(
 /// Attributes a purchase (see the module doc).
 pub async fn attribute(
     conn: &mut AsyncPgConnection,
-    purchase_id: Uuid,
+    purchase_id: PurchaseId,
     cfg: &AttributionConfig,
     scorer: &dyn FraudScorer,
     cache: &Cache,
@@ -185,12 +184,12 @@ pub async fn attribute(
             Some(g) => Some(surviving_group(conn, g).await?),
             None => None,
         };
-        let user: Option<Uuid> = match group {
+        let user: Option<UserId> = match group {
             Some(g) => identity_nodes::table
                 .filter(identity_nodes::group_id.eq(g))
                 .filter(identity_nodes::kind.eq("user"))
                 .select(identity_nodes::user_id)
-                .first::<Option<Uuid>>(conn)
+                .first::<Option<UserId>>(conn)
                 .await
                 .optional()?
                 .flatten(),
@@ -215,7 +214,7 @@ pub async fn attribute(
             return Ok(Outcome::Waiting { recheck_at });
         };
         let window_start = p.purchased_at - Duration::from_std(cfg.window).unwrap_or_default();
-        let touchpoint: Option<Uuid> = touchpoints::table
+        let touchpoint: Option<TouchpointId> = touchpoints::table
             .filter(touchpoints::group_id.eq(group.unwrap_or_default()))
             .filter(touchpoints::merchant_id.eq(p.merchant_id))
             .filter(touchpoints::created_at.ge(window_start))
@@ -256,7 +255,7 @@ pub async fn attribute(
             + 1;
         let reward: Reward = diesel::insert_into(rewards::table)
             .values(NewReward {
-                id: Uuid::now_v7(),
+                id: RewardId::new(),
                 purchase_id: p.id,
                 attribution_seq: seq,
                 user_id: user,
@@ -333,8 +332,8 @@ pub async fn attribute(
 
 async fn unattributed(
     conn: &mut AsyncPgConnection,
-    purchase: Uuid,
-    group: Option<Uuid>,
+    purchase: PurchaseId,
+    group: Option<IdentityGroupId>,
     reason: &'static str,
 ) -> Result<Outcome, AttributionError> {
     diesel::update(purchases::table.find(purchase))
@@ -351,7 +350,7 @@ async fn unattributed(
 
 async fn set_purchase_status(
     conn: &mut AsyncPgConnection,
-    id: Uuid,
+    id: PurchaseId,
     to: RewardTransition,
 ) -> Result<(), diesel::result::Error> {
     diesel::update(purchases::table.find(id))
@@ -368,7 +367,7 @@ async fn set_purchase_status(
 /// reversed rewards are never re-attributed.
 pub async fn reattribute(
     conn: &mut AsyncPgConnection,
-    purchase_id: Uuid,
+    purchase_id: PurchaseId,
     cfg: &AttributionConfig,
     scorer: &dyn FraudScorer,
     cache: &Cache,
@@ -398,7 +397,7 @@ pub async fn reattribute(
             };
             let group = surviving_group(conn, group).await?;
             let window_start = p.purchased_at - Duration::from_std(cfg.window).unwrap_or_default();
-            let latest: Option<Uuid> = touchpoints::table
+            let latest: Option<TouchpointId> = touchpoints::table
                 .filter(touchpoints::group_id.eq(group))
                 .filter(touchpoints::merchant_id.eq(p.merchant_id))
                 .filter(touchpoints::created_at.ge(window_start))

@@ -10,15 +10,14 @@
 //! pending, or takes a confirmed amount back from `available` and books the
 //! shortfall the user already spent on their `receivable`.
 
+use crate::{
+    db,
+    ids::{LedgerAccountId, PayoutId, PurchaseId, RewardId, UserId},
+    schema::{ledger_accounts, ledger_transfers},
+};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use uuid::Uuid;
-
-use crate::{
-    db,
-    schema::{ledger_accounts, ledger_transfers},
-};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AccountKind {
@@ -65,12 +64,12 @@ pub enum LedgerError {
 /// Whose account: a user's, or the platform's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AccountRef {
-    pub user: Option<Uuid>,
+    pub user: Option<UserId>,
     pub kind: AccountKind,
 }
 
 impl AccountRef {
-    pub fn user(user: Uuid, kind: AccountKind) -> Self {
+    pub fn user(user: UserId, kind: AccountKind) -> Self {
         Self {
             user: Some(user),
             kind,
@@ -86,13 +85,13 @@ pub async fn account_id(
     conn: &mut AsyncPgConnection,
     account: AccountRef,
     currency: &str,
-) -> Result<Uuid, diesel::result::Error> {
+) -> Result<LedgerAccountId, diesel::result::Error> {
     if let Some(id) = find_account(conn, account, currency).await? {
         return Ok(id);
     }
     diesel::insert_into(ledger_accounts::table)
         .values((
-            ledger_accounts::id.eq(Uuid::now_v7()),
+            ledger_accounts::id.eq(LedgerAccountId::new()),
             ledger_accounts::user_id.eq(account.user),
             ledger_accounts::kind.eq(account.kind.as_str()),
             ledger_accounts::currency.eq(currency),
@@ -109,7 +108,7 @@ async fn find_account(
     conn: &mut AsyncPgConnection,
     account: AccountRef,
     currency: &str,
-) -> Result<Option<Uuid>, diesel::result::Error> {
+) -> Result<Option<LedgerAccountId>, diesel::result::Error> {
     let mut q = ledger_accounts::table
         .filter(ledger_accounts::kind.eq(account.kind.as_str()))
         .filter(ledger_accounts::currency.eq(currency.to_owned()))
@@ -119,7 +118,7 @@ async fn find_account(
         Some(u) => q.filter(ledger_accounts::user_id.eq(u)),
         None => q.filter(ledger_accounts::user_id.is_null()),
     };
-    q.first::<Uuid>(conn).await.optional()
+    q.first(conn).await.optional()
 }
 
 /// A balance (credits minus debits); zero for an account never used.
@@ -146,10 +145,10 @@ pub struct Transfer {
     pub amount_minor: i64,
     pub currency: String,
     pub kind: &'static str,
-    pub user_id: Option<Uuid>,
-    pub purchase_id: Option<Uuid>,
-    pub reward_id: Option<Uuid>,
-    pub payout_id: Option<Uuid>,
+    pub user_id: Option<UserId>,
+    pub purchase_id: Option<PurchaseId>,
+    pub reward_id: Option<RewardId>,
+    pub payout_id: Option<PayoutId>,
 }
 
 /// Whether a transfer moved money now or had already been posted.
@@ -229,7 +228,7 @@ pub struct WalletBalance {
 /// Every currency the user has touched.
 pub async fn wallet(
     conn: &mut AsyncPgConnection,
-    user: Uuid,
+    user: UserId,
 ) -> Result<Vec<WalletBalance>, diesel::result::Error> {
     let rows: Vec<(String, String, i64)> = ledger_accounts::table
         .filter(ledger_accounts::user_id.eq(user))
@@ -269,8 +268,8 @@ pub struct TransferView {
     pub kind: String,
     pub amount_minor: i64,
     pub currency: String,
-    pub purchase_id: Option<Uuid>,
-    pub payout_id: Option<Uuid>,
+    pub purchase_id: Option<PurchaseId>,
+    pub payout_id: Option<PayoutId>,
     pub created_at: DateTime<Utc>,
 }
 

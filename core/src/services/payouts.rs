@@ -27,7 +27,6 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use super::{
     FieldError,
@@ -38,6 +37,7 @@ use super::{
 use crate::{
     crypto::{CryptoError, Keyring},
     db::{self, DbPool},
+    ids::{PayoutId, UserId},
     jobs::{self, EmailKind, ProcessPayout, SendEmail},
     money::Currency,
     payout_provider::{
@@ -220,7 +220,7 @@ pub fn mask(kind: &str, destination: &str) -> String {
 /// A payout as the API returns it.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PayoutView {
-    pub id: Uuid,
+    pub id: PayoutId,
     pub amount_minor: i64,
     pub currency: String,
     /// `requested`, `processing`, `submitted_unknown`, `paid` or `failed`.
@@ -243,8 +243,8 @@ pub struct MaskedDestination {
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = payouts, check_for_backend(diesel::pg::Pg))]
 pub struct Payout {
-    pub id: Uuid,
-    pub user_id: Uuid,
+    pub id: PayoutId,
+    pub user_id: UserId,
     pub amount_minor: i64,
     pub currency: String,
     pub status: String,
@@ -276,7 +276,7 @@ impl From<&Payout> for PayoutView {
     }
 }
 
-fn aad(payout: Uuid) -> String {
+fn aad(payout: PayoutId) -> String {
     format!("payout:{payout}:destination")
 }
 
@@ -285,7 +285,7 @@ fn aad(payout: Uuid) -> String {
 pub async fn request(
     conn: &mut AsyncPgConnection,
     keys: &Keyring,
-    user: Uuid,
+    user: UserId,
     key: &IdempotencyKey,
     input: ValidPayout,
 ) -> Result<Outcome, PayoutError> {
@@ -295,7 +295,7 @@ pub async fn request(
             if let Some(replay) = idempotency::begin::<PayoutError>(conn, key).await? {
                 return Ok(replay);
             }
-            let id = Uuid::now_v7();
+            let id = PayoutId::new();
             let currency = input.currency.as_str().to_owned();
             let p: Payout = diesel::insert_into(payouts::table)
                 .values((
@@ -353,8 +353,8 @@ pub async fn request(
 
 pub async fn get(
     conn: &mut AsyncPgConnection,
-    user: Uuid,
-    id: Uuid,
+    user: UserId,
+    id: PayoutId,
 ) -> Result<PayoutView, PayoutError> {
     payouts::table
         .find(id)
@@ -370,7 +370,7 @@ pub async fn get(
 /// The user's payouts, newest first, `limit + 1` rows to detect a next page.
 pub async fn list(
     conn: &mut AsyncPgConnection,
-    user: Uuid,
+    user: UserId,
     after: Option<&Cursor>,
     limit: i64,
 ) -> Result<Vec<Payout>, PayoutError> {
@@ -422,7 +422,7 @@ pub async fn process(
     pool: &DbPool,
     keys: &Keyring,
     provider: &dyn PayoutProvider,
-    payout_id: Uuid,
+    payout_id: PayoutId,
 ) -> Result<Processed, PayoutError> {
     let mut lock_conn = pool
         .get()
@@ -443,7 +443,7 @@ pub async fn process(
         .await
 }
 
-async fn load(conn: &mut AsyncPgConnection, id: Uuid) -> Result<Payout, PayoutError> {
+async fn load(conn: &mut AsyncPgConnection, id: PayoutId) -> Result<Payout, PayoutError> {
     payouts::table
         .find(id)
         .select(Payout::as_select())
@@ -455,7 +455,7 @@ async fn load(conn: &mut AsyncPgConnection, id: Uuid) -> Result<Payout, PayoutEr
 
 async fn set_status(
     conn: &mut AsyncPgConnection,
-    id: Uuid,
+    id: PayoutId,
     status: &str,
     bump_attempts: bool,
 ) -> Result<(), PayoutError> {
@@ -474,7 +474,7 @@ async fn process_locked(
     conn: &mut AsyncPgConnection,
     keys: &Keyring,
     provider: &dyn PayoutProvider,
-    id: Uuid,
+    id: PayoutId,
 ) -> Result<Processed, PayoutError> {
     let p = load(conn, id).await?;
     match p.status.as_str() {
@@ -676,7 +676,7 @@ pub async fn unresolved(
     conn: &mut AsyncPgConnection,
     older_than: DateTime<Utc>,
     limit: i64,
-) -> Result<Vec<Uuid>, PayoutError> {
+) -> Result<Vec<PayoutId>, PayoutError> {
     Ok(payouts::table
         .filter(payouts::status.eq_any(["requested", "processing", "submitted_unknown"]))
         .filter(payouts::updated_at.lt(older_than))

@@ -9,7 +9,6 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use super::{
     FieldError,
@@ -18,6 +17,7 @@ use super::{
 };
 use crate::{
     db,
+    ids::{IdentityGroupId, MerchantId, PurchaseId},
     jobs::{self, ApplyRewardTransition, AttributePurchase, RewardTransition},
     models::{
         merchant::Merchant,
@@ -30,8 +30,8 @@ use crate::{
 /// A purchase as clients see it.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PurchaseView {
-    pub id: Uuid,
-    pub merchant_id: Uuid,
+    pub id: PurchaseId,
+    pub merchant_id: MerchantId,
     pub order_id: String,
     pub amount_minor: i64,
     pub currency: String,
@@ -187,9 +187,9 @@ fn map_duplicate(e: PurchaseError) -> PurchaseError {
 /// Concurrent first sightings converge on one node (unique `(kind, key)`).
 pub async fn customer_group(
     conn: &mut AsyncPgConnection,
-    merchant_id: Uuid,
+    merchant_id: MerchantId,
     customer_ref: &str,
-) -> Result<Uuid, diesel::result::Error> {
+) -> Result<IdentityGroupId, diesel::result::Error> {
     identity::ensure_node(
         conn,
         &identity::NodeSpec {
@@ -223,7 +223,7 @@ pub async fn ingest(
                 None => None,
             };
             // The SDK may have confirmed this order first: link when the tokens match.
-            let pending: Option<(Uuid, Option<serde_json::Value>)> = identity_nodes::table
+            let pending: Option<(IdentityGroupId, Option<serde_json::Value>)> = identity_nodes::table
                 .filter(identity_nodes::kind.eq("merchant_customer"))
                 .filter(identity_nodes::key.eq(identity::order_key(merchant_id, &input.order_id)))
                 .select((identity_nodes::group_id, identity_nodes::validation_data))
@@ -244,7 +244,7 @@ pub async fn ingest(
                 }
             }
             let now = Utc::now();
-            let id = Uuid::now_v7();
+            let id = PurchaseId::new();
             let purchase: Purchase = diesel::insert_into(purchases::table)
                 .values(NewPurchase {
                     id,

@@ -15,7 +15,11 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::ledger::{self, AccountKind::*, AccountRef, LedgerError, Transfer};
-use crate::{models::reward::Reward, schema::rewards};
+use crate::{
+    ids::{PurchaseId, RewardId},
+    models::reward::Reward,
+    schema::rewards,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RewardError {
@@ -64,7 +68,7 @@ fn user(r: &Reward, k: ledger::AccountKind) -> AccountRef {
 /// Re-reads the reward with a row lock.
 pub async fn lock(
     conn: &mut AsyncPgConnection,
-    id: uuid::Uuid,
+    id: RewardId,
 ) -> Result<Reward, diesel::result::Error> {
     rewards::table
         .find(id)
@@ -118,7 +122,7 @@ pub async fn credit(conn: &mut AsyncPgConnection, r: &Reward) -> Result<(), Rewa
 
 /// pending → confirmed: the amount becomes available, after settling what the
 /// user owes on their receivable.
-pub async fn confirm(conn: &mut AsyncPgConnection, id: uuid::Uuid) -> Result<Step, RewardError> {
+pub async fn confirm(conn: &mut AsyncPgConnection, id: RewardId) -> Result<Step, RewardError> {
     let r = lock(conn, id).await?;
     match r.status.as_str() {
         "confirmed" => return Ok(Step::AlreadyThere),
@@ -171,7 +175,7 @@ pub async fn confirm(conn: &mut AsyncPgConnection, id: uuid::Uuid) -> Result<Ste
 /// is taken back from available, the shortfall booked on the receivable.
 pub async fn reverse(
     conn: &mut AsyncPgConnection,
-    id: uuid::Uuid,
+    id: RewardId,
     to: &'static str,
 ) -> Result<Step, RewardError> {
     debug_assert!(to == "reversed" || to == "voided");
@@ -254,14 +258,14 @@ pub enum Decision {
 /// step, in one transaction. Idempotent: applying it twice moves money once.
 pub async fn apply_decision(
     conn: &mut AsyncPgConnection,
-    purchase_id: uuid::Uuid,
+    purchase_id: PurchaseId,
     to: crate::jobs::RewardTransition,
 ) -> Result<Decision, RewardError> {
     use diesel_async::AsyncConnection;
 
     use crate::{jobs::RewardTransition, schema::purchases};
     conn.transaction::<Decision, RewardError, _>(async move |conn| {
-        let _lock: uuid::Uuid = purchases::table
+        let _lock: PurchaseId = purchases::table
             .find(purchase_id)
             .select(purchases::id)
             .for_update()
@@ -299,7 +303,7 @@ pub async fn apply_decision(
 pub async fn review(
     conn: &mut AsyncPgConnection,
     actor: &super::Actor,
-    purchase_id: uuid::Uuid,
+    purchase_id: PurchaseId,
     approve: bool,
 ) -> Result<Reward, RewardError> {
     use diesel_async::AsyncConnection;
@@ -348,7 +352,7 @@ pub async fn review(
             actor,
             action,
             "purchase",
-            Some(purchase_id),
+            Some(purchase_id.into()),
             Some(serde_json::json!({"reward_status": r.status, "fraud_score": r.fraud_score, "fraud_reasons": r.fraud_reasons})),
             Some(serde_json::json!({"reward_status": reward_status})),
         )

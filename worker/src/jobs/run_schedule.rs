@@ -88,7 +88,7 @@ async fn body(
                 models::purchase::Purchase,
                 schema::purchases,
             };
-            let ids: Vec<uuid::Uuid> =
+            let ids: Vec<clicknback_core::ids::PurchaseId> =
                 Purchase::due_for_attribution(Utc::now() - chrono::Duration::seconds(30))
                     .select(purchases::id)
                     .limit(100)
@@ -122,7 +122,7 @@ async fn body(
             let cutoff = Utc::now()
                 - chrono::Duration::from_std(ctx.config.attribution.hold_period)
                     .unwrap_or_default();
-            let due: Vec<uuid::Uuid> = rewards::table
+            let due: Vec<clicknback_core::ids::PurchaseId> = rewards::table
                 .filter(rewards::status.eq("pending"))
                 .filter(rewards::created_at.le(cutoff))
                 .order(rewards::created_at.asc())

@@ -3,6 +3,7 @@
 use axum::extract::State;
 use chrono::{DateTime, Utc};
 use clicknback_core::{
+    ids::{MerchantId, PurchaseId},
     schema::{purchases, rewards},
     services::{
         link_quality::{self, LinkStats},
@@ -12,7 +13,6 @@ use clicknback_core::{
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::{
     auth::AdminUser,
@@ -38,8 +38,8 @@ impl From<RewardError> for ApiError {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ReviewItem {
-    pub purchase_id: Uuid,
-    pub merchant_id: Uuid,
+    pub purchase_id: PurchaseId,
+    pub merchant_id: MerchantId,
     pub order_id: String,
     pub amount_minor: i64,
     pub currency: String,
@@ -88,8 +88,8 @@ pub struct ReviewQuery {
 }
 
 type Row = (
-    Uuid,
-    Uuid,
+    PurchaseId,
+    MerchantId,
     String,
     i64,
     String,
@@ -173,7 +173,7 @@ pub async fn list(
 /// The reward of a reviewed purchase.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ReviewOutcome {
-    pub purchase_id: Uuid,
+    pub purchase_id: PurchaseId,
     /// The reward's status after the review (`pending` when approved, `reversed` when rejected).
     pub reward_status: String,
     pub cashback_minor: i64,
@@ -182,7 +182,7 @@ pub struct ReviewOutcome {
 async fn review(
     state: AppState,
     admin: AdminUser,
-    id: Uuid,
+    id: PurchaseId,
     approve: bool,
 ) -> ApiResult<Json<ReviewOutcome>> {
     let mut conn = state.conn().await?;
@@ -203,7 +203,7 @@ async fn review(
 pub async fn approve(
     State(state): State<AppState>,
     admin: AdminUser,
-    Path(id): Path<Uuid>,
+    Path(id): Path<PurchaseId>,
 ) -> ApiResult<Json<ReviewOutcome>> {
     review(state, admin, id, true).await
 }
@@ -217,7 +217,7 @@ pub async fn approve(
 pub async fn reject(
     State(state): State<AppState>,
     admin: AdminUser,
-    Path(id): Path<Uuid>,
+    Path(id): Path<PurchaseId>,
 ) -> ApiResult<Json<ReviewOutcome>> {
     review(state, admin, id, false).await
 }
@@ -239,7 +239,7 @@ pub struct DaysQuery {
 pub async fn link_stats(
     State(state): State<AppState>,
     _admin: AdminUser,
-    Path(id): Path<Uuid>,
+    Path(id): Path<MerchantId>,
     Query(q): Query<DaysQuery>,
 ) -> ApiResult<Json<LinkStats>> {
     let days = q.days.unwrap_or(1);
