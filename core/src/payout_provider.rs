@@ -35,7 +35,7 @@ use failsafe::{
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::{config::PayoutConfig, ids::PayoutId};
+use crate::{config::PayoutConfig, ids::PayoutId, money::Currency};
 
 /// A payout's state at the provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,7 +62,7 @@ pub struct PayoutOrder {
     /// Our payout id: the provider's idempotency key and our reference.
     pub reference: PayoutId,
     pub amount_minor: i64,
-    pub currency: String,
+    pub currency: Currency,
     pub destination: Destination,
 }
 

@@ -5,6 +5,7 @@ use axum::http::{Method, StatusCode};
 use clicknback_core::{
     ids::UserId,
     models::user::Role,
+    money::{Currency, Money},
     services::{
         ledger::{self, AccountKind, AccountRef, Transfer},
         users,
@@ -27,8 +28,7 @@ pub async fn funded_user(app: &TestApp, email: &str, available: i64) -> (UserId,
                 id: format!("test:fund:{}", user.id),
                 from: AccountRef::platform(AccountKind::CashbackExpense),
                 to: AccountRef::user(user.id, AccountKind::Available),
-                amount_minor: available,
-                currency: "EUR".into(),
+                amount: Money::new(available, Currency::parse("EUR").unwrap()).unwrap(),
                 kind: "reward_credit",
                 user_id: Some(user.id),
                 purchase_id: None,

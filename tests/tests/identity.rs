@@ -29,15 +29,14 @@ async fn concurrent_merges_end_in_one_consistent_graph() {
         );
         // Two merges touching the same group at once: a+b and b+d.
         let (mut c1, mut c2) = (app.db.conn().await, app.db.conn().await);
-        let (r1, r2) =
-            tokio::join!(
-                c1.transaction::<IdentityGroupId, diesel::result::Error, _>(async |c| {
-                    identity::merge(c, ga, gb, "test").await
-                }),
-                c2.transaction::<IdentityGroupId, diesel::result::Error, _>(async |c| {
-                    identity::merge(c, gb, gd, "test").await
-                }),
-            );
+        let (r1, r2) = tokio::join!(
+            c1.transaction::<IdentityGroupId, diesel::result::Error, _>(async |c| {
+                identity::merge(c, ga, gb, "test").await
+            }),
+            c2.transaction::<IdentityGroupId, diesel::result::Error, _>(async |c| {
+                identity::merge(c, gb, gd, "test").await
+            }),
+        );
         r1.unwrap();
         r2.unwrap();
         // Every node ends in one group, which is not itself merged away.

@@ -8,6 +8,7 @@ use chrono::Utc;
 use clicknback_core::{
     ids::{MerchantId, OfferId, PurchaseId, RewardId, UserId},
     models::{reward::NewReward, user::Role},
+    money::{Currency, Money},
     schema::{merchants, offers, purchases, rewards},
     services::{
         ledger::{self, AccountKind, AccountRef, Transfer},
@@ -20,6 +21,10 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use uuid::Uuid;
+
+fn eur() -> Currency {
+    Currency::parse("EUR").unwrap()
+}
 
 struct World {
     user: UserId,
@@ -123,7 +128,7 @@ async fn attribute(
             touchpoint_id: None,
             identity_group_id: None,
             amount_minor: amount,
-            currency: "EUR",
+            currency: eur(),
             status: "pending",
             fraud_score: 0.0,
             fraud_reasons: serde_json::json!([]),
@@ -187,7 +192,7 @@ async fn apply(
             let available = ledger::balance(
                 conn,
                 AccountRef::user(w.user, AccountKind::Available),
-                "EUR",
+                eur(),
             )
             .await?;
             if available > 0 {
@@ -197,8 +202,7 @@ async fn apply(
                         id: spend_id.to_owned(),
                         from: AccountRef::user(w.user, AccountKind::Available),
                         to: AccountRef::platform(AccountKind::PayoutClearing),
-                        amount_minor: amount.min(available),
-                        currency: "EUR".into(),
+                        amount: Money::new(amount.min(available), eur()).unwrap(),
                         kind: "test_spend",
                         user_id: Some(w.user),
                         purchase_id: None,

@@ -42,11 +42,11 @@ fn iban_payout(amount: i64) -> Value {
 async fn balances(app: &TestApp, user: UserId) -> (i64, i64, i64) {
     let mut c = app.db.conn().await;
     let w = ledger::wallet(&mut c, user).await.unwrap();
-    let e = w
-        .into_iter()
+    w.into_iter()
         .find(|w| w.currency == "EUR")
-        .unwrap_or_default();
-    (e.available_minor, e.reserved_minor, e.paid_out_minor)
+        .map_or((0, 0, 0), |e| {
+            (e.available_minor, e.reserved_minor, e.paid_out_minor)
+        })
 }
 
 async fn status_of(app: &TestApp, id: PayoutId) -> String {

@@ -58,7 +58,7 @@ async fn status_webhooks_confirm_then_reverse_the_reward_in_the_wallet() {
             touchpoint_id: None,
             identity_group_id: None,
             amount_minor: 1_000,
-            currency: "EUR",
+            currency: clicknback_core::money::Currency::parse("EUR").unwrap(),
             status: "pending",
             fraud_score: 0.0,
             fraud_reasons: json!([]),

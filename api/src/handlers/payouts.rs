@@ -33,7 +33,7 @@ impl From<PayoutError> for ApiError {
             ),
             PayoutError::NotFound => Self::not_found("payout"),
             PayoutError::Pool(_) => Self::unavailable("the database is unavailable; retry shortly"),
-            PayoutError::Destination(_) => Self::internal(detail),
+            PayoutError::Destination(_) | PayoutError::Amount(_) => Self::internal(detail),
             PayoutError::Db(d) => d.into(),
         }
     }

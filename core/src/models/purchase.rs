@@ -1,5 +1,6 @@
 use crate::{
     ids::{IdentityGroupId, MerchantId, PurchaseId, UserId},
+    money::Currency,
     schema::purchases,
 };
 use chrono::{DateTime, Utc};
@@ -12,7 +13,7 @@ pub struct Purchase {
     pub merchant_id: MerchantId,
     pub order_id: String,
     pub amount_minor: i64,
-    pub currency: String,
+    pub currency: Currency,
     pub status: String,
     pub purchased_at: DateTime<Utc>,
     pub customer_ref: Option<String>,
@@ -53,7 +54,7 @@ pub struct NewPurchase<'a> {
     pub merchant_id: MerchantId,
     pub order_id: &'a str,
     pub amount_minor: i64,
-    pub currency: &'a str,
+    pub currency: Currency,
     pub purchased_at: DateTime<Utc>,
     pub customer_ref: Option<&'a str>,
     pub purchase_token: Option<&'a str>,

@@ -1,5 +1,6 @@
 use crate::{
     ids::{IdentityGroupId, OfferId, PurchaseId, RewardId, TouchpointId, UserId},
+    money::{Currency, Money},
     schema::rewards,
 };
 use chrono::{DateTime, Utc};
@@ -15,8 +16,9 @@ pub struct Reward {
     pub offer_id: OfferId,
     pub touchpoint_id: Option<TouchpointId>,
     pub identity_group_id: Option<IdentityGroupId>,
+    /// Zero when the monthly cap left nothing.
     pub amount_minor: i64,
-    pub currency: String,
+    pub currency: Currency,
     pub status: String,
     pub fraud_score: f64,
     pub fraud_reasons: serde_json::Value,
@@ -31,6 +33,12 @@ impl Reward {
     pub fn transfer_prefix(&self) -> String {
         format!("reward:{}:{}", self.purchase_id, self.attribution_seq)
     }
+
+    /// The cashback, or `None` when the monthly cap left nothing (the only
+    /// amount the table allows besides a positive one).
+    pub fn amount(&self) -> Option<Money> {
+        Money::new(self.amount_minor, self.currency).ok()
+    }
 }
 
 #[derive(Debug, Insertable)]
@@ -44,7 +52,7 @@ pub struct NewReward<'a> {
     pub touchpoint_id: Option<TouchpointId>,
     pub identity_group_id: Option<IdentityGroupId>,
     pub amount_minor: i64,
-    pub currency: &'a str,
+    pub currency: Currency,
     pub status: &'a str,
     pub fraud_score: f64,
     pub fraud_reasons: serde_json::Value,

@@ -263,7 +263,7 @@ pub async fn attribute(
                 touchpoint_id: Some(touchpoint),
                 identity_group_id: group,
                 amount_minor: amount,
-                currency: &p.currency,
+                currency: p.currency,
                 status: if flagged { "flagged" } else { "pending" },
                 fraud_score: fraud.score,
                 fraud_reasons: serde_json::to_value(&fraud.reasons).unwrap_or_default(),

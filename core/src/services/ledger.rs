@@ -13,6 +13,7 @@
 use crate::{
     db,
     ids::{LedgerAccountId, PayoutId, PurchaseId, RewardId, UserId},
+    money::{Currency, Money},
     schema::{ledger_accounts, ledger_transfers},
 };
 use chrono::{DateTime, Utc};
@@ -55,8 +56,6 @@ impl AccountKind {
 pub enum LedgerError {
     #[error("insufficient funds")]
     InsufficientFunds,
-    #[error("amount must be positive")]
-    NotPositive,
     #[error(transparent)]
     Db(#[from] diesel::result::Error),
 }
@@ -84,7 +83,7 @@ impl AccountRef {
 pub async fn account_id(
     conn: &mut AsyncPgConnection,
     account: AccountRef,
-    currency: &str,
+    currency: Currency,
 ) -> Result<LedgerAccountId, diesel::result::Error> {
     if let Some(id) = find_account(conn, account, currency).await? {
         return Ok(id);
@@ -107,11 +106,11 @@ pub async fn account_id(
 async fn find_account(
     conn: &mut AsyncPgConnection,
     account: AccountRef,
-    currency: &str,
+    currency: Currency,
 ) -> Result<Option<LedgerAccountId>, diesel::result::Error> {
     let mut q = ledger_accounts::table
         .filter(ledger_accounts::kind.eq(account.kind.as_str()))
-        .filter(ledger_accounts::currency.eq(currency.to_owned()))
+        .filter(ledger_accounts::currency.eq(currency))
         .select(ledger_accounts::id)
         .into_boxed();
     q = match account.user {
@@ -125,7 +124,7 @@ async fn find_account(
 pub async fn balance(
     conn: &mut AsyncPgConnection,
     account: AccountRef,
-    currency: &str,
+    currency: Currency,
 ) -> Result<i64, diesel::result::Error> {
     let id = account_id(conn, account, currency).await?;
     ledger_accounts::table
@@ -142,8 +141,7 @@ pub struct Transfer {
     pub id: String,
     pub from: AccountRef,
     pub to: AccountRef,
-    pub amount_minor: i64,
-    pub currency: String,
+    pub amount: Money,
     pub kind: &'static str,
     pub user_id: Option<UserId>,
     pub purchase_id: Option<PurchaseId>,
@@ -160,18 +158,16 @@ pub enum Posted {
 
 /// Posts a transfer inside the caller's transaction. Idempotent by id.
 pub async fn post(conn: &mut AsyncPgConnection, t: &Transfer) -> Result<Posted, LedgerError> {
-    if t.amount_minor <= 0 {
-        return Err(LedgerError::NotPositive);
-    }
-    let debit = account_id(conn, t.from, &t.currency).await?;
-    let credit = account_id(conn, t.to, &t.currency).await?;
+    let (amount, currency) = (t.amount.amount_minor(), t.amount.currency());
+    let debit = account_id(conn, t.from, currency).await?;
+    let credit = account_id(conn, t.to, currency).await?;
     let inserted = diesel::insert_into(ledger_transfers::table)
         .values((
             ledger_transfers::id.eq(&t.id),
             ledger_transfers::debit_account_id.eq(debit),
             ledger_transfers::credit_account_id.eq(credit),
-            ledger_transfers::amount_minor.eq(t.amount_minor),
-            ledger_transfers::currency.eq(&t.currency),
+            ledger_transfers::amount_minor.eq(amount),
+            ledger_transfers::currency.eq(currency),
             ledger_transfers::kind.eq(t.kind),
             ledger_transfers::user_id.eq(t.user_id),
             ledger_transfers::purchase_id.eq(t.purchase_id),
@@ -192,11 +188,7 @@ pub async fn post(conn: &mut AsyncPgConnection, t: &Transfer) -> Result<Posted, 
         (credit, debit)
     };
     for id in [first, second] {
-        let delta = if id == debit {
-            -t.amount_minor
-        } else {
-            t.amount_minor
-        };
+        let delta = if id == debit { -amount } else { amount };
         let r = diesel::update(ledger_accounts::table.find(id))
             .set(ledger_accounts::balance_minor.eq(ledger_accounts::balance_minor + delta))
             .execute(conn)
@@ -214,9 +206,9 @@ pub async fn post(conn: &mut AsyncPgConnection, t: &Transfer) -> Result<Posted, 
 }
 
 /// A user's balances in one currency.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct WalletBalance {
-    pub currency: String,
+    pub currency: Currency,
     pub pending_minor: i64,
     pub available_minor: i64,
     pub reserved_minor: i64,
@@ -230,7 +222,7 @@ pub async fn wallet(
     conn: &mut AsyncPgConnection,
     user: UserId,
 ) -> Result<Vec<WalletBalance>, diesel::result::Error> {
-    let rows: Vec<(String, String, i64)> = ledger_accounts::table
+    let rows: Vec<(Currency, String, i64)> = ledger_accounts::table
         .filter(ledger_accounts::user_id.eq(user))
         .select((
             ledger_accounts::currency,
@@ -244,8 +236,12 @@ pub async fn wallet(
     for (currency, kind, balance) in rows {
         if out.last().is_none_or(|w| w.currency != currency) {
             out.push(WalletBalance {
-                currency: currency.clone(),
-                ..Default::default()
+                currency,
+                pending_minor: 0,
+                available_minor: 0,
+                reserved_minor: 0,
+                paid_out_minor: 0,
+                receivable_minor: 0,
             });
         }
         let w = out.last_mut().expect("just pushed");
@@ -267,7 +263,7 @@ pub struct TransferView {
     pub id: String,
     pub kind: String,
     pub amount_minor: i64,
-    pub currency: String,
+    pub currency: Currency,
     pub purchase_id: Option<PurchaseId>,
     pub payout_id: Option<PayoutId>,
     pub created_at: DateTime<Utc>,

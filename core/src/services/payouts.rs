@@ -39,7 +39,7 @@ use crate::{
     db::{self, DbPool},
     ids::{PayoutId, UserId},
     jobs::{self, EmailKind, ProcessPayout, SendEmail},
-    money::Currency,
+    money::{Currency, Money, MoneyError},
     payout_provider::{
         Destination, PayoutOrder, PayoutProvider, ProviderError, ProviderPayout, ProviderStatus,
     },
@@ -56,6 +56,8 @@ pub enum PayoutError {
     NotFound,
     #[error("the payout destination cannot be decrypted: {0}")]
     Destination(#[from] CryptoError),
+    #[error("the stored payout amount is not money: {0}")]
+    Amount(#[from] MoneyError),
     #[error("database pool: {0}")]
     Pool(String),
     #[error(transparent)]
@@ -65,9 +67,7 @@ pub enum PayoutError {
 impl From<LedgerError> for PayoutError {
     fn from(e: LedgerError) -> Self {
         match e {
-            LedgerError::InsufficientFunds | LedgerError::NotPositive => {
-                PayoutError::InsufficientFunds
-            }
+            LedgerError::InsufficientFunds => PayoutError::InsufficientFunds,
             LedgerError::Db(d) => PayoutError::Db(d),
         }
     }
@@ -100,8 +100,7 @@ pub struct PayoutRequest {
 /// A payout request that passed validation.
 #[derive(Debug, Clone)]
 pub struct ValidPayout {
-    pub amount_minor: i64,
-    pub currency: Currency,
+    pub amount: Money,
     pub kind: &'static str,
     /// Normalised (IBAN without spaces, upper case; e-mail trimmed).
     pub destination: String,
@@ -110,14 +109,15 @@ pub struct ValidPayout {
 impl PayoutRequest {
     pub fn validate(&self, min_amount_minor: i64) -> Result<ValidPayout, Vec<FieldError>> {
         let mut errors = Vec::new();
-        if self.amount_minor < min_amount_minor {
+        let amount = Money::parse(self.amount_minor, &self.currency);
+        let bad = amount.as_ref().err();
+        if self.amount_minor < min_amount_minor || bad.is_some_and(|b| b.amount.is_some()) {
             errors.push(FieldError::new(
                 "amount_minor",
                 &format!("must be at least {min_amount_minor} (minor units)"),
             ));
         }
-        let currency = Currency::parse(&self.currency);
-        if currency.is_err() {
+        if bad.is_some_and(|b| b.currency.is_some()) {
             errors.push(FieldError::new(
                 "currency",
                 "must be an ISO-4217 code of three capital letters",
@@ -143,10 +143,9 @@ impl PayoutRequest {
             )),
         };
         let destination = destination.map_err(|e| errors.push(e)).ok();
-        match (currency, destination) {
-            (Ok(currency), Some((kind, destination))) if errors.is_empty() => Ok(ValidPayout {
-                amount_minor: self.amount_minor,
-                currency,
+        match (amount, destination) {
+            (Ok(amount), Some((kind, destination))) if errors.is_empty() => Ok(ValidPayout {
+                amount,
                 kind,
                 destination,
             }),
@@ -222,7 +221,7 @@ pub fn mask(kind: &str, destination: &str) -> String {
 pub struct PayoutView {
     pub id: PayoutId,
     pub amount_minor: i64,
-    pub currency: String,
+    pub currency: Currency,
     /// `requested`, `processing`, `submitted_unknown`, `paid` or `failed`.
     pub status: String,
     pub destination: MaskedDestination,
@@ -246,7 +245,7 @@ pub struct Payout {
     pub id: PayoutId,
     pub user_id: UserId,
     pub amount_minor: i64,
-    pub currency: String,
+    pub currency: Currency,
     pub status: String,
     pub destination_type: String,
     pub destination_encrypted: Vec<u8>,
@@ -258,12 +257,19 @@ pub struct Payout {
     pub updated_at: DateTime<Utc>,
 }
 
+impl Payout {
+    /// What the payout moves (the table holds only positive amounts).
+    pub fn amount(&self) -> Result<Money, MoneyError> {
+        Money::new(self.amount_minor, self.currency)
+    }
+}
+
 impl From<&Payout> for PayoutView {
     fn from(p: &Payout) -> Self {
         Self {
             id: p.id,
             amount_minor: p.amount_minor,
-            currency: p.currency.clone(),
+            currency: p.currency,
             status: p.status.clone(),
             destination: MaskedDestination {
                 kind: p.destination_type.clone(),
@@ -289,20 +295,19 @@ pub async fn request(
     key: &IdempotencyKey,
     input: ValidPayout,
 ) -> Result<Outcome, PayoutError> {
-    let amount = input.amount_minor;
+    let amount = input.amount;
     let outcome = conn
         .transaction::<Outcome, PayoutError, _>(async move |conn| {
             if let Some(replay) = idempotency::begin::<PayoutError>(conn, key).await? {
                 return Ok(replay);
             }
             let id = PayoutId::new();
-            let currency = input.currency.as_str().to_owned();
             let p: Payout = diesel::insert_into(payouts::table)
                 .values((
                     payouts::id.eq(id),
                     payouts::user_id.eq(user),
-                    payouts::amount_minor.eq(input.amount_minor),
-                    payouts::currency.eq(&currency),
+                    payouts::amount_minor.eq(amount.amount_minor()),
+                    payouts::currency.eq(amount.currency()),
                     payouts::destination_type.eq(input.kind),
                     payouts::destination_encrypted
                         .eq(keys.seal(input.destination.as_bytes(), &aad(id))),
@@ -317,8 +322,7 @@ pub async fn request(
                     id: format!("payout:{id}:reserve"),
                     from: AccountRef::user(user, AccountKind::Available),
                     to: AccountRef::user(user, AccountKind::Reserved),
-                    amount_minor: input.amount_minor,
-                    currency,
+                    amount,
                     kind: "payout_reserve",
                     user_id: Some(user),
                     purchase_id: None,
@@ -343,7 +347,7 @@ pub async fn request(
         tracing::info!(
             user.id = %user,
             payout.id = %outcome.body["id"].as_str().unwrap_or_default(),
-            amount.minor = amount,
+            amount.minor = amount.amount_minor(),
             "payout requested; amount reserved"
         );
         metrics::counter!("payouts_requested_total").increment(1);
@@ -496,7 +500,7 @@ async fn process_locked(
     let order = PayoutOrder {
         reference: id,
         amount_minor: p.amount_minor,
-        currency: p.currency.clone(),
+        currency: p.currency,
         destination: Destination {
             kind: p.destination_type.clone(),
             value: destination,
@@ -560,8 +564,7 @@ async fn finish(
     reason: Option<&str>,
 ) -> Result<bool, PayoutError> {
     let (id, user) = (p.id, p.user_id);
-    let amount = p.amount_minor;
-    let currency = p.currency.clone();
+    let amount = p.amount()?;
     let masked = p.destination_masked.clone();
     let provider_ref = provider_ref.map(str::to_owned);
     let reason = reason.map(str::to_owned);
@@ -598,8 +601,7 @@ async fn finish(
                 id: format!("payout:{id}:{suffix}"),
                 from: AccountRef::user(user, AccountKind::Reserved),
                 to: AccountRef::user(user, to),
-                amount_minor: amount,
-                currency: currency.clone(),
+                amount,
                 kind,
                 user_id: Some(user),
                 purchase_id: None,
@@ -628,8 +630,8 @@ async fn finish(
                 kind: email,
                 to: to_email,
                 data: serde_json::json!({
-                    "amount_minor": amount,
-                    "currency": currency,
+                    "amount_minor": amount.amount_minor(),
+                    "currency": amount.currency(),
                     "destination": masked,
                     "reason": reason,
                 }),

@@ -23,7 +23,7 @@ use crate::{
         merchant::Merchant,
         purchase::{NewPurchase, Purchase},
     },
-    money::Currency,
+    money::{Currency, Money},
     schema::{identity_nodes, purchases},
 };
 
@@ -34,7 +34,7 @@ pub struct PurchaseView {
     pub merchant_id: MerchantId,
     pub order_id: String,
     pub amount_minor: i64,
-    pub currency: String,
+    pub currency: Currency,
     /// One of `received`, `attributed`, `unattributed`, `flagged`, `confirmed`, `reversed`.
     pub status: String,
     pub purchased_at: DateTime<Utc>,
@@ -48,7 +48,7 @@ impl From<&Purchase> for PurchaseView {
             merchant_id: p.merchant_id,
             order_id: p.order_id.clone(),
             amount_minor: p.amount_minor,
-            currency: p.currency.clone(),
+            currency: p.currency,
             status: p.status.clone(),
             purchased_at: p.purchased_at,
             created_at: p.created_at,
@@ -79,8 +79,7 @@ pub struct PurchaseRequest {
 #[derive(Debug, Clone)]
 pub struct ValidPurchase {
     pub order_id: String,
-    pub amount_minor: i64,
-    pub currency: Currency,
+    pub amount: Money,
     pub purchased_at: DateTime<Utc>,
     pub customer_ref: Option<String>,
     pub purchase_token: Option<String>,
@@ -118,14 +117,18 @@ impl PurchaseRequest {
     pub fn validate(&self, now: DateTime<Utc>) -> Result<ValidPurchase, Vec<FieldError>> {
         let mut errors = Vec::new();
         let order_id = text_field(&mut errors, "order_id", Some(&self.order_id), true);
-        if self.amount_minor <= 0 {
-            errors.push(FieldError::new(
-                "amount_minor",
-                "must be a positive integer number of minor units",
-            ));
-        }
-        let currency = Currency::parse(&self.currency)
-            .map_err(|e| errors.push(FieldError::new("currency", &e.to_string())))
+        let amount = Money::parse(self.amount_minor, &self.currency)
+            .map_err(|bad| {
+                if bad.amount.is_some() {
+                    errors.push(FieldError::new(
+                        "amount_minor",
+                        "must be a positive integer number of minor units",
+                    ));
+                }
+                if let Some(e) = bad.currency {
+                    errors.push(FieldError::new("currency", &e.to_string()));
+                }
+            })
             .ok();
         if self.purchased_at > now + chrono::Duration::minutes(10) {
             errors.push(FieldError::new("purchased_at", "must not be in the future"));
@@ -143,11 +146,10 @@ impl PurchaseRequest {
             false,
         );
         let sub_id = text_field(&mut errors, "sub_id", self.sub_id.as_deref(), false);
-        match (errors.is_empty(), order_id, currency) {
-            (true, Some(order_id), Some(currency)) => Ok(ValidPurchase {
+        match (errors.is_empty(), order_id, amount) {
+            (true, Some(order_id), Some(amount)) => Ok(ValidPurchase {
                 order_id,
-                amount_minor: self.amount_minor,
-                currency,
+                amount,
                 purchased_at: self.purchased_at,
                 customer_ref,
                 purchase_token,
@@ -250,8 +252,8 @@ pub async fn ingest(
                     id,
                     merchant_id,
                     order_id: &input.order_id,
-                    amount_minor: input.amount_minor,
-                    currency: input.currency.as_str(),
+                    amount_minor: input.amount.amount_minor(),
+                    currency: input.amount.currency(),
                     purchased_at: input.purchased_at,
                     customer_ref: input.customer_ref.as_deref(),
                     purchase_token: input.purchase_token.as_deref(),

@@ -18,6 +18,7 @@ use super::ledger::{self, AccountKind::*, AccountRef, LedgerError, Transfer};
 use crate::{
     ids::{PurchaseId, RewardId},
     models::reward::Reward,
+    money::Money,
     schema::rewards,
 };
 
@@ -44,15 +45,14 @@ fn transfer(
     suffix: &str,
     from: AccountRef,
     to: AccountRef,
-    amount: i64,
+    amount: Money,
     kind: &'static str,
 ) -> Transfer {
     Transfer {
         id: format!("{}:{suffix}", r.transfer_prefix()),
         from,
         to,
-        amount_minor: amount,
-        currency: r.currency.clone(),
+        amount,
         kind,
         user_id: Some(r.user_id),
         purchase_id: Some(r.purchase_id),
@@ -102,7 +102,9 @@ async fn set_status(
 
 /// Credits a new `pending` reward: cashback_expense → pending.
 pub async fn credit(conn: &mut AsyncPgConnection, r: &Reward) -> Result<(), RewardError> {
-    if r.amount_minor > 0 && r.status == "pending" {
+    if let Some(amount) = r.amount()
+        && r.status == "pending"
+    {
         ledger::post(
             conn,
             &transfer(
@@ -110,7 +112,7 @@ pub async fn credit(conn: &mut AsyncPgConnection, r: &Reward) -> Result<(), Rewa
                 "credit",
                 AccountRef::platform(CashbackExpense),
                 user(r, Pending),
-                r.amount_minor,
+                amount,
                 "reward_credit",
             ),
         )
@@ -134,10 +136,10 @@ pub async fn confirm(conn: &mut AsyncPgConnection, id: RewardId) -> Result<Step,
             });
         }
     }
-    if r.amount_minor > 0 {
-        let owed = -ledger::balance(conn, user(&r, Receivable), &r.currency).await?;
-        let settle = owed.clamp(0, r.amount_minor);
-        if settle > 0 {
+    if let Some(amount) = r.amount() {
+        let owed = -ledger::balance(conn, user(&r, Receivable), r.currency).await?;
+        let (settle, rest) = amount.split(owed);
+        if let Some(settle) = settle {
             ledger::post(
                 conn,
                 &transfer(
@@ -151,7 +153,7 @@ pub async fn confirm(conn: &mut AsyncPgConnection, id: RewardId) -> Result<Step,
             )
             .await?;
         }
-        if r.amount_minor > settle {
+        if let Some(rest) = rest {
             ledger::post(
                 conn,
                 &transfer(
@@ -159,7 +161,7 @@ pub async fn confirm(conn: &mut AsyncPgConnection, id: RewardId) -> Result<Step,
                     "confirm",
                     user(&r, Pending),
                     user(&r, Available),
-                    r.amount_minor - settle,
+                    rest,
                     "reward_confirm",
                 ),
             )
@@ -183,7 +185,7 @@ pub async fn reverse(
     match r.status.as_str() {
         s if s == to => return Ok(Step::AlreadyThere),
         "pending" => {
-            if r.amount_minor > 0 {
+            if let Some(amount) = r.amount() {
                 ledger::post(
                     conn,
                     &transfer(
@@ -191,7 +193,7 @@ pub async fn reverse(
                         "void",
                         user(&r, Pending),
                         AccountRef::platform(CashbackExpense),
-                        r.amount_minor,
+                        amount,
                         "reward_void",
                     ),
                 )
@@ -200,9 +202,9 @@ pub async fn reverse(
         }
         "flagged" => {}
         "confirmed" if to == "reversed" => {
-            let available = ledger::balance(conn, user(&r, Available), &r.currency).await?;
-            let take = available.clamp(0, r.amount_minor);
-            if take > 0 {
+            let available = ledger::balance(conn, user(&r, Available), r.currency).await?;
+            let (take, shortfall) = r.amount().map_or((None, None), |a| a.split(available));
+            if let Some(take) = take {
                 ledger::post(
                     conn,
                     &transfer(
@@ -216,7 +218,7 @@ pub async fn reverse(
                 )
                 .await?;
             }
-            if r.amount_minor > take {
+            if let Some(shortfall) = shortfall {
                 ledger::post(
                     conn,
                     &transfer(
@@ -224,7 +226,7 @@ pub async fn reverse(
                         "reverse_shortfall",
                         user(&r, Receivable),
                         AccountRef::platform(CashbackExpense),
-                        r.amount_minor - take,
+                        shortfall,
                         "reward_reverse_shortfall",
                     ),
                 )

@@ -24,6 +24,7 @@ use crate::{
     cache::Cache,
     ids::UserId,
     jobs::{self, RecomputeUserStats},
+    money::Currency,
     schema::user_stats,
 };
 
@@ -68,7 +69,7 @@ pub fn configure(coalesce: Duration) {
 )]
 pub struct CurrencyStats {
     #[diesel(sql_type = diesel::sql_types::Text)]
-    pub currency: String,
+    pub currency: Currency,
     /// Cashback earned (pending and confirmed rewards).
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     pub total_minor: i64,

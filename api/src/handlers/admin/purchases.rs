@@ -4,6 +4,7 @@ use axum::extract::State;
 use chrono::{DateTime, Utc};
 use clicknback_core::{
     ids::{MerchantId, PurchaseId},
+    money::Currency,
     schema::{purchases, rewards},
     services::{
         link_quality::{self, LinkStats},
@@ -42,7 +43,7 @@ pub struct ReviewItem {
     pub merchant_id: MerchantId,
     pub order_id: String,
     pub amount_minor: i64,
-    pub currency: String,
+    pub currency: Currency,
     pub status: String,
     pub cashback_minor: Option<i64>,
     pub fraud_score: Option<f64>,
@@ -92,7 +93,7 @@ type Row = (
     MerchantId,
     String,
     i64,
-    String,
+    Currency,
     String,
     DateTime<Utc>,
     Option<i64>,
