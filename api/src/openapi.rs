@@ -99,7 +99,7 @@ of this API.";
         Problem,
         clicknback_core::jobs::Queue,
         handlers::admin::jobs::JobState,
-        handlers::admin::purchases::PurchaseStatus,
+        clicknback_core::models::purchase::PurchaseStatus,
     )),
     tags(
         (name = "webhooks", description = "Signed server-to-server calls from merchants"),

@@ -82,19 +82,12 @@ impl Job for AttributePurchase {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum RewardTransition {
-    Confirmed,
-    Reversed,
-}
-
-impl RewardTransition {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RewardTransition::Confirmed => "confirmed",
-            RewardTransition::Reversed => "reversed",
-        }
+crate::text_enum::text_enum! {
+    /// A merchant's (or an admin's, or the hold period's) decision on a
+    /// purchase, stored in `purchases.merchant_decision`.
+    pub enum RewardTransition {
+        Confirmed = "confirmed",
+        Reversed = "reversed",
     }
 }
 

@@ -7,7 +7,10 @@
 use chrono::Utc;
 use clicknback_core::{
     ids::{MerchantId, OfferId, PurchaseId, RewardId, UserId},
-    models::{reward::NewReward, user::Role},
+    models::{
+        reward::{NewReward, RewardStatus},
+        user::Role,
+    },
     money::{Currency, Money},
     schema::{merchants, offers, purchases, rewards},
     services::{
@@ -129,7 +132,7 @@ async fn attribute(
             identity_group_id: None,
             amount_minor: amount,
             currency: eur(),
-            status: "pending",
+            status: RewardStatus::Pending,
             fraud_score: 0.0,
             fraud_reasons: serde_json::json!([]),
         })
@@ -167,12 +170,12 @@ async fn apply(
         }
         Op::Reverse => {
             if let Some((id, ..)) = live(conn, purchase).await {
-                reward_svc::reverse(conn, id, "reversed").await?;
+                reward_svc::reverse(conn, id, RewardStatus::Reversed).await?;
             }
         }
         Op::Reattribute => match live(conn, purchase).await {
             Some((id, seq, status, _)) if status == "pending" => {
-                reward_svc::reverse(conn, id, "voided").await?;
+                reward_svc::reverse(conn, id, RewardStatus::Voided).await?;
                 attribute(conn, w, purchase, seq + 1, amount).await?;
             }
             None => {
@@ -313,7 +316,7 @@ async fn reversal_after_spending_books_a_receivable_that_later_credits_settle_fi
         .await
         .unwrap();
     // 100 left available; reversing 500 takes 100 and books 400 owed.
-    reward_svc::reverse(&mut conn, ra, "reversed")
+    reward_svc::reverse(&mut conn, ra, RewardStatus::Reversed)
         .await
         .unwrap();
     let wallet = ledger::wallet(&mut conn, w.user).await.unwrap();

@@ -59,7 +59,7 @@ async fn status_webhooks_confirm_then_reverse_the_reward_in_the_wallet() {
             identity_group_id: None,
             amount_minor: 1_000,
             currency: clicknback_core::money::Currency::parse("EUR").unwrap(),
-            status: "pending",
+            status: clicknback_core::models::reward::RewardStatus::Pending,
             fraud_score: 0.0,
             fraud_reasons: json!([]),
         })

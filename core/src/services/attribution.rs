@@ -20,8 +20,8 @@ use crate::{
     ids::{IdentityGroupId, OfferId, PurchaseId, RewardId, TouchpointId, UserId},
     jobs::{self, EmailKind, RewardTransition, SendEmail},
     models::{
-        purchase::Purchase,
-        reward::{NewReward, Reward},
+        purchase::{Purchase, PurchaseStatus},
+        reward::{NewReward, Reward, RewardStatus},
     },
     money::cashback_minor,
     schema::{
@@ -176,7 +176,7 @@ pub async fn attribute(
             .await
             .optional()?
             .ok_or(AttributionError::NotFound)?;
-        if p.rewards_processed_at.is_some() || p.status != "received" {
+        if p.rewards_processed_at.is_some() || p.status != PurchaseStatus::Received {
             return Ok(Outcome::AlreadyProcessed);
         }
         let now = Utc::now();
@@ -264,7 +264,11 @@ pub async fn attribute(
                 identity_group_id: group,
                 amount_minor: amount,
                 currency: p.currency,
-                status: if flagged { "flagged" } else { "pending" },
+                status: if flagged {
+                    RewardStatus::Flagged
+                } else {
+                    RewardStatus::Pending
+                },
                 fraud_score: fraud.score,
                 fraud_reasons: serde_json::to_value(&fraud.reasons).unwrap_or_default(),
             })
@@ -274,7 +278,11 @@ pub async fn attribute(
         reward_money::credit(conn, &reward).await?;
         diesel::update(purchases::table.find(p.id))
             .set((
-                purchases::status.eq(if flagged { "flagged" } else { "attributed" }),
+                purchases::status.eq(p.status.becoming(if flagged {
+                    PurchaseStatus::Flagged
+                } else {
+                    PurchaseStatus::Attributed
+                })),
                 purchases::user_id.eq(user),
                 purchases::identity_group_id.eq(group),
                 purchases::rewards_processed_at.eq(now),
@@ -283,18 +291,18 @@ pub async fn attribute(
             .await?;
         if !flagged {
             // A merchant decision that arrived before attribution applies now.
-            match p.merchant_decision.as_deref() {
-                Some("confirmed") => {
+            match p.merchant_decision {
+                Some(RewardTransition::Confirmed) => {
                     reward_money::confirm(conn, reward.id).await?;
                     set_purchase_status(conn, p.id, RewardTransition::Confirmed).await?;
                 }
-                Some("reversed") => {
-                    reward_money::reverse(conn, reward.id, "reversed").await?;
+                Some(RewardTransition::Reversed) => {
+                    reward_money::reverse(conn, reward.id, RewardStatus::Reversed).await?;
                     set_purchase_status(conn, p.id, RewardTransition::Reversed).await?;
                 }
-                _ => {}
+                None => {}
             }
-            if amount > 0 && p.merchant_decision.as_deref() != Some("reversed") {
+            if amount > 0 && p.merchant_decision != Some(RewardTransition::Reversed) {
                 let email: String = users::table
                     .find(user)
                     .select(users::email)
@@ -319,8 +327,7 @@ pub async fn attribute(
                 jobs::enqueue(conn, &job, now).await?;
             }
         }
-        metrics::counter!("rewards_total", "status" => if flagged { "flagged" } else { "pending" })
-            .increment(1);
+        metrics::counter!("rewards_total", "status" => reward.status.as_str()).increment(1);
         Ok(Outcome::Rewarded {
             reward_id: reward.id,
             amount_minor: amount,
@@ -338,7 +345,7 @@ async fn unattributed(
 ) -> Result<Outcome, AttributionError> {
     diesel::update(purchases::table.find(purchase))
         .set((
-            purchases::status.eq("unattributed"),
+            purchases::status.eq(PurchaseStatus::Unattributed),
             purchases::rewards_processed_at.eq(Utc::now()),
             purchases::identity_group_id.eq(group),
             purchases::status_reason.eq(reason),
@@ -354,7 +361,7 @@ async fn set_purchase_status(
     to: RewardTransition,
 ) -> Result<(), diesel::result::Error> {
     diesel::update(purchases::table.find(id))
-        .set(purchases::status.eq(to.as_str()))
+        .set(purchases::status.eq(PurchaseStatus::Attributed.becoming(to.into())))
         .execute(conn)
         .await?;
     Ok(())
@@ -385,7 +392,7 @@ pub async fn reattribute(
             let Some(group) = p.identity_group_id else { return Ok(false) };
             let live: Option<Reward> = rewards::table
                 .filter(rewards::purchase_id.eq(p.id))
-                .filter(rewards::status.eq("pending"))
+                .filter(rewards::status.eq(RewardStatus::Pending))
                 .select(Reward::as_select())
                 .for_update()
                 .first(conn)
@@ -411,7 +418,7 @@ pub async fn reattribute(
                 tracing::info!(purchase.id = %p.id, "the latest click is unchanged; nothing to re-attribute");
                 return Ok(false);
             }
-            reward_money::reverse(conn, old.id, "voided").await?;
+            reward_money::reverse(conn, old.id, RewardStatus::Voided).await?;
             let month = month_of(p.purchased_at);
             diesel::update(monthly_cap_usage::table.find((old.user_id, old.offer_id, month)))
                 .set(monthly_cap_usage::used_minor.eq(diesel::dsl::sql::<diesel::sql_types::BigInt>("GREATEST(used_minor - ")
@@ -420,7 +427,7 @@ pub async fn reattribute(
                 .execute(conn)
                 .await?;
             diesel::update(purchases::table.find(p.id))
-                .set((purchases::rewards_processed_at.eq(None::<DateTime<Utc>>), purchases::status.eq("received"), purchases::identity_group_id.eq(group)))
+                .set((purchases::rewards_processed_at.eq(None::<DateTime<Utc>>), purchases::status.eq(p.status.becoming(PurchaseStatus::Received)), purchases::identity_group_id.eq(group)))
                 .execute(conn)
                 .await?;
             tracing::info!(purchase.id = %p.id, reward.id = %old.id, "late merge: reward voided for re-attribution");

@@ -21,7 +21,7 @@ use crate::{
     jobs::{self, ApplyRewardTransition, AttributePurchase, RewardTransition},
     models::{
         merchant::Merchant,
-        purchase::{NewPurchase, Purchase},
+        purchase::{NewPurchase, Purchase, PurchaseStatus},
     },
     money::{Currency, Money},
     schema::{identity_nodes, purchases},
@@ -35,8 +35,7 @@ pub struct PurchaseView {
     pub order_id: String,
     pub amount_minor: i64,
     pub currency: Currency,
-    /// One of `received`, `attributed`, `unattributed`, `flagged`, `confirmed`, `reversed`.
-    pub status: String,
+    pub status: PurchaseStatus,
     pub purchased_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
 }
@@ -49,7 +48,7 @@ impl From<&Purchase> for PurchaseView {
             order_id: p.order_id.clone(),
             amount_minor: p.amount_minor,
             currency: p.currency,
-            status: p.status.clone(),
+            status: p.status,
             purchased_at: p.purchased_at,
             created_at: p.created_at,
         }
@@ -169,7 +168,10 @@ pub enum PurchaseError {
     #[error("purchase not found")]
     NotFound,
     #[error("the purchase is {current}; it cannot become {requested}")]
-    InvalidTransition { current: String, requested: String },
+    InvalidTransition {
+        current: PurchaseStatus,
+        requested: RewardTransition,
+    },
     #[error(transparent)]
     Db(#[from] diesel::result::Error),
 }
@@ -335,22 +337,15 @@ pub async fn request_status(
             .optional()?
             .ok_or(PurchaseError::NotFound)?;
         let to = req.status;
-        let final_other = match to {
-            RewardTransition::Confirmed => {
-                purchase.status == "reversed"
-                    || purchase.merchant_decision.as_deref() == Some("reversed")
-            }
-            RewardTransition::Reversed => false,
-        };
-        if final_other {
+        if !purchase.accepts_decision(to) {
             return Err(PurchaseError::InvalidTransition {
-                current: "reversed".into(),
-                requested: to.as_str().into(),
+                current: PurchaseStatus::Reversed,
+                requested: to,
             });
         }
         let purchase: Purchase = diesel::update(purchases::table.find(purchase.id))
             .set((
-                purchases::merchant_decision.eq(to.as_str()),
+                purchases::merchant_decision.eq(to),
                 purchases::merchant_decision_at.eq(Utc::now()),
                 purchases::status_reason.eq(req.reason.as_deref()),
             ))

@@ -17,15 +17,22 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use super::ledger::{self, AccountKind::*, AccountRef, LedgerError, Transfer};
 use crate::{
     ids::{PurchaseId, RewardId},
-    models::reward::Reward,
+    jobs::RewardTransition,
+    models::{
+        purchase::PurchaseStatus,
+        reward::{Reward, RewardStatus},
+    },
     money::Money,
-    schema::rewards,
+    schema::{purchases, rewards},
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum RewardError {
     #[error("the reward is {from}; it cannot become {to}")]
-    IllegalTransition { from: String, to: &'static str },
+    IllegalTransition {
+        from: RewardStatus,
+        to: RewardStatus,
+    },
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     #[error(transparent)]
@@ -78,16 +85,26 @@ pub async fn lock(
         .await
 }
 
+/// Refuses a step [`RewardStatus::can_become`] does not allow.
+fn check(r: &Reward, to: RewardStatus) -> Result<(), RewardError> {
+    if r.status.can_become(to) {
+        Ok(())
+    } else {
+        Err(RewardError::IllegalTransition { from: r.status, to })
+    }
+}
+
 async fn set_status(
     conn: &mut AsyncPgConnection,
     r: &Reward,
-    status: &str,
+    status: RewardStatus,
 ) -> Result<(), diesel::result::Error> {
+    debug_assert!(r.status.can_become(status), "{} → {status}", r.status);
     let now = Some(Utc::now());
     let (confirmed_at, reversed_at) = match status {
-        "confirmed" => (now, r.reversed_at),
-        "reversed" | "voided" => (r.confirmed_at, now),
-        _ => (r.confirmed_at, r.reversed_at),
+        RewardStatus::Confirmed => (now, r.reversed_at),
+        RewardStatus::Reversed | RewardStatus::Voided => (r.confirmed_at, now),
+        RewardStatus::Pending | RewardStatus::Flagged => (r.confirmed_at, r.reversed_at),
     };
     diesel::update(rewards::table.find(r.id))
         .set((
@@ -103,7 +120,7 @@ async fn set_status(
 /// Credits a new `pending` reward: cashback_expense → pending.
 pub async fn credit(conn: &mut AsyncPgConnection, r: &Reward) -> Result<(), RewardError> {
     if let Some(amount) = r.amount()
-        && r.status == "pending"
+        && r.status == RewardStatus::Pending
     {
         ledger::post(
             conn,
@@ -126,16 +143,10 @@ pub async fn credit(conn: &mut AsyncPgConnection, r: &Reward) -> Result<(), Rewa
 /// user owes on their receivable.
 pub async fn confirm(conn: &mut AsyncPgConnection, id: RewardId) -> Result<Step, RewardError> {
     let r = lock(conn, id).await?;
-    match r.status.as_str() {
-        "confirmed" => return Ok(Step::AlreadyThere),
-        "pending" => {}
-        other => {
-            return Err(RewardError::IllegalTransition {
-                from: other.into(),
-                to: "confirmed",
-            });
-        }
+    if r.status == RewardStatus::Confirmed {
+        return Ok(Step::AlreadyThere);
     }
+    check(&r, RewardStatus::Confirmed)?;
     if let Some(amount) = r.amount() {
         let owed = -ledger::balance(conn, user(&r, Receivable), r.currency).await?;
         let (settle, rest) = amount.split(owed);
@@ -168,7 +179,7 @@ pub async fn confirm(conn: &mut AsyncPgConnection, id: RewardId) -> Result<Step,
             .await?;
         }
     }
-    set_status(conn, &r, "confirmed").await?;
+    set_status(conn, &r, RewardStatus::Confirmed).await?;
     Ok(Step::Applied)
 }
 
@@ -178,13 +189,16 @@ pub async fn confirm(conn: &mut AsyncPgConnection, id: RewardId) -> Result<Step,
 pub async fn reverse(
     conn: &mut AsyncPgConnection,
     id: RewardId,
-    to: &'static str,
+    to: RewardStatus,
 ) -> Result<Step, RewardError> {
-    debug_assert!(to == "reversed" || to == "voided");
+    debug_assert!(matches!(to, RewardStatus::Reversed | RewardStatus::Voided));
     let r = lock(conn, id).await?;
-    match r.status.as_str() {
-        s if s == to => return Ok(Step::AlreadyThere),
-        "pending" => {
+    if r.status == to {
+        return Ok(Step::AlreadyThere);
+    }
+    check(&r, to)?;
+    match r.status {
+        RewardStatus::Pending => {
             if let Some(amount) = r.amount() {
                 ledger::post(
                     conn,
@@ -200,8 +214,7 @@ pub async fn reverse(
                 .await?;
             }
         }
-        "flagged" => {}
-        "confirmed" if to == "reversed" => {
+        RewardStatus::Confirmed => {
             let available = ledger::balance(conn, user(&r, Available), r.currency).await?;
             let (take, shortfall) = r.amount().map_or((None, None), |a| a.split(available));
             if let Some(take) = take {
@@ -233,12 +246,8 @@ pub async fn reverse(
                 .await?;
             }
         }
-        other => {
-            return Err(RewardError::IllegalTransition {
-                from: other.into(),
-                to,
-            });
-        }
+        // A flagged reward holds no money; reversed and voided ones never get here.
+        RewardStatus::Flagged | RewardStatus::Reversed | RewardStatus::Voided => {}
     }
     set_status(conn, &r, to).await?;
     Ok(Step::Applied)
@@ -265,17 +274,16 @@ pub async fn apply_decision(
 ) -> Result<Decision, RewardError> {
     use diesel_async::AsyncConnection;
 
-    use crate::{jobs::RewardTransition, schema::purchases};
     conn.transaction::<Decision, RewardError, _>(async move |conn| {
-        let _lock: PurchaseId = purchases::table
+        let status: PurchaseStatus = purchases::table
             .find(purchase_id)
-            .select(purchases::id)
+            .select(purchases::status)
             .for_update()
             .first(conn)
             .await?;
         let live: Option<Reward> = rewards::table
             .filter(rewards::purchase_id.eq(purchase_id))
-            .filter(rewards::status.ne("voided"))
+            .filter(rewards::status.ne(RewardStatus::Voided))
             .select(Reward::as_select())
             .first(conn)
             .await
@@ -283,15 +291,15 @@ pub async fn apply_decision(
         let Some(r) = live else {
             return Ok(Decision::Recorded);
         };
-        if r.status == "flagged" && to == RewardTransition::Confirmed {
+        if r.status == RewardStatus::Flagged && to == RewardTransition::Confirmed {
             return Ok(Decision::AwaitingReview);
         }
         let step = match to {
             RewardTransition::Confirmed => confirm(conn, r.id).await?,
-            RewardTransition::Reversed => reverse(conn, r.id, "reversed").await?,
+            RewardTransition::Reversed => reverse(conn, r.id, RewardStatus::Reversed).await?,
         };
         diesel::update(purchases::table.find(purchase_id))
-            .set(purchases::status.eq(to.as_str()))
+            .set(purchases::status.eq(status.becoming(to.into())))
             .execute(conn)
             .await?;
         Ok(Decision::Applied(step))
@@ -310,26 +318,26 @@ pub async fn review(
 ) -> Result<Reward, RewardError> {
     use diesel_async::AsyncConnection;
 
-    use crate::schema::purchases;
     conn.transaction::<Reward, RewardError, _>(async move |conn| {
         let r: Reward = rewards::table
             .filter(rewards::purchase_id.eq(purchase_id))
-            .filter(rewards::status.ne("voided"))
+            .filter(rewards::status.ne(RewardStatus::Voided))
             .select(Reward::as_select())
             .for_update()
             .first(conn)
             .await?;
-        if r.status != "flagged" {
+        let (reward_status, purchase_status, action) = if approve {
+            (RewardStatus::Pending, PurchaseStatus::Attributed, "purchase.approve")
+        } else {
+            (RewardStatus::Reversed, PurchaseStatus::Reversed, "purchase.reject")
+        };
+        // Only a flagged reward is reviewed (a pending one may be reversed, but not here).
+        if r.status != RewardStatus::Flagged {
             return Err(RewardError::IllegalTransition {
-                from: r.status.clone(),
-                to: if approve { "pending" } else { "reversed" },
+                from: r.status,
+                to: reward_status,
             });
         }
-        let (reward_status, purchase_status, action) = if approve {
-            ("pending", "attributed", "purchase.approve")
-        } else {
-            ("reversed", "reversed", "purchase.reject")
-        };
         set_status(conn, &r, reward_status).await?;
         let after = lock(conn, r.id).await?;
         credit(conn, &after).await?;
@@ -337,15 +345,15 @@ pub async fn review(
             .set(purchases::status.eq(purchase_status))
             .execute(conn)
             .await?;
-        let decision: Option<String> = purchases::table
+        let decision: Option<RewardTransition> = purchases::table
             .find(purchase_id)
             .select(purchases::merchant_decision)
             .first(conn)
             .await?;
-        if approve && decision.as_deref() == Some("confirmed") {
+        if approve && decision == Some(RewardTransition::Confirmed) {
             confirm(conn, r.id).await?;
             diesel::update(purchases::table.find(purchase_id))
-                .set(purchases::status.eq("confirmed"))
+                .set(purchases::status.eq(purchase_status.becoming(PurchaseStatus::Confirmed)))
                 .execute(conn)
                 .await?;
         }

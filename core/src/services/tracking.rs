@@ -14,7 +14,7 @@ use super::{
 use crate::{
     ids::{IdentityGroupId, MerchantId, OfferId, PurchaseId, TouchpointId, UserId},
     jobs::{self, AttributePurchase},
-    models::merchant::Merchant,
+    models::{merchant::Merchant, purchase::PurchaseStatus, reward::RewardStatus},
     schema::{offers, purchases, touchpoints},
 };
 
@@ -110,7 +110,7 @@ async fn wake(
     let waiting: Vec<(PurchaseId, DateTime<Utc>, Option<DateTime<Utc>>)> = purchases::table
         .filter(purchases::identity_group_id.eq(group))
         .filter(purchases::rewards_processed_at.is_null())
-        .filter(purchases::status.eq("received"))
+        .filter(purchases::status.eq(PurchaseStatus::Received))
         .select((
             purchases::id,
             purchases::attribute_after,
@@ -127,7 +127,7 @@ async fn wake(
         )
         .filter(purchases::identity_group_id.eq(group))
         .filter(purchases::rewards_processed_at.is_not_null())
-        .filter(crate::schema::rewards::status.eq("pending"))
+        .filter(crate::schema::rewards::status.eq(RewardStatus::Pending))
         .select(purchases::id)
         .load(conn)
         .await?;

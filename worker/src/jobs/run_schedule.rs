@@ -123,7 +123,7 @@ async fn body(
                 - chrono::Duration::from_std(ctx.config.attribution.hold_period)
                     .unwrap_or_default();
             let due: Vec<clicknback_core::ids::PurchaseId> = rewards::table
-                .filter(rewards::status.eq("pending"))
+                .filter(rewards::status.eq(clicknback_core::models::reward::RewardStatus::Pending))
                 .filter(rewards::created_at.le(cutoff))
                 .order(rewards::created_at.asc())
                 .select(rewards::purchase_id)

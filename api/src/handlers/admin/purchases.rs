@@ -4,6 +4,7 @@ use axum::extract::State;
 use chrono::{DateTime, Utc};
 use clicknback_core::{
     ids::{MerchantId, PurchaseId},
+    models::{purchase::PurchaseStatus, reward::RewardStatus},
     money::Currency,
     schema::{purchases, rewards},
     services::{
@@ -44,36 +45,11 @@ pub struct ReviewItem {
     pub order_id: String,
     pub amount_minor: i64,
     pub currency: Currency,
-    pub status: String,
+    pub status: PurchaseStatus,
     pub cashback_minor: Option<i64>,
     pub fraud_score: Option<f64>,
     pub fraud_reasons: Option<serde_json::Value>,
     pub created_at: DateTime<Utc>,
-}
-
-/// A purchase's status.
-#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum PurchaseStatus {
-    Received,
-    Attributed,
-    Unattributed,
-    Flagged,
-    Confirmed,
-    Reversed,
-}
-
-impl PurchaseStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Received => "received",
-            Self::Attributed => "attributed",
-            Self::Unattributed => "unattributed",
-            Self::Flagged => "flagged",
-            Self::Confirmed => "confirmed",
-            Self::Reversed => "reversed",
-        }
-    }
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -94,7 +70,7 @@ type Row = (
     String,
     i64,
     Currency,
-    String,
+    PurchaseStatus,
     DateTime<Utc>,
     Option<i64>,
     Option<f64>,
@@ -117,13 +93,13 @@ pub async fn list(
         cursor: q.cursor,
     }
     .parse(&state.cursors)?;
-    let status = q.status.unwrap_or(PurchaseStatus::Flagged).as_str();
+    let status = q.status.unwrap_or(PurchaseStatus::Flagged);
     let mut conn = state.conn().await?;
     let mut query = purchases::table
         .left_join(
             rewards::table.on(rewards::purchase_id
                 .eq(purchases::id)
-                .and(rewards::status.ne("voided"))),
+                .and(rewards::status.ne(RewardStatus::Voided))),
         )
         .filter(purchases::status.eq(status))
         .order((purchases::created_at.desc(), purchases::id.desc()))
@@ -176,7 +152,7 @@ pub async fn list(
 pub struct ReviewOutcome {
     pub purchase_id: PurchaseId,
     /// The reward's status after the review (`pending` when approved, `reversed` when rejected).
-    pub reward_status: String,
+    pub reward_status: RewardStatus,
     pub cashback_minor: i64,
 }
 
