@@ -44,7 +44,49 @@ use crate::{
         Destination, PayoutOrder, PayoutProvider, ProviderError, ProviderPayout, ProviderStatus,
     },
     schema::{payouts, users},
+    text_enum::text_enum,
 };
+
+text_enum! {
+    /// Where a payout is (see the module doc for what each step does).
+    pub enum PayoutStatus {
+        Requested = "requested",
+        /// Marked before the provider is called: it may have reached the provider.
+        Processing = "processing",
+        /// The provider's answer was lost (timeout, 5xx); the money stays reserved.
+        SubmittedUnknown = "submitted_unknown",
+        Paid = "paid",
+        Failed = "failed",
+    }
+}
+
+impl PayoutStatus {
+    /// Not finished: what the reconciliation schedule looks at.
+    pub const UNRESOLVED: [PayoutStatus; 3] = [
+        PayoutStatus::Requested,
+        PayoutStatus::Processing,
+        PayoutStatus::SubmittedUnknown,
+    ];
+
+    pub fn is_final(self) -> bool {
+        matches!(self, PayoutStatus::Paid | PayoutStatus::Failed)
+    }
+
+    /// The legal steps: requested → processing; processing and
+    /// submitted_unknown → processing (sent again, or pending at the
+    /// provider), submitted_unknown, paid or failed. Paid and failed are final.
+    pub fn can_become(self, to: PayoutStatus) -> bool {
+        use PayoutStatus::*;
+        matches!(
+            (self, to),
+            (Requested, Processing)
+                | (
+                    Processing | SubmittedUnknown,
+                    Processing | SubmittedUnknown | Paid | Failed
+                )
+        )
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PayoutError {
@@ -222,8 +264,7 @@ pub struct PayoutView {
     pub id: PayoutId,
     pub amount_minor: i64,
     pub currency: Currency,
-    /// `requested`, `processing`, `submitted_unknown`, `paid` or `failed`.
-    pub status: String,
+    pub status: PayoutStatus,
     pub destination: MaskedDestination,
     /// Why the payout failed, when it did.
     pub failure_reason: Option<String>,
@@ -246,7 +287,7 @@ pub struct Payout {
     pub user_id: UserId,
     pub amount_minor: i64,
     pub currency: Currency,
-    pub status: String,
+    pub status: PayoutStatus,
     pub destination_type: String,
     pub destination_encrypted: Vec<u8>,
     pub destination_masked: String,
@@ -270,7 +311,7 @@ impl From<&Payout> for PayoutView {
             id: p.id,
             amount_minor: p.amount_minor,
             currency: p.currency,
-            status: p.status.clone(),
+            status: p.status,
             destination: MaskedDestination {
                 kind: p.destination_type.clone(),
                 masked: p.destination_masked.clone(),
@@ -460,12 +501,14 @@ async fn load(conn: &mut AsyncPgConnection, id: PayoutId) -> Result<Payout, Payo
 async fn set_status(
     conn: &mut AsyncPgConnection,
     id: PayoutId,
-    status: &str,
+    from: PayoutStatus,
+    to: PayoutStatus,
     bump_attempts: bool,
 ) -> Result<(), PayoutError> {
+    debug_assert!(from.can_become(to), "payout {from} cannot become {to}");
     diesel::update(payouts::table.find(id))
         .set((
-            payouts::status.eq(status),
+            payouts::status.eq(to),
             payouts::provider_attempts.eq(payouts::provider_attempts + i32::from(bump_attempts)),
             payouts::submitted_at.eq(diesel::dsl::now),
         ))
@@ -481,22 +524,24 @@ async fn process_locked(
     id: PayoutId,
 ) -> Result<Processed, PayoutError> {
     let p = load(conn, id).await?;
-    match p.status.as_str() {
-        "paid" | "failed" => return Ok(Processed::AlreadyFinal),
-        "requested" => {}
+    match p.status {
+        PayoutStatus::Paid | PayoutStatus::Failed => return Ok(Processed::AlreadyFinal),
+        PayoutStatus::Requested => {}
         // An earlier attempt may have reached the provider: ask before sending.
-        _ => match provider.find(id).await {
-            Ok(Some(found)) => return settle(conn, &p, &found).await,
-            Ok(None) => {
-                tracing::info!(payout.id = %id, "the provider has never seen this payout; sending it");
+        PayoutStatus::Processing | PayoutStatus::SubmittedUnknown => {
+            match provider.find(id).await {
+                Ok(Some(found)) => return settle(conn, &p, &found).await,
+                Ok(None) => {
+                    tracing::info!(payout.id = %id, "the provider has never seen this payout; sending it");
+                }
+                Err(e) => return Ok(not_settled(e)),
             }
-            Err(e) => return Ok(not_settled(e)),
-        },
+        }
     }
     let destination = String::from_utf8(keys.open(&p.destination_encrypted, &aad(id))?)
         .map_err(|_| PayoutError::Destination(CryptoError::Malformed))?;
     // Durable before the call: a crash from here on makes the next pass ask first.
-    set_status(conn, id, "processing", true).await?;
+    set_status(conn, id, p.status, PayoutStatus::Processing, true).await?;
     let order = PayoutOrder {
         reference: id,
         amount_minor: p.amount_minor,
@@ -510,9 +555,10 @@ async fn process_locked(
         Ok(found) => settle(conn, &p, &found).await,
         Err(ProviderError::Rejected(reason)) => fail(conn, &p, None, &reason).await,
         Err(ProviderError::Unknown(reason)) => {
-            set_status(conn, id, "submitted_unknown", false).await?;
+            let unknown = PayoutStatus::SubmittedUnknown;
+            set_status(conn, id, PayoutStatus::Processing, unknown, false).await?;
             tracing::warn!(payout.id = %id, %reason, "payout outcome unknown; the reservation stays until the provider is asked");
-            metrics::counter!("payouts_total", "outcome" => "submitted_unknown").increment(1);
+            metrics::counter!("payouts_total", "outcome" => unknown.as_str()).increment(1);
             Ok(Processed::Unknown(reason))
         }
         Err(e) => Ok(not_settled(e)),
@@ -544,7 +590,7 @@ async fn settle(
         ProviderStatus::Pending => {
             diesel::update(payouts::table.find(p.id))
                 .set((
-                    payouts::status.eq("processing"),
+                    payouts::status.eq(PayoutStatus::Processing),
                     payouts::provider_reference.eq(&found.id),
                 ))
                 .execute(conn)
@@ -569,13 +615,13 @@ async fn finish(
     let provider_ref = provider_ref.map(str::to_owned);
     let reason = reason.map(str::to_owned);
     conn.transaction::<bool, PayoutError, _>(async move |conn| {
-        let (status, known_ref): (String, Option<String>) = payouts::table
+        let (status, known_ref): (PayoutStatus, Option<String>) = payouts::table
             .find(id)
             .select((payouts::status, payouts::provider_reference))
             .for_update()
             .first(conn)
             .await?;
-        if status == "paid" || status == "failed" {
+        if status.is_final() {
             return Ok(false);
         }
         let (suffix, to, kind, new_status, email) = if paid {
@@ -583,7 +629,7 @@ async fn finish(
                 "paid",
                 AccountKind::PaidOut,
                 "payout_paid",
-                "paid",
+                PayoutStatus::Paid,
                 EmailKind::PayoutPaid,
             )
         } else {
@@ -591,10 +637,14 @@ async fn finish(
                 "release",
                 AccountKind::Available,
                 "payout_released",
-                "failed",
+                PayoutStatus::Failed,
                 EmailKind::PayoutFailed,
             )
         };
+        debug_assert!(
+            status.can_become(new_status),
+            "payout {status} cannot become {new_status}"
+        );
         ledger::post(
             conn,
             &Transfer {
@@ -654,7 +704,7 @@ async fn pay(
         return Ok(Processed::AlreadyFinal);
     }
     tracing::info!(payout.id = %p.id, provider.reference = provider_ref, "payout paid");
-    metrics::counter!("payouts_total", "outcome" => "paid").increment(1);
+    metrics::counter!("payouts_total", "outcome" => PayoutStatus::Paid.as_str()).increment(1);
     Ok(Processed::Paid)
 }
 
@@ -668,7 +718,7 @@ async fn fail(
         return Ok(Processed::AlreadyFinal);
     }
     tracing::warn!(payout.id = %p.id, reason, "payout failed; the amount is available again");
-    metrics::counter!("payouts_total", "outcome" => "failed").increment(1);
+    metrics::counter!("payouts_total", "outcome" => PayoutStatus::Failed.as_str()).increment(1);
     Ok(Processed::Failed(reason.to_owned()))
 }
 
@@ -680,7 +730,7 @@ pub async fn unresolved(
     limit: i64,
 ) -> Result<Vec<PayoutId>, PayoutError> {
     Ok(payouts::table
-        .filter(payouts::status.eq_any(["requested", "processing", "submitted_unknown"]))
+        .filter(payouts::status.eq_any(PayoutStatus::UNRESOLVED))
         .filter(payouts::updated_at.lt(older_than))
         .order(payouts::updated_at.asc())
         .limit(limit)
@@ -702,6 +752,21 @@ mod tests {
         assert!(normalise_iban("GB82 WEST 1234 5698 7654 32").is_some());
         assert!(normalise_iban("DE89").is_none());
         assert_eq!(mask("paypal", "jane@example.com"), "j•••@example.com");
+    }
+
+    #[test]
+    fn payout_lifecycle() {
+        use PayoutStatus::*;
+        for to in PayoutStatus::ALL {
+            assert!(!Paid.can_become(*to) && !Failed.can_become(*to));
+            assert_eq!(PayoutStatus::UNRESOLVED.contains(to), !to.is_final());
+        }
+        assert!(Requested.can_become(Processing));
+        assert!(
+            !Requested.can_become(Paid),
+            "nothing is paid before it is sent"
+        );
+        assert!(SubmittedUnknown.can_become(Paid));
     }
 
     #[test]
