@@ -183,7 +183,7 @@ impl FromRequestParts<AppState> for BoardAdmin {
         let user = clicknback_core::services::users::authenticate(&mut conn, email, password)
             .await
             .map_err(|_| basic_challenge("wrong email or password"))?;
-        if user.role != "admin" {
+        if user.role != Role::Admin {
             return Err(ApiError::forbidden("the board requires an admin account"));
         }
         if let Ok(mut c) = basic_cache().lock() {

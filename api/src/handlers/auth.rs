@@ -35,8 +35,7 @@ pub struct Credentials {
 pub struct UserView {
     pub id: UserId,
     pub email: String,
-    /// `user` or `admin`.
-    pub role: String,
+    pub role: Role,
     pub created_at: DateTime<Utc>,
 }
 
@@ -113,8 +112,7 @@ pub async fn login(
             if let Some(r) = redis.as_mut() {
                 rate_limit::reset(r, &key).await;
             }
-            let role = Role::parse(&user.role).unwrap_or(Role::User);
-            let issued = state.tokens.issue(user.id, role);
+            let issued = state.tokens.issue(user.id, user.role);
             let res = Json(TokenResponse {
                 access_token: issued.access_token,
                 token_type: "Bearer".into(),

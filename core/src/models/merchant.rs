@@ -1,4 +1,13 @@
-use crate::{ids::MerchantId, schema::merchants};
+use crate::{ids::MerchantId, schema::merchants, text_enum::text_enum};
+
+text_enum! {
+    /// A suspended merchant's webhooks and SDK calls are refused until it is
+    /// reactivated.
+    pub enum MerchantStatus {
+        Active = "active",
+        Suspended = "suspended",
+    }
+}
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 
@@ -9,7 +18,7 @@ use diesel::prelude::*;
 pub struct Merchant {
     pub id: MerchantId,
     pub name: String,
-    pub status: String,
+    pub status: MerchantStatus,
     pub publishable_key: String,
     pub webhook_secret_encrypted: Vec<u8>,
     pub previous_secret_encrypted: Option<Vec<u8>>,
@@ -22,7 +31,7 @@ pub struct Merchant {
 
 impl Merchant {
     pub fn is_active(&self) -> bool {
-        self.status == "active"
+        self.status == MerchantStatus::Active
     }
 
     /// The view of a merchant that may be shown and audited: no secrets.

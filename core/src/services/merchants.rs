@@ -10,7 +10,7 @@ use super::{Actor, audit, pagination::Cursor};
 use crate::{
     crypto::{Keyring, random_token},
     ids::MerchantId,
-    models::merchant::{Merchant, NewMerchant},
+    models::merchant::{Merchant, MerchantStatus, NewMerchant},
     schema::merchants,
     signature::WebhookSecret,
 };
@@ -206,7 +206,7 @@ where
         let after: Merchant = diesel::update(merchants::table.find(id))
             .set((
                 merchants::name.eq(&next.name),
-                merchants::status.eq(&next.status),
+                merchants::status.eq(next.status),
                 merchants::webhook_rate_limit_per_minute.eq(next.webhook_rate_limit_per_minute),
                 merchants::webhook_secret_encrypted.eq(&next.webhook_secret_encrypted),
                 merchants::previous_secret_encrypted.eq(&next.previous_secret_encrypted),
@@ -272,12 +272,12 @@ pub async fn set_status(
     suspended: bool,
 ) -> Result<Merchant, MerchantError> {
     let (status, action) = if suspended {
-        ("suspended", "merchant.suspend")
+        (MerchantStatus::Suspended, "merchant.suspend")
     } else {
-        ("active", "merchant.reactivate")
+        (MerchantStatus::Active, "merchant.reactivate")
     };
     change(conn, actor, id, None, action, move |m| {
-        m.status = status.into();
+        m.status = status;
         Ok(())
     })
     .await

@@ -96,7 +96,7 @@ pub async fn create(
                     id,
                     email: email.as_str(),
                     password_hash: &hash,
-                    role: role.as_str(),
+                    role,
                 })
                 .returning(User::as_returning())
                 .get_result(conn)

@@ -4,7 +4,11 @@ use axum::{
     response::IntoResponse,
 };
 use chrono::{DateTime, Utc};
-use clicknback_core::{ids::MerchantId, models::merchant::Merchant, services::merchants};
+use clicknback_core::{
+    ids::MerchantId,
+    models::merchant::{Merchant, MerchantStatus},
+    services::merchants,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -18,8 +22,7 @@ use crate::{
 pub struct MerchantView {
     pub id: MerchantId,
     pub name: String,
-    /// `active` or `suspended`.
-    pub status: String,
+    pub status: MerchantStatus,
     pub publishable_key: String,
     /// Per-merchant override of the webhook rate limit (requests per minute).
     pub webhook_rate_limit_per_minute: Option<i32>,
