@@ -1,13 +1,14 @@
 //! Bearer-token extractors. `AuthUser` accepts any valid access token;
 //! `AdminUser` also requires `role: admin`.
 
-use crate::{error::ApiError, middleware::current_request_id, state::AppState};
 use axum::{extract::FromRequestParts, http::request::Parts};
 use clicknback_core::{
     ids::UserId,
     models::user::Role,
     services::{Actor, auth::TokenError},
 };
+
+use crate::{error::ApiError, middleware::current_request_id, state::AppState};
 
 #[derive(Debug, Clone)]
 pub struct AuthUser {

@@ -4,14 +4,15 @@
 //! the data they act on ([`enqueue`]); the worker's relay moves them into the
 //! apalis Redis queues. Nothing here talks to Redis.
 
-use crate::{
-    ids::{PayoutId, PurchaseId, UserId},
-    schema::outbox,
-};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::{
+    ids::{PayoutId, PurchaseId, UserId},
+    schema::outbox,
+};
 
 /// The queues of SPEC §4, plus `maintenance` for the cron schedules' work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]

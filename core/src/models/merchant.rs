@@ -1,3 +1,6 @@
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+
 use crate::{ids::MerchantId, schema::merchants, text_enum::text_enum};
 
 text_enum! {
@@ -8,8 +11,6 @@ text_enum! {
         Suspended = "suspended",
     }
 }
-use chrono::{DateTime, Utc};
-use diesel::prelude::*;
 
 #[derive(
     Debug, Clone, Queryable, Selectable, Identifiable, serde::Serialize, serde::Deserialize,

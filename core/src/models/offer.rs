@@ -1,9 +1,10 @@
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+
 use crate::{
     ids::{MerchantId, OfferId},
     schema::offers,
 };
-use chrono::{DateTime, Utc};
-use diesel::prelude::*;
 
 #[derive(
     Debug, Clone, Queryable, Selectable, Identifiable, serde::Serialize, serde::Deserialize,

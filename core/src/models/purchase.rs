@@ -1,3 +1,6 @@
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+
 use crate::{
     ids::{IdentityGroupId, MerchantId, PurchaseId, UserId},
     jobs::RewardTransition,
@@ -53,8 +56,6 @@ impl From<RewardTransition> for PurchaseStatus {
         }
     }
 }
-use chrono::{DateTime, Utc};
-use diesel::prelude::*;
 
 #[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
 #[diesel(table_name = purchases, check_for_backend(diesel::pg::Pg))]

@@ -1,3 +1,6 @@
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+
 use crate::{
     ids::{IdentityGroupId, OfferId, PurchaseId, RewardId, TouchpointId, UserId},
     money::{Currency, Money},
@@ -33,8 +36,6 @@ impl RewardStatus {
         )
     }
 }
-use chrono::{DateTime, Utc};
-use diesel::prelude::*;
 
 #[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
 #[diesel(table_name = rewards, check_for_backend(diesel::pg::Pg))]

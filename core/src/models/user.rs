@@ -1,6 +1,7 @@
-use crate::{ids::UserId, schema::users, text_enum::text_enum};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+
+use crate::{ids::UserId, schema::users, text_enum::text_enum};
 
 #[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
 #[diesel(table_name = users, check_for_backend(diesel::pg::Pg))]

@@ -9,8 +9,13 @@
 //! processed, apply a merchant decision that arrived first, and enqueue the
 //! reward email. Idempotent: a purchase already processed is left alone.
 
+use chrono::{DateTime, Datelike, Duration, NaiveDate, Timelike, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
 use super::{
     fraud::{FraudInput, FraudScorer},
+    identity::NodeKind,
     offers,
     rewards::{self as reward_money, RewardError},
 };
@@ -29,9 +34,6 @@ use crate::{
         touchpoints, users,
     },
 };
-use chrono::{DateTime, Datelike, Duration, NaiveDate, Timelike, Utc};
-use diesel::prelude::*;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -187,7 +189,7 @@ pub async fn attribute(
         let user: Option<UserId> = match group {
             Some(g) => identity_nodes::table
                 .filter(identity_nodes::group_id.eq(g))
-                .filter(identity_nodes::kind.eq("user"))
+                .filter(identity_nodes::kind.eq(NodeKind::User))
                 .select(identity_nodes::user_id)
                 .first::<Option<UserId>>(conn)
                 .await

@@ -20,22 +20,18 @@ use crate::{
         identity_groups, identity_merges, identity_nodes, link_quality_daily, purchases,
         touchpoints,
     },
+    text_enum::text_enum,
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NodeKind {
-    Anon,
-    User,
-    MerchantCustomer,
-}
-
-impl NodeKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NodeKind::Anon => "anon",
-            NodeKind::User => "user",
-            NodeKind::MerchantCustomer => "merchant_customer",
-        }
+text_enum! {
+    /// What a node of the identity graph identifies.
+    pub enum NodeKind {
+        /// A browser's anonymous id.
+        Anon = "anon",
+        /// An account.
+        User = "user",
+        /// A merchant's customer id, or a purchase confirmation awaiting its webhook.
+        MerchantCustomer = "merchant_customer",
     }
 }
 
@@ -94,7 +90,7 @@ pub async fn group_of(
     key: &str,
 ) -> Result<Option<IdentityGroupId>, diesel::result::Error> {
     identity_nodes::table
-        .filter(identity_nodes::kind.eq(kind.as_str()))
+        .filter(identity_nodes::kind.eq(kind))
         .filter(identity_nodes::key.eq(key))
         .select(identity_nodes::group_id)
         .first(conn)
@@ -119,7 +115,7 @@ pub async fn ensure_node(
         .values((
             identity_nodes::id.eq(IdentityNodeId::new()),
             identity_nodes::group_id.eq(group),
-            identity_nodes::kind.eq(spec.kind.as_str()),
+            identity_nodes::kind.eq(spec.kind),
             identity_nodes::key.eq(&spec.key),
             identity_nodes::merchant_id.eq(spec.merchant_id),
             identity_nodes::user_id.eq(spec.user_id),

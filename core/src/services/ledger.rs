@@ -10,40 +10,34 @@
 //! pending, or takes a confirmed amount back from `available` and books the
 //! shortfall the user already spent on their `receivable`.
 
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
 use crate::{
     db,
     ids::{LedgerAccountId, PayoutId, PurchaseId, RewardId, UserId},
     money::{Currency, Money},
     schema::{ledger_accounts, ledger_transfers},
+    text_enum::text_enum,
 };
-use chrono::{DateTime, Utc};
-use diesel::prelude::*;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AccountKind {
-    Pending,
-    Available,
-    Reserved,
-    PaidOut,
-    Receivable,
-    CashbackExpense,
-    PayoutClearing,
+text_enum! {
+    /// A ledger account: a user's (pending, available, reserved, paid out,
+    /// receivable) or the platform's (cashback expense, payout clearing).
+    pub enum AccountKind {
+        Pending = "pending",
+        Available = "available",
+        Reserved = "reserved",
+        PaidOut = "paid_out",
+        /// What a user owes (never above zero).
+        Receivable = "receivable",
+        CashbackExpense = "cashback_expense",
+        PayoutClearing = "payout_clearing",
+    }
 }
 
 impl AccountKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AccountKind::Pending => "pending",
-            AccountKind::Available => "available",
-            AccountKind::Reserved => "reserved",
-            AccountKind::PaidOut => "paid_out",
-            AccountKind::Receivable => "receivable",
-            AccountKind::CashbackExpense => "cashback_expense",
-            AccountKind::PayoutClearing => "payout_clearing",
-        }
-    }
-
     pub fn is_platform(self) -> bool {
         matches!(
             self,
@@ -92,7 +86,7 @@ pub async fn account_id(
         .values((
             ledger_accounts::id.eq(LedgerAccountId::new()),
             ledger_accounts::user_id.eq(account.user),
-            ledger_accounts::kind.eq(account.kind.as_str()),
+            ledger_accounts::kind.eq(account.kind),
             ledger_accounts::currency.eq(currency),
         ))
         .on_conflict_do_nothing()
@@ -109,7 +103,7 @@ async fn find_account(
     currency: Currency,
 ) -> Result<Option<LedgerAccountId>, diesel::result::Error> {
     let mut q = ledger_accounts::table
-        .filter(ledger_accounts::kind.eq(account.kind.as_str()))
+        .filter(ledger_accounts::kind.eq(account.kind))
         .filter(ledger_accounts::currency.eq(currency))
         .select(ledger_accounts::id)
         .into_boxed();
@@ -222,7 +216,7 @@ pub async fn wallet(
     conn: &mut AsyncPgConnection,
     user: UserId,
 ) -> Result<Vec<WalletBalance>, diesel::result::Error> {
-    let rows: Vec<(Currency, String, i64)> = ledger_accounts::table
+    let rows: Vec<(Currency, AccountKind, i64)> = ledger_accounts::table
         .filter(ledger_accounts::user_id.eq(user))
         .select((
             ledger_accounts::currency,
@@ -245,13 +239,13 @@ pub async fn wallet(
             });
         }
         let w = out.last_mut().expect("just pushed");
-        match kind.as_str() {
-            "pending" => w.pending_minor = balance,
-            "available" => w.available_minor = balance,
-            "reserved" => w.reserved_minor = balance,
-            "paid_out" => w.paid_out_minor = balance,
-            "receivable" => w.receivable_minor = -balance,
-            _ => {}
+        match kind {
+            AccountKind::Pending => w.pending_minor = balance,
+            AccountKind::Available => w.available_minor = balance,
+            AccountKind::Reserved => w.reserved_minor = balance,
+            AccountKind::PaidOut => w.paid_out_minor = balance,
+            AccountKind::Receivable => w.receivable_minor = -balance,
+            AccountKind::CashbackExpense | AccountKind::PayoutClearing => {}
         }
     }
     Ok(out)

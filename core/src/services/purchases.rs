@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     FieldError,
     idempotency::{self, IdempotencyError, IdempotencyKey, Outcome},
-    identity,
+    identity::{self, NodeKind},
 };
 use crate::{
     db,
@@ -197,7 +197,7 @@ pub async fn customer_group(
     identity::ensure_node(
         conn,
         &identity::NodeSpec {
-            kind: identity::NodeKind::MerchantCustomer,
+            kind: NodeKind::MerchantCustomer,
             key: format!("{merchant_id}:customer:{customer_ref}"),
             merchant_id: Some(merchant_id),
             user_id: None,
@@ -228,7 +228,7 @@ pub async fn ingest(
             };
             // The SDK may have confirmed this order first: link when the tokens match.
             let pending: Option<(IdentityGroupId, Option<serde_json::Value>)> = identity_nodes::table
-                .filter(identity_nodes::kind.eq("merchant_customer"))
+                .filter(identity_nodes::kind.eq(NodeKind::MerchantCustomer))
                 .filter(identity_nodes::key.eq(identity::order_key(merchant_id, &input.order_id)))
                 .select((identity_nodes::group_id, identity_nodes::validation_data))
                 .first(conn)
