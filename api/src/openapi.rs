@@ -98,7 +98,7 @@ of this API.";
     components(schemas(
         Problem,
         clicknback_core::jobs::Queue,
-        handlers::admin::jobs::JobState,
+        clicknback_core::services::ops::JobState,
         clicknback_core::models::purchase::PurchaseStatus,
     )),
     tags(

@@ -9,11 +9,15 @@
 ///     pub enum Name { Variant = "text", ... } }` defines the enum with
 /// `as_str`, `parse`, `ALL`, `Display`, serde and `ToSchema` under the same
 /// texts, and diesel storage in `Text` columns.
+///
+/// The texts are `tt`, not `literal`: a `literal` fragment reaches the
+/// derives wrapped in an invisible group, which serde unwraps but utoipa
+/// does not (its schema would show the variant names).
 macro_rules! text_enum {
     (
         $(#[$meta:meta])*
         pub enum $name:ident {
-            $( $(#[$vmeta:meta])* $variant:ident = $text:literal ),+ $(,)?
+            $( $(#[$vmeta:meta])* $variant:ident = $text:tt ),+ $(,)?
         }
     ) => {
         $(#[$meta])*
@@ -97,5 +101,7 @@ mod tests {
         }
         assert_eq!(Colour::parse("blue"), None);
         assert!(serde_json::from_str::<Colour>("\"blue\"").is_err());
+        let schema = serde_json::to_value(<Colour as utoipa::PartialSchema>::schema()).unwrap();
+        assert_eq!(schema["enum"], serde_json::json!(["red", "dark_blue"]));
     }
 }
