@@ -3,16 +3,16 @@
 
 use axum::{extract::FromRequestParts, http::request::Parts};
 use clicknback_core::{
+    ids::UserId,
     models::user::Role,
     services::{Actor, auth::TokenError},
 };
-use uuid::Uuid;
 
 use crate::{error::ApiError, middleware::current_request_id, state::AppState};
 
 #[derive(Debug, Clone)]
 pub struct AuthUser {
-    pub id: Uuid,
+    pub id: UserId,
     pub role: Role,
 }
 
@@ -127,9 +127,10 @@ impl FromRequestParts<AppState> for ClientIp {
 /// password as HTTP Basic credentials (so a browser can open `/board`).
 /// Verified Basic credentials are remembered for a minute to spare argon2.
 #[derive(Debug, Clone)]
-pub struct BoardAdmin(pub Uuid);
+pub struct BoardAdmin(pub UserId);
 
-type BasicCache = std::sync::Mutex<std::collections::HashMap<[u8; 32], (Uuid, std::time::Instant)>>;
+type BasicCache =
+    std::sync::Mutex<std::collections::HashMap<[u8; 32], (UserId, std::time::Instant)>>;
 
 fn basic_cache() -> &'static BasicCache {
     static CACHE: std::sync::OnceLock<BasicCache> = std::sync::OnceLock::new();
@@ -183,7 +184,7 @@ impl FromRequestParts<AppState> for BoardAdmin {
         let user = clicknback_core::services::users::authenticate(&mut conn, email, password)
             .await
             .map_err(|_| basic_challenge("wrong email or password"))?;
-        if user.role != "admin" {
+        if user.role != Role::Admin {
             return Err(ApiError::forbidden("the board requires an admin account"));
         }
         if let Ok(mut c) = basic_cache().lock() {

@@ -22,7 +22,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_scalar::Scalar;
 
-use crate::{error::Problem, handlers};
+use crate::error::Problem;
 
 const DESCRIPTION: &str = "\
 Cashback rewards: merchants report purchases, shoppers earn and withdraw cashback.
@@ -55,8 +55,8 @@ of this API.";
     components(schemas(
         Problem,
         clicknback_core::jobs::Queue,
-        handlers::admin::jobs::JobState,
-        handlers::admin::purchases::PurchaseStatus,
+        clicknback_core::services::ops::JobState,
+        clicknback_core::models::purchase::PurchaseStatus,
     )),
     tags(
         (name = "webhooks", description = "Signed server-to-server calls from merchants"),

@@ -15,7 +15,10 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use clicknback_core::payout_provider::{PayoutOrder, ProviderPayout, ProviderStatus};
+use clicknback_core::{
+    ids::PayoutId,
+    payout_provider::{PayoutOrder, ProviderPayout, ProviderStatus},
+};
 use redis::AsyncCommands;
 use uuid::Uuid;
 
@@ -96,7 +99,7 @@ async fn create(
     }
 }
 
-async fn find_stored(state: &AppState, reference: Uuid) -> Response {
+async fn find_stored(state: &AppState, reference: PayoutId) -> Response {
     let Ok(mut r) = state.redis.get().await else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -121,7 +124,7 @@ async fn find_stored(state: &AppState, reference: Uuid) -> Response {
 async fn find(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(reference): Path<Uuid>,
+    Path(reference): Path<PayoutId>,
 ) -> Response {
     if !authorised(&state, &headers) {
         return error(StatusCode::UNAUTHORIZED, "invalid API key");

@@ -12,10 +12,12 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
-use uuid::Uuid;
 
-use crate::retry::RetryPolicy;
-use crate::schema::outbox;
+use crate::{
+    ids::{PayoutId, PurchaseId, UserId},
+    retry::RetryPolicy,
+    schema::outbox,
+};
 
 /// The queues of SPEC §4, plus `maintenance` for the cron schedules' work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -75,7 +77,7 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttributePurchase {
-    pub purchase_id: Uuid,
+    pub purchase_id: PurchaseId,
     /// Set after a late identity merge: re-check a processed purchase whose
     /// reward is still pending and move it to the latest click if that changed.
     #[serde(default)]
@@ -92,25 +94,18 @@ impl Job for AttributePurchase {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum RewardTransition {
-    Confirmed,
-    Reversed,
-}
-
-impl RewardTransition {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RewardTransition::Confirmed => "confirmed",
-            RewardTransition::Reversed => "reversed",
-        }
+crate::text_enum::text_enum! {
+    /// A merchant's (or an admin's, or the hold period's) decision on a
+    /// purchase, stored in `purchases.merchant_decision`.
+    pub enum RewardTransition {
+        Confirmed = "confirmed",
+        Reversed = "reversed",
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplyRewardTransition {
-    pub purchase_id: Uuid,
+    pub purchase_id: PurchaseId,
     pub to: RewardTransition,
     pub reason: Option<String>,
     /// What asked for it: `merchant_webhook`, `admin_review`, `auto_confirm`.
@@ -168,7 +163,7 @@ impl Job for SendEmail {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessPayout {
-    pub payout_id: Uuid,
+    pub payout_id: PayoutId,
 }
 
 impl Job for ProcessPayout {
@@ -183,7 +178,7 @@ impl Job for ProcessPayout {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecomputeUserStats {
-    pub user_id: Uuid,
+    pub user_id: UserId,
 }
 
 impl Job for RecomputeUserStats {

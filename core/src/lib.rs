@@ -20,3 +20,4 @@ pub mod schema;
 pub mod services;
 pub mod signature;
 pub mod telemetry;
+mod text_enum;

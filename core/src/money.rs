@@ -1,7 +1,19 @@
 //! Money: integer minor units with an ISO-4217 currency. No floats anywhere near it.
+//!
+//! [`Money`] is a strictly positive amount: what a purchase, a payout and a
+//! ledger transfer move. An amount that may be nothing (a reward capped to
+//! zero by its monthly cap) is an `Option<Money>`. [`Currency`] is stored in
+//! the `CHAR(3)` columns as its code.
 
 use std::fmt;
 
+use diesel::{
+    deserialize::{self, FromSql, FromSqlRow},
+    expression::AsExpression,
+    pg::{Pg, PgValue},
+    serialize::{self, Output, ToSql},
+    sql_types::Text,
+};
 use serde::{Deserialize, Serialize};
 
 /// ISO-4217 codes currently in circulation.
@@ -21,8 +33,11 @@ const ISO_4217: &[&str] = &[
 ];
 
 /// A validated ISO-4217 currency code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, AsExpression, FromSqlRow,
+)]
 #[serde(into = "String")]
+#[diesel(sql_type = Text)]
 pub struct Currency([u8; 3]);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,11 +62,59 @@ impl Currency {
         }
     }
 
+    /// A code read back from the database: three capital letters (what the
+    /// columns' check allows), trusted even if it has since left circulation.
+    fn stored(code: &str) -> Result<Self, MoneyError> {
+        match code.as_bytes() {
+            &[a, b, c] if [a, b, c].iter().all(u8::is_ascii_uppercase) => Ok(Self([a, b, c])),
+            _ => Err(MoneyError::UnknownCurrency),
+        }
+    }
+
     pub fn as_str(&self) -> &str {
-        // Only ever built from ASCII codes of the table above.
+        // Only ever built from three ASCII capital letters.
         std::str::from_utf8(&self.0).unwrap_or("XXX")
     }
 }
+
+impl PartialEq<str> for Currency {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Currency {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl ToSql<Text, Pg> for Currency {
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
+        <str as ToSql<Text, Pg>>::to_sql(self.as_str(), out)
+    }
+}
+
+impl FromSql<Text, Pg> for Currency {
+    fn from_sql(bytes: PgValue<'_>) -> deserialize::Result<Self> {
+        let code = <String as FromSql<Text, Pg>>::from_sql(bytes)?;
+        Currency::stored(&code)
+            .map_err(|_| format!("stored currency {code:?} is not a code").into())
+    }
+}
+
+impl utoipa::PartialSchema for Currency {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^[A-Z]{3}$"))
+            .examples([serde_json::json!("EUR")])
+            .description(Some("An ISO-4217 currency code."))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Currency {}
 
 impl fmt::Display for Currency {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -79,16 +142,42 @@ pub struct Money {
     currency: Currency,
 }
 
+fn positive(amount_minor: i64) -> Result<i64, MoneyError> {
+    if amount_minor > 0 {
+        Ok(amount_minor)
+    } else {
+        Err(MoneyError::NotPositive)
+    }
+}
+
+/// What is wrong with an amount and a currency given as two fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InvalidMoney {
+    pub amount: Option<MoneyError>,
+    pub currency: Option<MoneyError>,
+}
+
 impl Money {
     /// A strictly positive amount.
     pub fn new(amount_minor: i64, currency: Currency) -> Result<Self, MoneyError> {
-        if amount_minor <= 0 {
-            return Err(MoneyError::NotPositive);
-        }
         Ok(Self {
-            amount_minor,
+            amount_minor: positive(amount_minor)?,
             currency,
         })
+    }
+
+    /// An amount and a currency code as a request sends them, each checked.
+    pub fn parse(amount_minor: i64, currency: &str) -> Result<Self, InvalidMoney> {
+        match (positive(amount_minor), Currency::parse(currency)) {
+            (Ok(amount_minor), Ok(currency)) => Ok(Self {
+                amount_minor,
+                currency,
+            }),
+            (amount, currency) => Err(InvalidMoney {
+                amount: amount.err(),
+                currency: currency.err(),
+            }),
+        }
     }
 
     pub fn amount_minor(&self) -> i64 {
@@ -111,6 +200,15 @@ impl Money {
             amount_minor,
             currency: self.currency,
         })
+    }
+
+    /// Splits the amount in two: the first part is at most `first_minor`
+    /// (nothing when that is zero or less), the second is the rest. Either is
+    /// `None` when it comes to nothing.
+    pub fn split(self, first_minor: i64) -> (Option<Money>, Option<Money>) {
+        let first = first_minor.clamp(0, self.amount_minor);
+        let part = |amount_minor| Money::new(amount_minor, self.currency).ok();
+        (part(first), part(self.amount_minor - first))
     }
 }
 
@@ -151,6 +249,46 @@ mod tests {
         assert_eq!(Money::new(5, eur).unwrap().amount_minor(), 5);
         let big = Money::new(i64::MAX, eur).unwrap();
         assert_eq!(big.checked_add(big), Err(MoneyError::Overflow));
+        let usd = Currency::parse("USD").unwrap();
+        assert_eq!(
+            Money::new(1, eur)
+                .unwrap()
+                .checked_add(Money::new(1, usd).unwrap()),
+            Err(MoneyError::CurrencyMismatch)
+        );
+    }
+
+    #[test]
+    fn parse_names_each_bad_part() {
+        assert_eq!(Money::parse(5, "EUR").unwrap().amount_minor(), 5);
+        let both = Money::parse(0, "eur").unwrap_err();
+        assert_eq!(both.amount, Some(MoneyError::NotPositive));
+        assert_eq!(both.currency, Some(MoneyError::UnknownCurrency));
+        let amount = Money::parse(-1, "EUR").unwrap_err();
+        assert_eq!((amount.amount.is_some(), amount.currency), (true, None));
+        let currency = Money::parse(1, "XXX").unwrap_err();
+        assert_eq!((currency.amount, currency.currency.is_some()), (None, true));
+    }
+
+    #[test]
+    fn split_takes_at_most_the_first_part() {
+        let eur = Currency::parse("EUR").unwrap();
+        let m = Money::new(500, eur).unwrap();
+        let amounts = |(a, b): (Option<Money>, Option<Money>)| {
+            (a.map(|m| m.amount_minor()), b.map(|m| m.amount_minor()))
+        };
+        assert_eq!(amounts(m.split(100)), (Some(100), Some(400)));
+        assert_eq!(amounts(m.split(0)), (None, Some(500)));
+        assert_eq!(amounts(m.split(-7)), (None, Some(500)));
+        assert_eq!(amounts(m.split(500)), (Some(500), None));
+        assert_eq!(amounts(m.split(9_000)), (Some(500), None));
+    }
+
+    #[test]
+    fn stored_codes_are_read_back_even_out_of_circulation() {
+        assert_eq!(Currency::stored("HRK").unwrap().as_str(), "HRK");
+        assert!(Currency::stored("eur").is_err());
+        assert!(Currency::stored("EURO").is_err());
     }
 
     #[test]
@@ -165,6 +303,14 @@ mod tests {
         fn cashback_never_exceeds_amount(amount in 1i64..=i64::MAX, bps in 0i32..=10_000) {
             let c = cashback_minor(amount, bps);
             prop_assert!(c >= 0 && c <= amount);
+        }
+
+        #[test]
+        fn split_parts_add_up(amount in 1i64..=1_000_000_000, first in i64::MIN..=i64::MAX) {
+            let m = Money::new(amount, Currency::parse("EUR").unwrap()).unwrap();
+            let (a, b) = m.split(first);
+            let sum = a.map_or(0, |m| m.amount_minor()) + b.map_or(0, |m| m.amount_minor());
+            prop_assert_eq!(sum, amount);
         }
 
         #[test]

@@ -34,9 +34,8 @@ use failsafe::{
 };
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
-use crate::config::PayoutConfig;
+use crate::{config::PayoutConfig, ids::PayoutId, money::Currency};
 
 /// A payout's state at the provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,7 +50,7 @@ pub enum ProviderStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProviderPayout {
     pub id: String,
-    pub reference: Uuid,
+    pub reference: PayoutId,
     pub status: ProviderStatus,
     #[serde(default)]
     pub failure_reason: Option<String>,
@@ -61,9 +60,9 @@ pub struct ProviderPayout {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PayoutOrder {
     /// Our payout id: the provider's idempotency key and our reference.
-    pub reference: Uuid,
+    pub reference: PayoutId,
     pub amount_minor: i64,
-    pub currency: String,
+    pub currency: Currency,
     pub destination: Destination,
 }
 
@@ -107,8 +106,10 @@ pub trait PayoutProvider: Send + Sync {
     ) -> BoxFuture<'a, Result<ProviderPayout, ProviderError>>;
 
     /// Looks the payout up by our reference; `None` when the provider never got it.
-    fn find(&self, reference: Uuid)
-    -> BoxFuture<'_, Result<Option<ProviderPayout>, ProviderError>>;
+    fn find(
+        &self,
+        reference: PayoutId,
+    ) -> BoxFuture<'_, Result<Option<ProviderPayout>, ProviderError>>;
 }
 
 /// The circuit breaker's state as a number, for the gauge.
@@ -268,7 +269,10 @@ impl HttpProvider {
         }
     }
 
-    async fn send_find(&self, reference: Uuid) -> Result<Option<ProviderPayout>, ProviderError> {
+    async fn send_find(
+        &self,
+        reference: PayoutId,
+    ) -> Result<Option<ProviderPayout>, ProviderError> {
         let req = self
             .client
             .get(format!("{}/v1/payouts/{reference}", self.base));
@@ -352,7 +356,7 @@ impl PayoutProvider for HttpProvider {
 
     fn find(
         &self,
-        reference: Uuid,
+        reference: PayoutId,
     ) -> BoxFuture<'_, Result<Option<ProviderPayout>, ProviderError>> {
         Box::pin(async move {
             let r = self.breaker.call(self.send_find(reference)).await;

@@ -5,6 +5,7 @@
 use axum::http::{Method, StatusCode};
 use chrono::Utc;
 use clicknback_core::{
+    ids::{IdentityGroupId, IdentityNodeId, MerchantId, TouchpointId, UserId},
     models::user::Role,
     schema::{identity_groups, identity_nodes, touchpoints},
     services::users,
@@ -12,24 +13,23 @@ use clicknback_core::{
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use serde_json::json;
-use uuid::Uuid;
 
 use crate::{TestApp, webhook::purchase_body};
 
 /// A shopper known to the merchant as `customer_ref`, with a click `ago` before now.
 pub async fn shopper_with_click(
     app: &TestApp,
-    merchant: Uuid,
+    merchant: MerchantId,
     customer_ref: &str,
     email: &str,
     ago: chrono::Duration,
-) -> (Uuid, Uuid) {
+) -> (UserId, IdentityGroupId) {
     let mut c = app.db.conn().await;
     let user = users::create(&mut c, email, "password-123", Role::User)
         .await
         .unwrap()
         .id;
-    let group = Uuid::now_v7();
+    let group = IdentityGroupId::new();
     diesel::insert_into(identity_groups::table)
         .values(identity_groups::id.eq(group))
         .execute(&mut c)
@@ -38,15 +38,15 @@ pub async fn shopper_with_click(
     diesel::insert_into(identity_nodes::table)
         .values(vec![
             (
-                identity_nodes::id.eq(Uuid::now_v7()),
+                identity_nodes::id.eq(IdentityNodeId::new()),
                 identity_nodes::group_id.eq(group),
                 identity_nodes::kind.eq("user"),
                 identity_nodes::key.eq(user.to_string()),
                 identity_nodes::user_id.eq(Some(user)),
-                identity_nodes::merchant_id.eq(None::<Uuid>),
+                identity_nodes::merchant_id.eq(None::<MerchantId>),
             ),
             (
-                identity_nodes::id.eq(Uuid::now_v7()),
+                identity_nodes::id.eq(IdentityNodeId::new()),
                 identity_nodes::group_id.eq(group),
                 identity_nodes::kind.eq("merchant_customer"),
                 identity_nodes::key.eq(format!("{merchant}:customer:{customer_ref}")),
@@ -60,7 +60,7 @@ pub async fn shopper_with_click(
     for (anon, when) in [("old-click", ago * 3), ("latest-click", ago)] {
         diesel::insert_into(touchpoints::table)
             .values((
-                touchpoints::id.eq(Uuid::now_v7()),
+                touchpoints::id.eq(TouchpointId::new()),
                 touchpoints::group_id.eq(group),
                 touchpoints::merchant_id.eq(merchant),
                 touchpoints::anon_id.eq(anon),
@@ -73,7 +73,7 @@ pub async fn shopper_with_click(
     (user, group)
 }
 
-pub async fn merchant_with_offer(app: &TestApp, offer: serde_json::Value) -> (Uuid, String) {
+pub async fn merchant_with_offer(app: &TestApp, offer: serde_json::Value) -> (MerchantId, String) {
     let admin = app.admin_token().await;
     let (mid, secret, _) = app.merchant(&admin, "Shop").await;
     let r = app

@@ -3,19 +3,20 @@
 
 use axum::http::{Method, StatusCode};
 use clicknback_core::{
+    ids::UserId,
     models::user::Role,
+    money::{Currency, Money},
     services::{
         ledger::{self, AccountKind, AccountRef, Transfer},
         users,
     },
 };
 use serde_json::Value;
-use uuid::Uuid;
 
 use crate::TestApp;
 
 /// A user with `available` minor units of EUR available; returns (id, token).
-pub async fn funded_user(app: &TestApp, email: &str, available: i64) -> (Uuid, String) {
+pub async fn funded_user(app: &TestApp, email: &str, available: i64) -> (UserId, String) {
     let mut c = app.db.conn().await;
     let user = users::create(&mut c, email, "password-123", Role::User)
         .await
@@ -27,8 +28,7 @@ pub async fn funded_user(app: &TestApp, email: &str, available: i64) -> (Uuid, S
                 id: format!("test:fund:{}", user.id),
                 from: AccountRef::platform(AccountKind::CashbackExpense),
                 to: AccountRef::user(user.id, AccountKind::Available),
-                amount_minor: available,
-                currency: "EUR".into(),
+                amount: Money::new(available, Currency::parse("EUR").unwrap()).unwrap(),
                 kind: "reward_credit",
                 user_id: Some(user.id),
                 purchase_id: None,

@@ -30,7 +30,7 @@ impl TestApp {
         merchant: impl std::fmt::Display,
         secret: &str,
         body: &serde_json::Value,
-    ) -> uuid::Uuid {
+    ) -> clicknback_core::ids::PurchaseId {
         let r = self
             .webhook(
                 &format!("/v1/webhooks/{merchant}/purchases"),

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
+use clicknback_core::ids::PurchaseId;
 use clicknback_core::{
     config::AttributionConfig,
     models::user::Role,
@@ -20,7 +21,6 @@ use clicknback_tests::{
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use serde_json::json;
-use uuid::Uuid;
 
 #[tokio::test]
 async fn a_purchase_is_attributed_to_the_latest_click_and_credited_once() {
@@ -84,7 +84,7 @@ async fn a_purchase_is_attributed_to_the_latest_click_and_credited_once() {
     assert_eq!(w.body["data"][0]["pending_minor"], 800);
     // Running the job again changes nothing.
     let mut c = app.db.conn().await;
-    let pid: Uuid = clicknback_core::schema::purchases::table
+    let pid: PurchaseId = clicknback_core::schema::purchases::table
         .select(clicknback_core::schema::purchases::id)
         .first(&mut c)
         .await
@@ -132,7 +132,13 @@ async fn two_attributions_racing_for_the_last_of_a_monthly_cap_share_it() {
                 &[],
             )
             .await;
-        ids.push(r.body["id"].as_str().unwrap().parse::<Uuid>().unwrap());
+        ids.push(
+            r.body["id"]
+                .as_str()
+                .unwrap()
+                .parse::<PurchaseId>()
+                .unwrap(),
+        );
     }
     let cfg: AttributionConfig = app.config.attribution.clone();
     let (mut c1, mut c2) = (app.db.conn().await, app.db.conn().await);

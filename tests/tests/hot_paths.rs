@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
+use clicknback_core::ids::PurchaseId;
 use clicknback_core::services::{
     attribution::{self, Outcome},
     fraud::RuleScorer,
@@ -19,9 +20,8 @@ use clicknback_tests::{
 };
 use redis::AsyncCommands;
 use serde_json::json;
-use uuid::Uuid;
 
-async fn attribute(app: &TestApp, purchase: Uuid) -> Outcome {
+async fn attribute(app: &TestApp, purchase: PurchaseId) -> Outcome {
     let mut c = app.db.conn().await;
     attribution::attribute(
         &mut c,

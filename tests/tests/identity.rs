@@ -1,12 +1,12 @@
 //! The identity graph under concurrency, and the sweeper's query plan.
 
+use clicknback_core::ids::IdentityGroupId;
 use clicknback_core::services::identity::{self, NodeSpec};
 use clicknback_tests::TestApp;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use uuid::Uuid;
 
-async fn node(c: &mut AsyncPgConnection, anon: &str) -> Uuid {
+async fn node(c: &mut AsyncPgConnection, anon: &str) -> IdentityGroupId {
     identity::ensure_node(c, &NodeSpec::anon(anon))
         .await
         .unwrap()
@@ -30,19 +30,17 @@ async fn concurrent_merges_end_in_one_consistent_graph() {
         // Two merges touching the same group at once: a+b and b+d.
         let (mut c1, mut c2) = (app.db.conn().await, app.db.conn().await);
         let (r1, r2) = tokio::join!(
-            c1.transaction::<Uuid, diesel::result::Error, _>(async |c| identity::merge(
-                c, ga, gb, "test"
-            )
-            .await),
-            c2.transaction::<Uuid, diesel::result::Error, _>(async |c| identity::merge(
-                c, gb, gd, "test"
-            )
-            .await),
+            c1.transaction::<IdentityGroupId, diesel::result::Error, _>(async |c| {
+                identity::merge(c, ga, gb, "test").await
+            }),
+            c2.transaction::<IdentityGroupId, diesel::result::Error, _>(async |c| {
+                identity::merge(c, gb, gd, "test").await
+            }),
         );
         r1.unwrap();
         r2.unwrap();
         // Every node ends in one group, which is not itself merged away.
-        let groups: Vec<Uuid> = clicknback_core::schema::identity_nodes::table
+        let groups: Vec<IdentityGroupId> = clicknback_core::schema::identity_nodes::table
             .filter(clicknback_core::schema::identity_nodes::key.eq_any([&a, &b, &d]))
             .select(clicknback_core::schema::identity_nodes::group_id)
             .load(&mut c)
@@ -53,7 +51,7 @@ async fn concurrent_merges_end_in_one_consistent_graph() {
             groups.iter().all(|g| *g == groups[0]),
             "round {round}: {groups:?}"
         );
-        let merged: Option<Uuid> = clicknback_core::schema::identity_groups::table
+        let merged: Option<IdentityGroupId> = clicknback_core::schema::identity_groups::table
             .find(groups[0])
             .select(clicknback_core::schema::identity_groups::merged_into_id)
             .first(&mut c)

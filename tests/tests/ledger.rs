@@ -6,7 +6,12 @@
 
 use chrono::Utc;
 use clicknback_core::{
-    models::{reward::NewReward, user::Role},
+    ids::{MerchantId, OfferId, PurchaseId, RewardId, UserId},
+    models::{
+        reward::{NewReward, RewardStatus},
+        user::Role,
+    },
+    money::{Currency, Money},
     schema::{merchants, offers, purchases, rewards},
     services::{
         ledger::{self, AccountKind, AccountRef, Transfer},
@@ -20,10 +25,14 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use uuid::Uuid;
 
+fn eur() -> Currency {
+    Currency::parse("EUR").unwrap()
+}
+
 struct World {
-    user: Uuid,
-    offer: Uuid,
-    purchases: Vec<Uuid>,
+    user: UserId,
+    offer: OfferId,
+    purchases: Vec<PurchaseId>,
 }
 
 async fn world(conn: &mut AsyncPgConnection, n: usize) -> World {
@@ -36,7 +45,7 @@ async fn world(conn: &mut AsyncPgConnection, n: usize) -> World {
     .await
     .unwrap()
     .id;
-    let merchant = Uuid::now_v7();
+    let merchant = MerchantId::new();
     diesel::insert_into(merchants::table)
         .values((
             merchants::id.eq(merchant),
@@ -47,7 +56,7 @@ async fn world(conn: &mut AsyncPgConnection, n: usize) -> World {
         .execute(conn)
         .await
         .unwrap();
-    let offer = Uuid::now_v7();
+    let offer = OfferId::new();
     diesel::insert_into(offers::table)
         .values((
             offers::id.eq(offer),
@@ -60,7 +69,7 @@ async fn world(conn: &mut AsyncPgConnection, n: usize) -> World {
         .unwrap();
     let mut ps = Vec::new();
     for i in 0..n {
-        let id = Uuid::now_v7();
+        let id = PurchaseId::new();
         diesel::insert_into(purchases::table)
             .values((
                 purchases::id.eq(id),
@@ -85,7 +94,10 @@ async fn world(conn: &mut AsyncPgConnection, n: usize) -> World {
 }
 
 /// The live (not voided) reward of a purchase, if any.
-async fn live(conn: &mut AsyncPgConnection, purchase: Uuid) -> Option<(Uuid, i32, String, i64)> {
+async fn live(
+    conn: &mut AsyncPgConnection,
+    purchase: PurchaseId,
+) -> Option<(RewardId, i32, String, i64)> {
     rewards::table
         .filter(rewards::purchase_id.eq(purchase))
         .filter(rewards::status.ne("voided"))
@@ -104,11 +116,11 @@ async fn live(conn: &mut AsyncPgConnection, purchase: Uuid) -> Option<(Uuid, i32
 async fn attribute(
     conn: &mut AsyncPgConnection,
     w: &World,
-    purchase: Uuid,
+    purchase: PurchaseId,
     seq: i32,
     amount: i64,
 ) -> Result<(), RewardError> {
-    let id = Uuid::now_v7();
+    let id = RewardId::new();
     diesel::insert_into(rewards::table)
         .values(NewReward {
             id,
@@ -119,8 +131,8 @@ async fn attribute(
             touchpoint_id: None,
             identity_group_id: None,
             amount_minor: amount,
-            currency: "EUR",
-            status: "pending",
+            currency: eur(),
+            status: RewardStatus::Pending,
             fraud_score: 0.0,
             fraud_reasons: serde_json::json!([]),
         })
@@ -145,7 +157,7 @@ enum Op {
 async fn apply(
     conn: &mut AsyncPgConnection,
     w: &World,
-    purchase: Uuid,
+    purchase: PurchaseId,
     op: Op,
     amount: i64,
     spend_id: &str,
@@ -158,12 +170,12 @@ async fn apply(
         }
         Op::Reverse => {
             if let Some((id, ..)) = live(conn, purchase).await {
-                reward_svc::reverse(conn, id, "reversed").await?;
+                reward_svc::reverse(conn, id, RewardStatus::Reversed).await?;
             }
         }
         Op::Reattribute => match live(conn, purchase).await {
             Some((id, seq, status, _)) if status == "pending" => {
-                reward_svc::reverse(conn, id, "voided").await?;
+                reward_svc::reverse(conn, id, RewardStatus::Voided).await?;
                 attribute(conn, w, purchase, seq + 1, amount).await?;
             }
             None => {
@@ -183,7 +195,7 @@ async fn apply(
             let available = ledger::balance(
                 conn,
                 AccountRef::user(w.user, AccountKind::Available),
-                "EUR",
+                eur(),
             )
             .await?;
             if available > 0 {
@@ -193,8 +205,7 @@ async fn apply(
                         id: spend_id.to_owned(),
                         from: AccountRef::user(w.user, AccountKind::Available),
                         to: AccountRef::platform(AccountKind::PayoutClearing),
-                        amount_minor: amount.min(available),
-                        currency: "EUR".into(),
+                        amount: Money::new(amount.min(available), eur()).unwrap(),
                         kind: "test_spend",
                         user_id: Some(w.user),
                         purchase_id: None,
@@ -305,7 +316,7 @@ async fn reversal_after_spending_books_a_receivable_that_later_credits_settle_fi
         .await
         .unwrap();
     // 100 left available; reversing 500 takes 100 and books 400 owed.
-    reward_svc::reverse(&mut conn, ra, "reversed")
+    reward_svc::reverse(&mut conn, ra, RewardStatus::Reversed)
         .await
         .unwrap();
     let wallet = ledger::wallet(&mut conn, w.user).await.unwrap();

@@ -6,6 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::http::{Method, StatusCode};
+use clicknback_core::ids::{PayoutId, UserId};
 use clicknback_core::{
     config::PayoutConfig,
     payout_provider::{CircuitState, HttpProvider},
@@ -20,7 +21,6 @@ use clicknback_tests::{
     wallets::{funded_user, request_payout},
 };
 use serde_json::{Value, json};
-use uuid::Uuid;
 use wiremock::{
     Mock, MockServer, Request, ResponseTemplate,
     matchers::{method, path, path_regex},
@@ -29,7 +29,7 @@ use wiremock::{
 const IBAN: &str = "DE89 3704 0044 0532 0130 00";
 
 /// One processing pass of payout `id` through `provider`.
-async fn process(app: &TestApp, provider: &HttpProvider, id: Uuid) -> Processed {
+async fn process(app: &TestApp, provider: &HttpProvider, id: PayoutId) -> Processed {
     payouts::process(&app.state.db, &app.state.keys, provider, id)
         .await
         .unwrap()
@@ -39,17 +39,17 @@ fn iban_payout(amount: i64) -> Value {
     json!({"amount_minor": amount, "currency": "EUR", "destination": {"type": "iban", "value": IBAN}})
 }
 
-async fn balances(app: &TestApp, user: Uuid) -> (i64, i64, i64) {
+async fn balances(app: &TestApp, user: UserId) -> (i64, i64, i64) {
     let mut c = app.db.conn().await;
     let w = ledger::wallet(&mut c, user).await.unwrap();
-    let e = w
-        .into_iter()
+    w.into_iter()
         .find(|w| w.currency == "EUR")
-        .unwrap_or_default();
-    (e.available_minor, e.reserved_minor, e.paid_out_minor)
+        .map_or((0, 0, 0), |e| {
+            (e.available_minor, e.reserved_minor, e.paid_out_minor)
+        })
 }
 
-async fn status_of(app: &TestApp, id: Uuid) -> String {
+async fn status_of(app: &TestApp, id: PayoutId) -> String {
     use clicknback_core::schema::payouts;
     use diesel::prelude::*;
     use diesel_async::RunQueryDsl;
@@ -110,7 +110,7 @@ async fn provider_answering_creates(answer: impl wiremock::Respond + 'static) ->
 
 /// The provider's lookup: paid for `known` payouts (every one when `None`),
 /// 404 for the rest.
-async fn lookups_answer_paid(server: &MockServer, known: Option<Vec<Uuid>>) {
+async fn lookups_answer_paid(server: &MockServer, known: Option<Vec<PayoutId>>) {
     Mock::given(method("GET"))
         .and(path_regex(r"^/v1/payouts/[0-9a-f-]+$"))
         .respond_with(move |req: &Request| {
@@ -138,7 +138,7 @@ async fn creates(server: &MockServer) -> Vec<Request> {
         .collect()
 }
 
-async fn new_payout(app: &TestApp, email: &str) -> (Uuid, Uuid) {
+async fn new_payout(app: &TestApp, email: &str) -> (UserId, PayoutId) {
     let (user, token) = funded_user(app, email, 5_000).await;
     let (status, body, _) = request_payout(app, &token, "k1", &iban_payout(2_000)).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
@@ -164,7 +164,7 @@ async fn a_request_reserves_the_amount_seals_the_destination_and_replays_by_key(
         use diesel::prelude::*;
         use diesel_async::RunQueryDsl;
         let mut c = app.db.conn().await;
-        let id: Uuid = body["id"].as_str().unwrap().parse().unwrap();
+        let id: PayoutId = body["id"].as_str().unwrap().parse().unwrap();
         let sealed: Vec<u8> = payouts::table
             .find(id)
             .select(payouts::destination_encrypted)

@@ -1,6 +1,7 @@
 //! Fraud review by an admin, link-quality statistics and the hourly alert.
 
 use axum::http::{Method, StatusCode};
+use clicknback_core::ids::{MerchantId, PurchaseId, UserId};
 use clicknback_core::{
     schema::link_quality_daily,
     services::{attribution, fraud::RuleScorer},
@@ -13,10 +14,9 @@ use clicknback_tests::{
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use serde_json::json;
-use uuid::Uuid;
 
 /// A flagged purchase (every score flags at threshold 0) for a linked shopper.
-async fn flagged_purchase(app: &TestApp, order: &str) -> (Uuid, Uuid) {
+async fn flagged_purchase(app: &TestApp, order: &str) -> (PurchaseId, UserId) {
     let (mid, secret) =
         merchant_with_offer(app, json!({"name": "5%", "rate_bps": 500, "active": true})).await;
     let (user, _) = shopper_with_click(
@@ -123,7 +123,7 @@ async fn link_stats_and_the_mismatch_alert() {
     let app = TestApp::new().await;
     let admin = app.admin_token().await;
     let (mid, _, _) = app.merchant(&admin, "Leaky").await;
-    let mid: Uuid = mid.parse().unwrap();
+    let mid: MerchantId = mid.parse().unwrap();
     let mut c = app.db.conn().await;
     diesel::insert_into(link_quality_daily::table)
         .values((

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
+use clicknback_core::ids::{OfferId, RewardId};
 use clicknback_core::{
     models::{reward::NewReward, user::Role},
     schema::{purchases, rewards},
@@ -14,7 +15,6 @@ use clicknback_tests::{TestApp, procs::eventually, webhook::purchase_body};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use serde_json::json;
-use uuid::Uuid;
 
 #[tokio::test]
 async fn status_webhooks_confirm_then_reverse_the_reward_in_the_wallet() {
@@ -29,7 +29,7 @@ async fn status_webhooks_confirm_then_reverse_the_reward_in_the_wallet() {
             Some(json!({"name": "5%", "rate_bps": 500, "active": true})),
         )
         .await;
-    let offer_id: Uuid = offer.body["id"].as_str().unwrap().parse().unwrap();
+    let offer_id: OfferId = offer.body["id"].as_str().unwrap().parse().unwrap();
     let purchase_id = app
         .report_purchase(&mid, &secret, &purchase_body("o-1", 20_000))
         .await;
@@ -47,7 +47,7 @@ async fn status_webhooks_confirm_then_reverse_the_reward_in_the_wallet() {
         .execute(&mut c)
         .await
         .unwrap();
-    let reward_id = Uuid::now_v7();
+    let reward_id = RewardId::new();
     diesel::insert_into(rewards::table)
         .values(NewReward {
             id: reward_id,
@@ -58,8 +58,8 @@ async fn status_webhooks_confirm_then_reverse_the_reward_in_the_wallet() {
             touchpoint_id: None,
             identity_group_id: None,
             amount_minor: 1_000,
-            currency: "EUR",
-            status: "pending",
+            currency: clicknback_core::money::Currency::parse("EUR").unwrap(),
+            status: clicknback_core::models::reward::RewardStatus::Pending,
             fraud_score: 0.0,
             fraud_reasons: json!([]),
         })

@@ -300,7 +300,7 @@ async fn a_well_signed_token_for_a_user_that_does_not_exist_is_refused() {
     let ghost = app
         .state
         .tokens
-        .issue(uuid::Uuid::now_v7(), Role::User)
+        .issue(clicknback_core::ids::UserId::new(), Role::User)
         .access_token;
     let r = app
         .json(

@@ -166,7 +166,7 @@ async fn ops(command: Command, config: clicknback_core::config::Config) -> anyho
                 &mut r,
                 ns,
                 ops::parse_queue(&queue)?,
-                &state,
+                ops::parse_state(&state)?,
                 limit,
             )
             .await?;

@@ -8,6 +8,7 @@ use axum::{
 use chrono::{DateTime, Utc};
 use clicknback_core::{
     crypto::sha256,
+    ids::UserId,
     models::user::{Role, User},
     services::{
         rate_limit::{self, Decision, Limit},
@@ -15,7 +16,6 @@ use clicknback_core::{
     },
 };
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::{
     auth::{AuthUser, ClientIp},
@@ -33,10 +33,9 @@ pub struct Credentials {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UserView {
-    pub id: Uuid,
+    pub id: UserId,
     pub email: String,
-    /// `user` or `admin`.
-    pub role: String,
+    pub role: Role,
     pub created_at: DateTime<Utc>,
 }
 
@@ -113,8 +112,7 @@ pub async fn login(
             if let Some(r) = redis.as_mut() {
                 rate_limit::reset(r, &key).await;
             }
-            let role = Role::parse(&user.role).unwrap_or(Role::User);
-            let issued = state.tokens.issue(user.id, role);
+            let issued = state.tokens.issue(user.id, user.role);
             let res = Json(TokenResponse {
                 access_token: issued.access_token,
                 token_type: "Bearer".into(),

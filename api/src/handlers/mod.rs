@@ -59,16 +59,19 @@ pub struct Page<T> {
 
 impl<T> Page<T> {
     /// Builds a page from `limit + 1` rows.
-    pub fn from_rows<R>(
+    pub fn from_rows<R, I: Into<Uuid>>(
         rows: Vec<R>,
         limit: i64,
         codec: &CursorCodec,
-        key: impl Fn(&R) -> (DateTime<Utc>, Uuid),
+        key: impl Fn(&R) -> (DateTime<Utc>, I),
         view: impl Fn(R) -> T,
     ) -> Self {
         let (rows, next_cursor) = pagination::page(rows, limit, codec, |r| {
             let (created_at, id) = key(r);
-            Cursor { created_at, id }
+            Cursor {
+                created_at,
+                id: id.into(),
+            }
         });
         Page {
             data: rows.into_iter().map(view).collect(),

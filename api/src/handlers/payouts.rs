@@ -5,12 +5,14 @@ use axum::{
     http::{HeaderMap, StatusCode},
     response::Response,
 };
-use clicknback_core::services::{
-    FieldError,
-    idempotency::IdempotencyKey,
-    payouts::{self, PayoutError, PayoutRequest, PayoutView},
+use clicknback_core::{
+    ids::PayoutId,
+    services::{
+        FieldError,
+        idempotency::IdempotencyKey,
+        payouts::{self, PayoutError, PayoutRequest, PayoutView},
+    },
 };
-use uuid::Uuid;
 
 use crate::{
     auth::AuthUser,
@@ -31,7 +33,7 @@ impl From<PayoutError> for ApiError {
             ),
             PayoutError::NotFound => Self::not_found("payout"),
             PayoutError::Pool(_) => Self::unavailable("the database is unavailable; retry shortly"),
-            PayoutError::Destination(_) => Self::internal(detail),
+            PayoutError::Destination(_) | PayoutError::Amount(_) => Self::internal(detail),
             PayoutError::Db(d) => d.into(),
         }
     }
@@ -108,7 +110,7 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     user: AuthUser,
-    Path(id): Path<Uuid>,
+    Path(id): Path<PayoutId>,
 ) -> ApiResult<Json<PayoutView>> {
     let mut conn = state.conn().await?;
     Ok(Json(payouts::get(&mut conn, user.id, id).await?))

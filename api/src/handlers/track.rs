@@ -8,6 +8,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use clicknback_core::{
+    ids::OfferId,
     models::merchant::Merchant,
     services::{
         merchants,
@@ -16,7 +17,6 @@ use clicknback_core::{
     },
 };
 use serde::Deserialize;
-use uuid::Uuid;
 
 use crate::{
     auth::{AuthUser, ClientIp},
@@ -93,7 +93,7 @@ async fn limited(state: &AppState, ip: &str) -> ApiResult<Option<Decision>> {
 #[serde(deny_unknown_fields)]
 pub struct ClickRequest {
     pub anon_id: String,
-    pub offer_id: Option<Uuid>,
+    pub offer_id: Option<OfferId>,
     pub landing_url: Option<String>,
 }
 

@@ -15,6 +15,7 @@ use axum::{
 };
 use chrono::Utc;
 use clicknback_core::{
+    ids::MerchantId,
     models::merchant::Merchant,
     services::{
         idempotency::IdempotencyKey,
@@ -24,7 +25,6 @@ use clicknback_core::{
     },
     signature::{self, SignedHeaders},
 };
-use uuid::Uuid;
 
 use crate::{
     error::{
@@ -50,7 +50,7 @@ struct Verified {
 
 async fn verify(
     state: &AppState,
-    merchant_id: Uuid,
+    merchant_id: MerchantId,
     headers: &HeaderMap,
     body: &[u8],
 ) -> ApiResult<Verified> {
@@ -151,7 +151,7 @@ fn key_for(v: &Verified, endpoint: &str) -> ApiResult<IdempotencyKey> {
     ))]
 pub async fn purchase(
     State(state): State<AppState>,
-    Path(merchant_id): Path<Uuid>,
+    Path(merchant_id): Path<MerchantId>,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> ApiResult<Response> {
@@ -191,7 +191,7 @@ pub async fn purchase(
     ))]
 pub async fn purchase_status(
     State(state): State<AppState>,
-    Path((merchant_id, order_id)): Path<(Uuid, String)>,
+    Path((merchant_id, order_id)): Path<(MerchantId, String)>,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> ApiResult<Response> {

@@ -1,17 +1,25 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use uuid::Uuid;
 
-use crate::schema::merchants;
+use crate::{ids::MerchantId, schema::merchants, text_enum::text_enum};
+
+text_enum! {
+    /// A suspended merchant's webhooks and SDK calls are refused until it is
+    /// reactivated.
+    pub enum MerchantStatus {
+        Active = "active",
+        Suspended = "suspended",
+    }
+}
 
 #[derive(
     Debug, Clone, Queryable, Selectable, Identifiable, serde::Serialize, serde::Deserialize,
 )]
 #[diesel(table_name = merchants, check_for_backend(diesel::pg::Pg))]
 pub struct Merchant {
-    pub id: Uuid,
+    pub id: MerchantId,
     pub name: String,
-    pub status: String,
+    pub status: MerchantStatus,
     pub publishable_key: String,
     pub webhook_secret_encrypted: Vec<u8>,
     pub previous_secret_encrypted: Option<Vec<u8>>,
@@ -24,7 +32,7 @@ pub struct Merchant {
 
 impl Merchant {
     pub fn is_active(&self) -> bool {
-        self.status == "active"
+        self.status == MerchantStatus::Active
     }
 
     /// The view of a merchant that may be shown and audited: no secrets.
@@ -43,7 +51,7 @@ impl Merchant {
 #[derive(Debug, Insertable)]
 #[diesel(table_name = merchants)]
 pub struct NewMerchant<'a> {
-    pub id: Uuid,
+    pub id: MerchantId,
     pub name: &'a str,
     pub publishable_key: &'a str,
     pub webhook_secret_encrypted: Vec<u8>,

@@ -1,16 +1,18 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use uuid::Uuid;
 
-use crate::schema::offers;
+use crate::{
+    ids::{MerchantId, OfferId},
+    schema::offers,
+};
 
 #[derive(
     Debug, Clone, Queryable, Selectable, Identifiable, serde::Serialize, serde::Deserialize,
 )]
 #[diesel(table_name = offers, check_for_backend(diesel::pg::Pg))]
 pub struct Offer {
-    pub id: Uuid,
-    pub merchant_id: Uuid,
+    pub id: OfferId,
+    pub merchant_id: MerchantId,
     pub name: String,
     pub rate_bps: i32,
     pub max_cashback_minor: Option<i64>,
@@ -26,8 +28,8 @@ pub struct Offer {
 #[derive(Debug, Insertable)]
 #[diesel(table_name = offers)]
 pub struct NewOffer<'a> {
-    pub id: Uuid,
-    pub merchant_id: Uuid,
+    pub id: OfferId,
+    pub merchant_id: MerchantId,
     pub name: &'a str,
     pub rate_bps: i32,
     pub max_cashback_minor: Option<i64>,

@@ -12,20 +12,21 @@
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Timelike, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use uuid::Uuid;
 
 use super::{
     fraud::{FraudInput, FraudScorer},
+    identity::NodeKind,
     offers,
     rewards::{self as reward_money, RewardError},
 };
 use crate::{
     cache::Cache,
     config::AttributionConfig,
+    ids::{IdentityGroupId, OfferId, PurchaseId, RewardId, TouchpointId, UserId},
     jobs::{self, EmailKind, RewardTransition, SendEmail},
     models::{
-        purchase::Purchase,
-        reward::{NewReward, Reward},
+        purchase::{Purchase, PurchaseStatus},
+        reward::{NewReward, Reward, RewardStatus},
     },
     money::cashback_minor,
     schema::{
@@ -46,7 +47,7 @@ pub enum Outcome {
         reason: &'static str,
     },
     Rewarded {
-        reward_id: Uuid,
+        reward_id: RewardId,
         amount_minor: i64,
         flagged: bool,
     },
@@ -65,10 +66,10 @@ pub enum AttributionError {
 /// The group a (possibly merged) group id now lives in.
 pub async fn surviving_group(
     conn: &mut AsyncPgConnection,
-    mut group: Uuid,
-) -> Result<Uuid, diesel::result::Error> {
+    mut group: IdentityGroupId,
+) -> Result<IdentityGroupId, diesel::result::Error> {
     for _ in 0..32 {
-        let next: Option<Uuid> = identity_groups::table
+        let next: Option<IdentityGroupId> = identity_groups::table
             .find(group)
             .select(identity_groups::merged_into_id)
             .first(conn)
@@ -88,8 +89,8 @@ fn month_of(t: DateTime<Utc>) -> NaiveDate {
 /// Takes up to `wanted` from the user's monthly cap for the offer; returns what was granted.
 async fn take_from_monthly_cap(
     conn: &mut AsyncPgConnection,
-    user: Uuid,
-    offer: Uuid,
+    user: UserId,
+    offer: OfferId,
     month: NaiveDate,
     cap: i64,
     wanted: i64,
@@ -122,7 +123,7 @@ async fn take_from_monthly_cap(
 async fn fraud_input(
     conn: &mut AsyncPgConnection,
     p: &Purchase,
-    user: Uuid,
+    user: UserId,
     rate_bps: i32,
     at_max: bool,
 ) -> Result<FraudInput, diesel::result::Error> {
@@ -163,7 +164,7 @@ async fn fraud_input(
 /// Attributes a purchase (see the module doc).
 pub async fn attribute(
     conn: &mut AsyncPgConnection,
-    purchase_id: Uuid,
+    purchase_id: PurchaseId,
     cfg: &AttributionConfig,
     scorer: &dyn FraudScorer,
     cache: &Cache,
@@ -177,7 +178,7 @@ pub async fn attribute(
             .await
             .optional()?
             .ok_or(AttributionError::NotFound)?;
-        if p.rewards_processed_at.is_some() || p.status != "received" {
+        if p.rewards_processed_at.is_some() || p.status != PurchaseStatus::Received {
             return Ok(Outcome::AlreadyProcessed);
         }
         let now = Utc::now();
@@ -185,12 +186,12 @@ pub async fn attribute(
             Some(g) => Some(surviving_group(conn, g).await?),
             None => None,
         };
-        let user: Option<Uuid> = match group {
+        let user: Option<UserId> = match group {
             Some(g) => identity_nodes::table
                 .filter(identity_nodes::group_id.eq(g))
-                .filter(identity_nodes::kind.eq("user"))
+                .filter(identity_nodes::kind.eq(NodeKind::User))
                 .select(identity_nodes::user_id)
-                .first::<Option<Uuid>>(conn)
+                .first::<Option<UserId>>(conn)
                 .await
                 .optional()?
                 .flatten(),
@@ -215,7 +216,7 @@ pub async fn attribute(
             return Ok(Outcome::Waiting { recheck_at });
         };
         let window_start = p.purchased_at - Duration::from_std(cfg.window).unwrap_or_default();
-        let touchpoint: Option<Uuid> = touchpoints::table
+        let touchpoint: Option<TouchpointId> = touchpoints::table
             .filter(touchpoints::group_id.eq(group.unwrap_or_default()))
             .filter(touchpoints::merchant_id.eq(p.merchant_id))
             .filter(touchpoints::created_at.ge(window_start))
@@ -256,7 +257,7 @@ pub async fn attribute(
             + 1;
         let reward: Reward = diesel::insert_into(rewards::table)
             .values(NewReward {
-                id: Uuid::now_v7(),
+                id: RewardId::new(),
                 purchase_id: p.id,
                 attribution_seq: seq,
                 user_id: user,
@@ -264,8 +265,12 @@ pub async fn attribute(
                 touchpoint_id: Some(touchpoint),
                 identity_group_id: group,
                 amount_minor: amount,
-                currency: &p.currency,
-                status: if flagged { "flagged" } else { "pending" },
+                currency: p.currency,
+                status: if flagged {
+                    RewardStatus::Flagged
+                } else {
+                    RewardStatus::Pending
+                },
                 fraud_score: fraud.score,
                 fraud_reasons: serde_json::to_value(&fraud.reasons).unwrap_or_default(),
             })
@@ -275,7 +280,11 @@ pub async fn attribute(
         reward_money::credit(conn, &reward).await?;
         diesel::update(purchases::table.find(p.id))
             .set((
-                purchases::status.eq(if flagged { "flagged" } else { "attributed" }),
+                purchases::status.eq(p.status.becoming(if flagged {
+                    PurchaseStatus::Flagged
+                } else {
+                    PurchaseStatus::Attributed
+                })),
                 purchases::user_id.eq(user),
                 purchases::identity_group_id.eq(group),
                 purchases::rewards_processed_at.eq(now),
@@ -284,18 +293,18 @@ pub async fn attribute(
             .await?;
         if !flagged {
             // A merchant decision that arrived before attribution applies now.
-            match p.merchant_decision.as_deref() {
-                Some("confirmed") => {
+            match p.merchant_decision {
+                Some(RewardTransition::Confirmed) => {
                     reward_money::confirm(conn, reward.id).await?;
                     set_purchase_status(conn, p.id, RewardTransition::Confirmed).await?;
                 }
-                Some("reversed") => {
-                    reward_money::reverse(conn, reward.id, "reversed").await?;
+                Some(RewardTransition::Reversed) => {
+                    reward_money::reverse(conn, reward.id, RewardStatus::Reversed).await?;
                     set_purchase_status(conn, p.id, RewardTransition::Reversed).await?;
                 }
-                _ => {}
+                None => {}
             }
-            if amount > 0 && p.merchant_decision.as_deref() != Some("reversed") {
+            if amount > 0 && p.merchant_decision != Some(RewardTransition::Reversed) {
                 let email: String = users::table
                     .find(user)
                     .select(users::email)
@@ -320,8 +329,7 @@ pub async fn attribute(
                 jobs::enqueue(conn, &job, now).await?;
             }
         }
-        metrics::counter!("rewards_total", "status" => if flagged { "flagged" } else { "pending" })
-            .increment(1);
+        metrics::counter!("rewards_total", "status" => reward.status.as_str()).increment(1);
         Ok(Outcome::Rewarded {
             reward_id: reward.id,
             amount_minor: amount,
@@ -333,13 +341,13 @@ pub async fn attribute(
 
 async fn unattributed(
     conn: &mut AsyncPgConnection,
-    purchase: Uuid,
-    group: Option<Uuid>,
+    purchase: PurchaseId,
+    group: Option<IdentityGroupId>,
     reason: &'static str,
 ) -> Result<Outcome, AttributionError> {
     diesel::update(purchases::table.find(purchase))
         .set((
-            purchases::status.eq("unattributed"),
+            purchases::status.eq(PurchaseStatus::Unattributed),
             purchases::rewards_processed_at.eq(Utc::now()),
             purchases::identity_group_id.eq(group),
             purchases::status_reason.eq(reason),
@@ -351,11 +359,11 @@ async fn unattributed(
 
 async fn set_purchase_status(
     conn: &mut AsyncPgConnection,
-    id: Uuid,
+    id: PurchaseId,
     to: RewardTransition,
 ) -> Result<(), diesel::result::Error> {
     diesel::update(purchases::table.find(id))
-        .set(purchases::status.eq(to.as_str()))
+        .set(purchases::status.eq(PurchaseStatus::Attributed.becoming(to.into())))
         .execute(conn)
         .await?;
     Ok(())
@@ -368,7 +376,7 @@ async fn set_purchase_status(
 /// reversed rewards are never re-attributed.
 pub async fn reattribute(
     conn: &mut AsyncPgConnection,
-    purchase_id: Uuid,
+    purchase_id: PurchaseId,
     cfg: &AttributionConfig,
     scorer: &dyn FraudScorer,
     cache: &Cache,
@@ -386,7 +394,7 @@ pub async fn reattribute(
             let Some(group) = p.identity_group_id else { return Ok(false) };
             let live: Option<Reward> = rewards::table
                 .filter(rewards::purchase_id.eq(p.id))
-                .filter(rewards::status.eq("pending"))
+                .filter(rewards::status.eq(RewardStatus::Pending))
                 .select(Reward::as_select())
                 .for_update()
                 .first(conn)
@@ -398,7 +406,7 @@ pub async fn reattribute(
             };
             let group = surviving_group(conn, group).await?;
             let window_start = p.purchased_at - Duration::from_std(cfg.window).unwrap_or_default();
-            let latest: Option<Uuid> = touchpoints::table
+            let latest: Option<TouchpointId> = touchpoints::table
                 .filter(touchpoints::group_id.eq(group))
                 .filter(touchpoints::merchant_id.eq(p.merchant_id))
                 .filter(touchpoints::created_at.ge(window_start))
@@ -412,7 +420,7 @@ pub async fn reattribute(
                 tracing::info!(purchase.id = %p.id, "the latest click is unchanged; nothing to re-attribute");
                 return Ok(false);
             }
-            reward_money::reverse(conn, old.id, "voided").await?;
+            reward_money::reverse(conn, old.id, RewardStatus::Voided).await?;
             let month = month_of(p.purchased_at);
             diesel::update(monthly_cap_usage::table.find((old.user_id, old.offer_id, month)))
                 .set(monthly_cap_usage::used_minor.eq(diesel::dsl::sql::<diesel::sql_types::BigInt>("GREATEST(used_minor - ")
@@ -421,7 +429,7 @@ pub async fn reattribute(
                 .execute(conn)
                 .await?;
             diesel::update(purchases::table.find(p.id))
-                .set((purchases::rewards_processed_at.eq(None::<DateTime<Utc>>), purchases::status.eq("received"), purchases::identity_group_id.eq(group)))
+                .set((purchases::rewards_processed_at.eq(None::<DateTime<Utc>>), purchases::status.eq(p.status.becoming(PurchaseStatus::Received)), purchases::identity_group_id.eq(group)))
                 .execute(conn)
                 .await?;
             tracing::info!(purchase.id = %p.id, reward.id = %old.id, "late merge: reward voided for re-attribution");
@@ -447,7 +455,7 @@ pub async fn sweep_due(
     now: DateTime<Utc>,
     batch: i64,
 ) -> Result<usize, diesel::result::Error> {
-    let ids: Vec<Uuid> = Purchase::due_for_attribution(now - SWEEP_GRACE)
+    let ids: Vec<PurchaseId> = Purchase::due_for_attribution(now - SWEEP_GRACE)
         .select(purchases::id)
         .limit(batch)
         .load(conn)

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::{Actor, pagination::Cursor};
 use crate::{
+    ids::AuditEntryId,
     models::audit::{AuditEntry, NewAuditEntry},
     schema::audit_log,
 };
@@ -22,7 +23,7 @@ pub async fn record(
 ) -> Result<(), diesel::result::Error> {
     diesel::insert_into(audit_log::table)
         .values(NewAuditEntry {
-            id: Uuid::now_v7(),
+            id: AuditEntryId::new(),
             actor_id: Some(actor.user_id),
             action,
             entity_type,

@@ -14,7 +14,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::models::user::Role;
+use crate::{ids::UserId, models::user::Role};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
@@ -24,7 +24,7 @@ pub struct Claims {
     pub iat: i64,
     pub exp: i64,
     pub jti: String,
-    pub sub: Uuid,
+    pub sub: UserId,
     pub role: Role,
 }
 
@@ -78,7 +78,7 @@ impl Tokens {
         }
     }
 
-    pub fn issue(&self, user_id: Uuid, role: Role) -> IssuedToken {
+    pub fn issue(&self, user_id: UserId, role: Role) -> IssuedToken {
         let now = Utc::now().timestamp();
         let claims = Claims {
             iss: self.issuer.clone(),
@@ -181,7 +181,7 @@ mod tests {
     #[test]
     fn issued_tokens_verify_and_carry_claims() {
         let t = tokens();
-        let id = Uuid::now_v7();
+        let id = UserId::new();
         let issued = t.issue(id, Role::Admin);
         let c = t.verify(&issued.access_token).unwrap();
         assert_eq!(c.sub, id);
@@ -191,7 +191,7 @@ mod tests {
 
     #[test]
     fn other_audience_issuer_or_key_is_refused() {
-        let issued = tokens().issue(Uuid::now_v7(), Role::User);
+        let issued = tokens().issue(UserId::new(), Role::User);
         let other_aud = Tokens::new(
             b"0123456789abcdef0123456789abcdef",
             "iss",

@@ -14,24 +14,24 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::attribution::surviving_group;
-use crate::schema::{
-    identity_groups, identity_merges, identity_nodes, link_quality_daily, purchases, touchpoints,
+use crate::{
+    ids::{IdentityGroupId, IdentityNodeId, MerchantId, UserId},
+    schema::{
+        identity_groups, identity_merges, identity_nodes, link_quality_daily, purchases,
+        touchpoints,
+    },
+    text_enum::text_enum,
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NodeKind {
-    Anon,
-    User,
-    MerchantCustomer,
-}
-
-impl NodeKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NodeKind::Anon => "anon",
-            NodeKind::User => "user",
-            NodeKind::MerchantCustomer => "merchant_customer",
-        }
+text_enum! {
+    /// What a node of the identity graph identifies.
+    pub enum NodeKind {
+        /// A browser's anonymous id.
+        Anon = "anon",
+        /// An account.
+        User = "user",
+        /// A merchant's customer id, or a purchase confirmation awaiting its webhook.
+        MerchantCustomer = "merchant_customer",
     }
 }
 
@@ -40,8 +40,8 @@ impl NodeKind {
 pub struct NodeSpec {
     pub kind: NodeKind,
     pub key: String,
-    pub merchant_id: Option<Uuid>,
-    pub user_id: Option<Uuid>,
+    pub merchant_id: Option<MerchantId>,
+    pub user_id: Option<UserId>,
     pub validation_data: Option<serde_json::Value>,
 }
 
@@ -56,7 +56,7 @@ impl NodeSpec {
         }
     }
 
-    pub fn user(user: Uuid) -> Self {
+    pub fn user(user: UserId) -> Self {
         Self {
             kind: NodeKind::User,
             key: user.to_string(),
@@ -66,7 +66,7 @@ impl NodeSpec {
         }
     }
 
-    pub fn pending_order(merchant: Uuid, order_id: &str, purchase_token: &str) -> Self {
+    pub fn pending_order(merchant: MerchantId, order_id: &str, purchase_token: &str) -> Self {
         Self {
             kind: NodeKind::MerchantCustomer,
             key: order_key(merchant, order_id),
@@ -79,7 +79,7 @@ impl NodeSpec {
     }
 }
 
-pub fn order_key(merchant: Uuid, order_id: &str) -> String {
+pub fn order_key(merchant: MerchantId, order_id: &str) -> String {
     format!("{merchant}:order:{order_id}")
 }
 
@@ -88,9 +88,9 @@ pub async fn group_of(
     conn: &mut AsyncPgConnection,
     kind: NodeKind,
     key: &str,
-) -> Result<Option<Uuid>, diesel::result::Error> {
+) -> Result<Option<IdentityGroupId>, diesel::result::Error> {
     identity_nodes::table
-        .filter(identity_nodes::kind.eq(kind.as_str()))
+        .filter(identity_nodes::kind.eq(kind))
         .filter(identity_nodes::key.eq(key))
         .select(identity_nodes::group_id)
         .first(conn)
@@ -102,20 +102,20 @@ pub async fn group_of(
 pub async fn ensure_node(
     conn: &mut AsyncPgConnection,
     spec: &NodeSpec,
-) -> Result<Uuid, diesel::result::Error> {
+) -> Result<IdentityGroupId, diesel::result::Error> {
     if let Some(g) = group_of(conn, spec.kind, &spec.key).await? {
         return Ok(g);
     }
-    let group = Uuid::now_v7();
+    let group = IdentityGroupId::new();
     diesel::insert_into(identity_groups::table)
         .values(identity_groups::id.eq(group))
         .execute(conn)
         .await?;
     let inserted = diesel::insert_into(identity_nodes::table)
         .values((
-            identity_nodes::id.eq(Uuid::now_v7()),
+            identity_nodes::id.eq(IdentityNodeId::new()),
             identity_nodes::group_id.eq(group),
-            identity_nodes::kind.eq(spec.kind.as_str()),
+            identity_nodes::kind.eq(spec.kind),
             identity_nodes::key.eq(&spec.key),
             identity_nodes::merchant_id.eq(spec.merchant_id),
             identity_nodes::user_id.eq(spec.user_id),
@@ -141,10 +141,10 @@ pub async fn ensure_node(
 /// returns the survivor.
 pub async fn merge(
     conn: &mut AsyncPgConnection,
-    a: Uuid,
-    b: Uuid,
+    a: IdentityGroupId,
+    b: IdentityGroupId,
     reason: &str,
-) -> Result<Uuid, diesel::result::Error> {
+) -> Result<IdentityGroupId, diesel::result::Error> {
     let (a, b) = (
         surviving_group(conn, a).await?,
         surviving_group(conn, b).await?,
@@ -155,7 +155,11 @@ pub async fn merge(
     let (first, second) = if a < b { (a, b) } else { (b, a) };
     let mut locked = Vec::new();
     for g in [first, second] {
-        let row: (Uuid, Option<Uuid>, chrono::DateTime<Utc>) = identity_groups::table
+        let row: (
+            IdentityGroupId,
+            Option<IdentityGroupId>,
+            chrono::DateTime<Utc>,
+        ) = identity_groups::table
             .find(g)
             .select((
                 identity_groups::id,
@@ -207,7 +211,7 @@ pub async fn merge(
 /// Counts a purchase-token validation for the merchant's link quality.
 pub async fn count_link(
     conn: &mut AsyncPgConnection,
-    merchant: Uuid,
+    merchant: MerchantId,
     matched: bool,
 ) -> Result<(), diesel::result::Error> {
     let day = Utc::now().date_naive();

@@ -13,37 +13,31 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use uuid::Uuid;
 
 use crate::{
     db,
+    ids::{LedgerAccountId, PayoutId, PurchaseId, RewardId, UserId},
+    money::{Currency, Money},
     schema::{ledger_accounts, ledger_transfers},
+    text_enum::text_enum,
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AccountKind {
-    Pending,
-    Available,
-    Reserved,
-    PaidOut,
-    Receivable,
-    CashbackExpense,
-    PayoutClearing,
+text_enum! {
+    /// A ledger account: a user's (pending, available, reserved, paid out,
+    /// receivable) or the platform's (cashback expense, payout clearing).
+    pub enum AccountKind {
+        Pending = "pending",
+        Available = "available",
+        Reserved = "reserved",
+        PaidOut = "paid_out",
+        /// What a user owes (never above zero).
+        Receivable = "receivable",
+        CashbackExpense = "cashback_expense",
+        PayoutClearing = "payout_clearing",
+    }
 }
 
 impl AccountKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AccountKind::Pending => "pending",
-            AccountKind::Available => "available",
-            AccountKind::Reserved => "reserved",
-            AccountKind::PaidOut => "paid_out",
-            AccountKind::Receivable => "receivable",
-            AccountKind::CashbackExpense => "cashback_expense",
-            AccountKind::PayoutClearing => "payout_clearing",
-        }
-    }
-
     pub fn is_platform(self) -> bool {
         matches!(
             self,
@@ -56,8 +50,6 @@ impl AccountKind {
 pub enum LedgerError {
     #[error("insufficient funds")]
     InsufficientFunds,
-    #[error("amount must be positive")]
-    NotPositive,
     #[error(transparent)]
     Db(#[from] diesel::result::Error),
 }
@@ -65,12 +57,12 @@ pub enum LedgerError {
 /// Whose account: a user's, or the platform's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AccountRef {
-    pub user: Option<Uuid>,
+    pub user: Option<UserId>,
     pub kind: AccountKind,
 }
 
 impl AccountRef {
-    pub fn user(user: Uuid, kind: AccountKind) -> Self {
+    pub fn user(user: UserId, kind: AccountKind) -> Self {
         Self {
             user: Some(user),
             kind,
@@ -85,16 +77,16 @@ impl AccountRef {
 pub async fn account_id(
     conn: &mut AsyncPgConnection,
     account: AccountRef,
-    currency: &str,
-) -> Result<Uuid, diesel::result::Error> {
+    currency: Currency,
+) -> Result<LedgerAccountId, diesel::result::Error> {
     if let Some(id) = find_account(conn, account, currency).await? {
         return Ok(id);
     }
     diesel::insert_into(ledger_accounts::table)
         .values((
-            ledger_accounts::id.eq(Uuid::now_v7()),
+            ledger_accounts::id.eq(LedgerAccountId::new()),
             ledger_accounts::user_id.eq(account.user),
-            ledger_accounts::kind.eq(account.kind.as_str()),
+            ledger_accounts::kind.eq(account.kind),
             ledger_accounts::currency.eq(currency),
         ))
         .on_conflict_do_nothing()
@@ -108,25 +100,25 @@ pub async fn account_id(
 async fn find_account(
     conn: &mut AsyncPgConnection,
     account: AccountRef,
-    currency: &str,
-) -> Result<Option<Uuid>, diesel::result::Error> {
+    currency: Currency,
+) -> Result<Option<LedgerAccountId>, diesel::result::Error> {
     let mut q = ledger_accounts::table
-        .filter(ledger_accounts::kind.eq(account.kind.as_str()))
-        .filter(ledger_accounts::currency.eq(currency.to_owned()))
+        .filter(ledger_accounts::kind.eq(account.kind))
+        .filter(ledger_accounts::currency.eq(currency))
         .select(ledger_accounts::id)
         .into_boxed();
     q = match account.user {
         Some(u) => q.filter(ledger_accounts::user_id.eq(u)),
         None => q.filter(ledger_accounts::user_id.is_null()),
     };
-    q.first::<Uuid>(conn).await.optional()
+    q.first(conn).await.optional()
 }
 
 /// A balance (credits minus debits); zero for an account never used.
 pub async fn balance(
     conn: &mut AsyncPgConnection,
     account: AccountRef,
-    currency: &str,
+    currency: Currency,
 ) -> Result<i64, diesel::result::Error> {
     let id = account_id(conn, account, currency).await?;
     ledger_accounts::table
@@ -143,13 +135,12 @@ pub struct Transfer {
     pub id: String,
     pub from: AccountRef,
     pub to: AccountRef,
-    pub amount_minor: i64,
-    pub currency: String,
+    pub amount: Money,
     pub kind: &'static str,
-    pub user_id: Option<Uuid>,
-    pub purchase_id: Option<Uuid>,
-    pub reward_id: Option<Uuid>,
-    pub payout_id: Option<Uuid>,
+    pub user_id: Option<UserId>,
+    pub purchase_id: Option<PurchaseId>,
+    pub reward_id: Option<RewardId>,
+    pub payout_id: Option<PayoutId>,
 }
 
 /// Whether a transfer moved money now or had already been posted.
@@ -161,18 +152,16 @@ pub enum Posted {
 
 /// Posts a transfer inside the caller's transaction. Idempotent by id.
 pub async fn post(conn: &mut AsyncPgConnection, t: &Transfer) -> Result<Posted, LedgerError> {
-    if t.amount_minor <= 0 {
-        return Err(LedgerError::NotPositive);
-    }
-    let debit = account_id(conn, t.from, &t.currency).await?;
-    let credit = account_id(conn, t.to, &t.currency).await?;
+    let (amount, currency) = (t.amount.amount_minor(), t.amount.currency());
+    let debit = account_id(conn, t.from, currency).await?;
+    let credit = account_id(conn, t.to, currency).await?;
     let inserted = diesel::insert_into(ledger_transfers::table)
         .values((
             ledger_transfers::id.eq(&t.id),
             ledger_transfers::debit_account_id.eq(debit),
             ledger_transfers::credit_account_id.eq(credit),
-            ledger_transfers::amount_minor.eq(t.amount_minor),
-            ledger_transfers::currency.eq(&t.currency),
+            ledger_transfers::amount_minor.eq(amount),
+            ledger_transfers::currency.eq(currency),
             ledger_transfers::kind.eq(t.kind),
             ledger_transfers::user_id.eq(t.user_id),
             ledger_transfers::purchase_id.eq(t.purchase_id),
@@ -193,11 +182,7 @@ pub async fn post(conn: &mut AsyncPgConnection, t: &Transfer) -> Result<Posted, 
         (credit, debit)
     };
     for id in [first, second] {
-        let delta = if id == debit {
-            -t.amount_minor
-        } else {
-            t.amount_minor
-        };
+        let delta = if id == debit { -amount } else { amount };
         let r = diesel::update(ledger_accounts::table.find(id))
             .set(ledger_accounts::balance_minor.eq(ledger_accounts::balance_minor + delta))
             .execute(conn)
@@ -215,9 +200,9 @@ pub async fn post(conn: &mut AsyncPgConnection, t: &Transfer) -> Result<Posted, 
 }
 
 /// A user's balances in one currency.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct WalletBalance {
-    pub currency: String,
+    pub currency: Currency,
     pub pending_minor: i64,
     pub available_minor: i64,
     pub reserved_minor: i64,
@@ -229,9 +214,9 @@ pub struct WalletBalance {
 /// Every currency the user has touched.
 pub async fn wallet(
     conn: &mut AsyncPgConnection,
-    user: Uuid,
+    user: UserId,
 ) -> Result<Vec<WalletBalance>, diesel::result::Error> {
-    let rows: Vec<(String, String, i64)> = ledger_accounts::table
+    let rows: Vec<(Currency, AccountKind, i64)> = ledger_accounts::table
         .filter(ledger_accounts::user_id.eq(user))
         .select((
             ledger_accounts::currency,
@@ -245,18 +230,22 @@ pub async fn wallet(
     for (currency, kind, balance) in rows {
         if out.last().is_none_or(|w| w.currency != currency) {
             out.push(WalletBalance {
-                currency: currency.clone(),
-                ..Default::default()
+                currency,
+                pending_minor: 0,
+                available_minor: 0,
+                reserved_minor: 0,
+                paid_out_minor: 0,
+                receivable_minor: 0,
             });
         }
         let w = out.last_mut().expect("just pushed");
-        match kind.as_str() {
-            "pending" => w.pending_minor = balance,
-            "available" => w.available_minor = balance,
-            "reserved" => w.reserved_minor = balance,
-            "paid_out" => w.paid_out_minor = balance,
-            "receivable" => w.receivable_minor = -balance,
-            _ => {}
+        match kind {
+            AccountKind::Pending => w.pending_minor = balance,
+            AccountKind::Available => w.available_minor = balance,
+            AccountKind::Reserved => w.reserved_minor = balance,
+            AccountKind::PaidOut => w.paid_out_minor = balance,
+            AccountKind::Receivable => w.receivable_minor = -balance,
+            AccountKind::CashbackExpense | AccountKind::PayoutClearing => {}
         }
     }
     Ok(out)
@@ -268,9 +257,9 @@ pub struct TransferView {
     pub id: String,
     pub kind: String,
     pub amount_minor: i64,
-    pub currency: String,
-    pub purchase_id: Option<Uuid>,
-    pub payout_id: Option<Uuid>,
+    pub currency: Currency,
+    pub purchase_id: Option<PurchaseId>,
+    pub payout_id: Option<PayoutId>,
     pub created_at: DateTime<Utc>,
 }
 

@@ -5,13 +5,12 @@ use chrono::{Duration, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
-use uuid::Uuid;
 
-use crate::schema::link_quality_daily;
+use crate::{ids::MerchantId, schema::link_quality_daily};
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LinkStats {
-    pub merchant_id: Uuid,
+    pub merchant_id: MerchantId,
     /// Over the last `days` days (UTC days, today included).
     pub days: i64,
     pub matched: i64,
@@ -22,7 +21,7 @@ pub struct LinkStats {
 
 pub async fn stats(
     conn: &mut AsyncPgConnection,
-    merchant: Uuid,
+    merchant: MerchantId,
     days: i64,
 ) -> Result<LinkStats, diesel::result::Error> {
     let since = (Utc::now() - Duration::days(days - 1)).date_naive();
@@ -53,7 +52,7 @@ pub async fn alarming(
     rate: f64,
     min_attempts: i64,
 ) -> Result<Vec<LinkStats>, diesel::result::Error> {
-    let merchants: Vec<Uuid> = link_quality_daily::table
+    let merchants: Vec<MerchantId> = link_quality_daily::table
         .filter(link_quality_daily::day.ge((Utc::now() - Duration::days(1)).date_naive()))
         .select(link_quality_daily::merchant_id)
         .distinct()

@@ -5,12 +5,12 @@
 use chrono::{DateTime, Duration, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use uuid::Uuid;
 
 use super::{Actor, audit, pagination::Cursor};
 use crate::{
     crypto::{Keyring, random_token},
-    models::merchant::{Merchant, NewMerchant},
+    ids::MerchantId,
+    models::merchant::{Merchant, MerchantStatus, NewMerchant},
     schema::merchants,
     signature::WebhookSecret,
 };
@@ -29,7 +29,7 @@ pub enum MerchantError {
     Db(#[from] diesel::result::Error),
 }
 
-fn secret_aad(id: Uuid) -> String {
+fn secret_aad(id: MerchantId) -> String {
     format!("merchant:{id}:webhook_secret")
 }
 
@@ -56,7 +56,7 @@ pub async fn create(
     name: &str,
 ) -> Result<WithSecret, MerchantError> {
     let name = validate_name(name)?;
-    let id = Uuid::now_v7();
+    let id = MerchantId::new();
     let (_, secret_text) = WebhookSecret::generate();
     let sealed = keys.seal(secret_text.as_bytes(), &secret_aad(id));
     let publishable_key = random_token("pk_", 24);
@@ -77,7 +77,7 @@ pub async fn create(
                 actor,
                 "merchant.create",
                 "merchant",
-                Some(m.id),
+                Some(m.id.into()),
                 None,
                 Some(m.public_json()),
             )
@@ -102,7 +102,7 @@ pub async fn invalidate_cache(cache: &crate::cache::Cache, m: &Merchant) {
     cache.invalidate(PK_CACHE_KIND, &m.publishable_key).await;
 }
 
-pub async fn get(conn: &mut AsyncPgConnection, id: Uuid) -> Result<Merchant, MerchantError> {
+pub async fn get(conn: &mut AsyncPgConnection, id: MerchantId) -> Result<Merchant, MerchantError> {
     merchants::table
         .find(id)
         .select(Merchant::as_select())
@@ -181,7 +181,7 @@ pub struct MerchantUpdate {
 async fn change<F>(
     conn: &mut AsyncPgConnection,
     actor: &Actor,
-    id: Uuid,
+    id: MerchantId,
     expected_version: Option<i32>,
     action: &'static str,
     apply: F,
@@ -206,7 +206,7 @@ where
         let after: Merchant = diesel::update(merchants::table.find(id))
             .set((
                 merchants::name.eq(&next.name),
-                merchants::status.eq(&next.status),
+                merchants::status.eq(next.status),
                 merchants::webhook_rate_limit_per_minute.eq(next.webhook_rate_limit_per_minute),
                 merchants::webhook_secret_encrypted.eq(&next.webhook_secret_encrypted),
                 merchants::previous_secret_encrypted.eq(&next.previous_secret_encrypted),
@@ -221,7 +221,7 @@ where
             actor,
             action,
             "merchant",
-            Some(id),
+            Some(id.into()),
             Some(before.public_json()),
             Some(after.public_json()),
         )
@@ -234,7 +234,7 @@ where
 pub async fn update(
     conn: &mut AsyncPgConnection,
     actor: &Actor,
-    id: Uuid,
+    id: MerchantId,
     expected_version: i32,
     update: MerchantUpdate,
 ) -> Result<Merchant, MerchantError> {
@@ -268,16 +268,16 @@ pub async fn update(
 pub async fn set_status(
     conn: &mut AsyncPgConnection,
     actor: &Actor,
-    id: Uuid,
+    id: MerchantId,
     suspended: bool,
 ) -> Result<Merchant, MerchantError> {
     let (status, action) = if suspended {
-        ("suspended", "merchant.suspend")
+        (MerchantStatus::Suspended, "merchant.suspend")
     } else {
-        ("active", "merchant.reactivate")
+        (MerchantStatus::Active, "merchant.reactivate")
     };
     change(conn, actor, id, None, action, move |m| {
-        m.status = status.into();
+        m.status = status;
         Ok(())
     })
     .await
@@ -289,7 +289,7 @@ pub async fn rotate_secret(
     conn: &mut AsyncPgConnection,
     keys: &Keyring,
     actor: &Actor,
-    id: Uuid,
+    id: MerchantId,
     grace: std::time::Duration,
 ) -> Result<WithSecret, MerchantError> {
     let (_, secret_text) = WebhookSecret::generate();

@@ -26,7 +26,7 @@ pub mod users;
 /// Who performs an admin action, for the audit log.
 #[derive(Debug, Clone)]
 pub struct Actor {
-    pub user_id: uuid::Uuid,
+    pub user_id: crate::ids::UserId,
     pub request_id: Option<String>,
 }
 

@@ -11,6 +11,7 @@ use super::{Actor, audit, pagination::Cursor};
 use crate::{
     cache::Cache,
     db,
+    ids::{MerchantId, OfferId},
     models::offer::{NewOffer, Offer},
     schema::{merchants, offer_activations, offers},
 };
@@ -122,7 +123,7 @@ async fn close_activation(
 pub async fn create(
     conn: &mut AsyncPgConnection,
     actor: &Actor,
-    merchant_id: Uuid,
+    merchant_id: MerchantId,
     input: OfferInput,
     active: bool,
 ) -> Result<Offer, OfferError> {
@@ -136,7 +137,7 @@ pub async fn create(
         }
         let o: Offer = diesel::insert_into(offers::table)
             .values(NewOffer {
-                id: Uuid::now_v7(),
+                id: OfferId::new(),
                 merchant_id,
                 name: input.name.trim(),
                 rate_bps: input.rate_bps,
@@ -157,7 +158,7 @@ pub async fn create(
             actor,
             "offer.create",
             "offer",
-            Some(o.id),
+            Some(o.id.into()),
             None,
             Some(to_json(&o)),
         )
@@ -168,7 +169,7 @@ pub async fn create(
     .map_err(map_active_conflict)
 }
 
-pub async fn get(conn: &mut AsyncPgConnection, id: Uuid) -> Result<Offer, OfferError> {
+pub async fn get(conn: &mut AsyncPgConnection, id: OfferId) -> Result<Offer, OfferError> {
     offers::table
         .find(id)
         .select(Offer::as_select())
@@ -180,7 +181,7 @@ pub async fn get(conn: &mut AsyncPgConnection, id: Uuid) -> Result<Offer, OfferE
 
 pub async fn list_for_merchant(
     conn: &mut AsyncPgConnection,
-    merchant_id: Uuid,
+    merchant_id: MerchantId,
     after: Option<&Cursor>,
     limit: i64,
 ) -> Result<Vec<Offer>, OfferError> {
@@ -209,7 +210,7 @@ pub async fn list_for_merchant(
 /// The merchant's offer that was active at `at`, if any (history-aware).
 pub async fn active_at(
     conn: &mut AsyncPgConnection,
-    merchant_id: Uuid,
+    merchant_id: MerchantId,
     at: DateTime<Utc>,
 ) -> Result<Option<Offer>, diesel::result::Error> {
     offers::table
@@ -243,7 +244,7 @@ pub const CACHE_KIND: &str = "offer:active";
 
 async fn current(
     conn: &mut AsyncPgConnection,
-    merchant_id: Uuid,
+    merchant_id: MerchantId,
 ) -> Result<CurrentOffer, diesel::result::Error> {
     let open: Option<(Offer, DateTime<Utc>)> = offers::table
         .inner_join(offer_activations::table.on(offer_activations::offer_id.eq(offers::id)))
@@ -280,7 +281,7 @@ fn in_window(o: &Offer, at: DateTime<Utc>) -> bool {
 pub async fn active_at_cached(
     conn: &mut AsyncPgConnection,
     cache: &Cache,
-    merchant_id: Uuid,
+    merchant_id: MerchantId,
     at: DateTime<Utc>,
 ) -> Result<Option<Offer>, diesel::result::Error> {
     let now = cache
@@ -298,14 +299,14 @@ pub async fn active_at_cached(
 }
 
 /// Call after any committed change to a merchant's offers, before answering.
-pub async fn invalidate_cache(cache: &Cache, merchant_id: Uuid) {
+pub async fn invalidate_cache(cache: &Cache, merchant_id: MerchantId) {
     cache.invalidate(CACHE_KIND, &merchant_id.to_string()).await;
 }
 
 async fn change<F>(
     conn: &mut AsyncPgConnection,
     actor: &Actor,
-    id: Uuid,
+    id: OfferId,
     expected_version: Option<i32>,
     action: &'static str,
     apply: F,
@@ -351,7 +352,7 @@ where
             actor,
             action,
             "offer",
-            Some(id),
+            Some(id.into()),
             Some(to_json(&before)),
             Some(to_json(&after)),
         )
@@ -365,7 +366,7 @@ where
 pub async fn update(
     conn: &mut AsyncPgConnection,
     actor: &Actor,
-    id: Uuid,
+    id: OfferId,
     expected_version: i32,
     patch: OfferPatch,
 ) -> Result<Offer, OfferError> {
@@ -412,7 +413,7 @@ pub struct OfferPatch {
 pub async fn set_active(
     conn: &mut AsyncPgConnection,
     actor: &Actor,
-    id: Uuid,
+    id: OfferId,
     active: bool,
 ) -> Result<Offer, OfferError> {
     let action = if active {

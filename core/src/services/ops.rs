@@ -16,7 +16,52 @@ use crate::{
     jobs::{self, Queue},
     queues,
     schema::{dead_jobs, outbox},
+    text_enum::text_enum,
 };
+
+text_enum! {
+    /// Where a job is: in Redis (scheduled, ready, running, done), in the
+    /// outbox (outbox, or retrying when it is a later attempt), or dead.
+    pub enum JobState {
+        /// Waiting for its due time in Redis.
+        Scheduled = "scheduled",
+        /// Due and waiting for a worker.
+        Ready = "ready",
+        /// Fetched by a worker.
+        Running = "running",
+        /// Failed, its next attempt waiting in the outbox.
+        Retrying = "retrying",
+        /// Finished, still kept in Redis.
+        Done = "done",
+        /// Exhausted or permanently failed, waiting for an operator.
+        Dead = "dead",
+        /// Due or scheduled in the outbox, not yet in Redis.
+        Outbox = "outbox",
+        /// Looked up by id in Redis, due but neither scheduled nor done: it
+        /// is waiting or running (only a single job's view says this).
+        ReadyOrRunning = "ready_or_running",
+    }
+}
+
+impl JobState {
+    /// The states a queue's jobs are listed by.
+    pub const LISTED: [JobState; 7] = [
+        JobState::Scheduled,
+        JobState::Ready,
+        JobState::Running,
+        JobState::Retrying,
+        JobState::Done,
+        JobState::Dead,
+        JobState::Outbox,
+    ];
+}
+
+/// A state to list jobs by.
+pub fn parse_state(s: &str) -> Result<JobState, OpsError> {
+    JobState::parse(s)
+        .filter(|state| JobState::LISTED.contains(state))
+        .ok_or_else(|| OpsError::UnknownState(s.to_owned()))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
@@ -64,8 +109,7 @@ pub struct QueueStats {
 pub struct JobView {
     pub queue: String,
     pub task_id: String,
-    /// scheduled, ready, running, retrying, done, dead or outbox.
-    pub state: String,
+    pub state: JobState,
     pub job: Option<String>,
     pub payload: Option<serde_json::Value>,
     pub attempt: Option<i64>,
@@ -211,7 +255,7 @@ async fn redis_job<C: ConnectionLike>(
     cfg: &apalis_redis::Config,
     queue: Queue,
     task_id: &str,
-    state: &str,
+    state: JobState,
     run_at: Option<DateTime<Utc>>,
 ) -> Result<JobView, OpsError> {
     let (data, meta): (Option<String>, std::collections::HashMap<String, String>) = redis::pipe()
@@ -231,7 +275,7 @@ async fn redis_job<C: ConnectionLike>(
     Ok(JobView {
         queue: queue.as_str().into(),
         task_id: task_id.to_owned(),
-        state: state.to_owned(),
+        state,
         job,
         payload,
         attempt,
@@ -246,7 +290,7 @@ fn dead_view(d: DeadJob) -> JobView {
     JobView {
         queue: d.queue,
         task_id: d.task_id,
-        state: "dead".into(),
+        state: JobState::Dead,
         job: d.payload["job"].as_str().map(str::to_owned),
         payload: Some(d.payload["data"].clone()),
         attempt: Some(d.attempts.into()),
@@ -284,14 +328,14 @@ pub async fn list<C: ConnectionLike>(
     redis: &mut C,
     namespace: &str,
     queue: Queue,
-    state: &str,
+    state: JobState,
     limit: i64,
 ) -> Result<Vec<JobView>, OpsError> {
     let cfg = queues::storage_config(namespace, queue);
     let limit = limit.clamp(1, 200);
     let mut out = Vec::new();
     match state {
-        "scheduled" => {
+        JobState::Scheduled => {
             let ids: Vec<(String, f64)> = redis::cmd("ZRANGE")
                 .arg(cfg.scheduled_jobs_set())
                 .arg(0)
@@ -301,10 +345,10 @@ pub async fn list<C: ConnectionLike>(
                 .await?;
             for (id, score) in ids {
                 let at = DateTime::from_timestamp(score as i64, 0);
-                out.push(redis_job(redis, &cfg, queue, &id, "scheduled", at).await?);
+                out.push(redis_job(redis, &cfg, queue, &id, state, at).await?);
             }
         }
-        "ready" => {
+        JobState::Ready => {
             let ids: Vec<String> = redis::cmd("LRANGE")
                 .arg(cfg.active_jobs_list())
                 .arg(0)
@@ -312,21 +356,21 @@ pub async fn list<C: ConnectionLike>(
                 .query_async(redis)
                 .await?;
             for id in ids {
-                out.push(redis_job(redis, &cfg, queue, &id, "ready", None).await?);
+                out.push(redis_job(redis, &cfg, queue, &id, state, None).await?);
             }
         }
-        "running" => {
+        JobState::Running => {
             for (name, _) in worker_names(redis, &cfg).await? {
                 let ids: Vec<String> = redis::cmd("SMEMBERS")
                     .arg(format!("{}:{name}", cfg.inflight_jobs_set()))
                     .query_async(redis)
                     .await?;
                 for id in ids.into_iter().take(limit as usize) {
-                    out.push(redis_job(redis, &cfg, queue, &id, "running", None).await?);
+                    out.push(redis_job(redis, &cfg, queue, &id, state, None).await?);
                 }
             }
         }
-        "done" => {
+        JobState::Done => {
             let (_, ids): (u64, Vec<String>) = redis::cmd("SSCAN")
                 .arg(cfg.done_jobs_set())
                 .arg(0)
@@ -335,10 +379,10 @@ pub async fn list<C: ConnectionLike>(
                 .query_async(redis)
                 .await?;
             for id in ids.into_iter().take(limit as usize) {
-                out.push(redis_job(redis, &cfg, queue, &id, "done", None).await?);
+                out.push(redis_job(redis, &cfg, queue, &id, state, None).await?);
             }
         }
-        "dead" => {
+        JobState::Dead => {
             let rows: Vec<DeadJob> = dead_jobs::table
                 .filter(dead_jobs::queue.eq(queue.as_str()))
                 .filter(dead_jobs::requeued_at.is_null())
@@ -349,7 +393,7 @@ pub async fn list<C: ConnectionLike>(
                 .await?;
             out.extend(rows.into_iter().map(dead_view));
         }
-        "retrying" | "outbox" => {
+        JobState::Retrying | JobState::Outbox => {
             let mut q = outbox::table
                 .filter(outbox::queue.eq(queue.as_str()))
                 .filter(outbox::sent_at.is_null())
@@ -363,7 +407,7 @@ pub async fn list<C: ConnectionLike>(
                     outbox::last_error,
                 ))
                 .into_boxed();
-            if state == "retrying" {
+            if state == JobState::Retrying {
                 q = q.filter(outbox::attempt.gt(1));
             }
             let rows: Vec<OutboxJobRow> = q.load(conn).await?;
@@ -372,7 +416,7 @@ pub async fn list<C: ConnectionLike>(
                     .map(|(task_id, payload, attempt, run_at, last_error)| JobView {
                         queue: queue.as_str().into(),
                         task_id,
-                        state: state.to_owned(),
+                        state,
                         job: payload["job"].as_str().map(str::to_owned),
                         payload: Some(payload["data"].clone()),
                         attempt: Some(attempt.into()),
@@ -383,7 +427,7 @@ pub async fn list<C: ConnectionLike>(
                     }),
             );
         }
-        other => return Err(OpsError::UnknownState(other.to_owned())),
+        JobState::ReadyOrRunning => return Err(OpsError::UnknownState(state.to_string())),
     }
     Ok(out)
 }
@@ -414,11 +458,11 @@ pub async fn job<C: ConnectionLike>(
         .await?;
     if exists {
         let state = if score.is_some() {
-            "scheduled"
+            JobState::Scheduled
         } else if done {
-            "done"
+            JobState::Done
         } else {
-            "ready_or_running"
+            JobState::ReadyOrRunning
         };
         return redis_job(
             redis,
@@ -445,7 +489,7 @@ pub async fn job<C: ConnectionLike>(
     Ok(JobView {
         queue: queue.as_str().into(),
         task_id: task_id.to_owned(),
-        state: "outbox".into(),
+        state: JobState::Outbox,
         job: payload["job"].as_str().map(str::to_owned),
         payload: Some(payload["data"].clone()),
         attempt: Some(attempt.into()),

@@ -27,7 +27,6 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use super::{
     FieldError,
@@ -38,13 +37,56 @@ use super::{
 use crate::{
     crypto::{CryptoError, Keyring},
     db::{self, DbPool},
+    ids::{PayoutId, UserId},
     jobs::{self, EmailKind, ProcessPayout, SendEmail},
-    money::Currency,
+    money::{Currency, Money, MoneyError},
     payout_provider::{
         Destination, PayoutOrder, PayoutProvider, ProviderError, ProviderPayout, ProviderStatus,
     },
     schema::{payouts, users},
+    text_enum::text_enum,
 };
+
+text_enum! {
+    /// Where a payout is (see the module doc for what each step does).
+    pub enum PayoutStatus {
+        Requested = "requested",
+        /// Marked before the provider is called: it may have reached the provider.
+        Processing = "processing",
+        /// The provider's answer was lost (timeout, 5xx); the money stays reserved.
+        SubmittedUnknown = "submitted_unknown",
+        Paid = "paid",
+        Failed = "failed",
+    }
+}
+
+impl PayoutStatus {
+    /// Not finished: what the reconciliation schedule looks at.
+    pub const UNRESOLVED: [PayoutStatus; 3] = [
+        PayoutStatus::Requested,
+        PayoutStatus::Processing,
+        PayoutStatus::SubmittedUnknown,
+    ];
+
+    pub fn is_final(self) -> bool {
+        matches!(self, PayoutStatus::Paid | PayoutStatus::Failed)
+    }
+
+    /// The legal steps: requested → processing; processing and
+    /// submitted_unknown → processing (sent again, or pending at the
+    /// provider), submitted_unknown, paid or failed. Paid and failed are final.
+    pub fn can_become(self, to: PayoutStatus) -> bool {
+        use PayoutStatus::*;
+        matches!(
+            (self, to),
+            (Requested, Processing)
+                | (
+                    Processing | SubmittedUnknown,
+                    Processing | SubmittedUnknown | Paid | Failed
+                )
+        )
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PayoutError {
@@ -56,6 +98,8 @@ pub enum PayoutError {
     NotFound,
     #[error("the payout destination cannot be decrypted: {0}")]
     Destination(#[from] CryptoError),
+    #[error("the stored payout amount is not money: {0}")]
+    Amount(#[from] MoneyError),
     #[error("database pool: {0}")]
     Pool(String),
     #[error(transparent)]
@@ -65,9 +109,7 @@ pub enum PayoutError {
 impl From<LedgerError> for PayoutError {
     fn from(e: LedgerError) -> Self {
         match e {
-            LedgerError::InsufficientFunds | LedgerError::NotPositive => {
-                PayoutError::InsufficientFunds
-            }
+            LedgerError::InsufficientFunds => PayoutError::InsufficientFunds,
             LedgerError::Db(d) => PayoutError::Db(d),
         }
     }
@@ -100,8 +142,7 @@ pub struct PayoutRequest {
 /// A payout request that passed validation.
 #[derive(Debug, Clone)]
 pub struct ValidPayout {
-    pub amount_minor: i64,
-    pub currency: Currency,
+    pub amount: Money,
     pub kind: &'static str,
     /// Normalised (IBAN without spaces, upper case; e-mail trimmed).
     pub destination: String,
@@ -110,14 +151,15 @@ pub struct ValidPayout {
 impl PayoutRequest {
     pub fn validate(&self, min_amount_minor: i64) -> Result<ValidPayout, Vec<FieldError>> {
         let mut errors = Vec::new();
-        if self.amount_minor < min_amount_minor {
+        let amount = Money::parse(self.amount_minor, &self.currency);
+        let bad = amount.as_ref().err();
+        if self.amount_minor < min_amount_minor || bad.is_some_and(|b| b.amount.is_some()) {
             errors.push(FieldError::new(
                 "amount_minor",
                 &format!("must be at least {min_amount_minor} (minor units)"),
             ));
         }
-        let currency = Currency::parse(&self.currency);
-        if currency.is_err() {
+        if bad.is_some_and(|b| b.currency.is_some()) {
             errors.push(FieldError::new(
                 "currency",
                 "must be an ISO-4217 code of three capital letters",
@@ -143,10 +185,9 @@ impl PayoutRequest {
             )),
         };
         let destination = destination.map_err(|e| errors.push(e)).ok();
-        match (currency, destination) {
-            (Ok(currency), Some((kind, destination))) if errors.is_empty() => Ok(ValidPayout {
-                amount_minor: self.amount_minor,
-                currency,
+        match (amount, destination) {
+            (Ok(amount), Some((kind, destination))) if errors.is_empty() => Ok(ValidPayout {
+                amount,
                 kind,
                 destination,
             }),
@@ -220,11 +261,10 @@ pub fn mask(kind: &str, destination: &str) -> String {
 /// A payout as the API returns it.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PayoutView {
-    pub id: Uuid,
+    pub id: PayoutId,
     pub amount_minor: i64,
-    pub currency: String,
-    /// `requested`, `processing`, `submitted_unknown`, `paid` or `failed`.
-    pub status: String,
+    pub currency: Currency,
+    pub status: PayoutStatus,
     pub destination: MaskedDestination,
     /// Why the payout failed, when it did.
     pub failure_reason: Option<String>,
@@ -243,11 +283,11 @@ pub struct MaskedDestination {
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = payouts, check_for_backend(diesel::pg::Pg))]
 pub struct Payout {
-    pub id: Uuid,
-    pub user_id: Uuid,
+    pub id: PayoutId,
+    pub user_id: UserId,
     pub amount_minor: i64,
-    pub currency: String,
-    pub status: String,
+    pub currency: Currency,
+    pub status: PayoutStatus,
     pub destination_type: String,
     pub destination_encrypted: Vec<u8>,
     pub destination_masked: String,
@@ -258,13 +298,20 @@ pub struct Payout {
     pub updated_at: DateTime<Utc>,
 }
 
+impl Payout {
+    /// What the payout moves (the table holds only positive amounts).
+    pub fn amount(&self) -> Result<Money, MoneyError> {
+        Money::new(self.amount_minor, self.currency)
+    }
+}
+
 impl From<&Payout> for PayoutView {
     fn from(p: &Payout) -> Self {
         Self {
             id: p.id,
             amount_minor: p.amount_minor,
-            currency: p.currency.clone(),
-            status: p.status.clone(),
+            currency: p.currency,
+            status: p.status,
             destination: MaskedDestination {
                 kind: p.destination_type.clone(),
                 masked: p.destination_masked.clone(),
@@ -276,7 +323,7 @@ impl From<&Payout> for PayoutView {
     }
 }
 
-fn aad(payout: Uuid) -> String {
+fn aad(payout: PayoutId) -> String {
     format!("payout:{payout}:destination")
 }
 
@@ -285,24 +332,23 @@ fn aad(payout: Uuid) -> String {
 pub async fn request(
     conn: &mut AsyncPgConnection,
     keys: &Keyring,
-    user: Uuid,
+    user: UserId,
     key: &IdempotencyKey,
     input: ValidPayout,
 ) -> Result<Outcome, PayoutError> {
-    let amount = input.amount_minor;
+    let amount = input.amount;
     let outcome = conn
         .transaction::<Outcome, PayoutError, _>(async move |conn| {
             if let Some(replay) = idempotency::begin::<PayoutError>(conn, key).await? {
                 return Ok(replay);
             }
-            let id = Uuid::now_v7();
-            let currency = input.currency.as_str().to_owned();
+            let id = PayoutId::new();
             let p: Payout = diesel::insert_into(payouts::table)
                 .values((
                     payouts::id.eq(id),
                     payouts::user_id.eq(user),
-                    payouts::amount_minor.eq(input.amount_minor),
-                    payouts::currency.eq(&currency),
+                    payouts::amount_minor.eq(amount.amount_minor()),
+                    payouts::currency.eq(amount.currency()),
                     payouts::destination_type.eq(input.kind),
                     payouts::destination_encrypted
                         .eq(keys.seal(input.destination.as_bytes(), &aad(id))),
@@ -317,8 +363,7 @@ pub async fn request(
                     id: format!("payout:{id}:reserve"),
                     from: AccountRef::user(user, AccountKind::Available),
                     to: AccountRef::user(user, AccountKind::Reserved),
-                    amount_minor: input.amount_minor,
-                    currency,
+                    amount,
                     kind: "payout_reserve",
                     user_id: Some(user),
                     purchase_id: None,
@@ -343,7 +388,7 @@ pub async fn request(
         tracing::info!(
             user.id = %user,
             payout.id = %outcome.body["id"].as_str().unwrap_or_default(),
-            amount.minor = amount,
+            amount.minor = amount.amount_minor(),
             "payout requested; amount reserved"
         );
         metrics::counter!("payouts_requested_total").increment(1);
@@ -353,8 +398,8 @@ pub async fn request(
 
 pub async fn get(
     conn: &mut AsyncPgConnection,
-    user: Uuid,
-    id: Uuid,
+    user: UserId,
+    id: PayoutId,
 ) -> Result<PayoutView, PayoutError> {
     payouts::table
         .find(id)
@@ -370,7 +415,7 @@ pub async fn get(
 /// The user's payouts, newest first, `limit + 1` rows to detect a next page.
 pub async fn list(
     conn: &mut AsyncPgConnection,
-    user: Uuid,
+    user: UserId,
     after: Option<&Cursor>,
     limit: i64,
 ) -> Result<Vec<Payout>, PayoutError> {
@@ -422,7 +467,7 @@ pub async fn process(
     pool: &DbPool,
     keys: &Keyring,
     provider: &dyn PayoutProvider,
-    payout_id: Uuid,
+    payout_id: PayoutId,
 ) -> Result<Processed, PayoutError> {
     let mut lock_conn = pool
         .get()
@@ -443,7 +488,7 @@ pub async fn process(
         .await
 }
 
-async fn load(conn: &mut AsyncPgConnection, id: Uuid) -> Result<Payout, PayoutError> {
+async fn load(conn: &mut AsyncPgConnection, id: PayoutId) -> Result<Payout, PayoutError> {
     payouts::table
         .find(id)
         .select(Payout::as_select())
@@ -455,13 +500,15 @@ async fn load(conn: &mut AsyncPgConnection, id: Uuid) -> Result<Payout, PayoutEr
 
 async fn set_status(
     conn: &mut AsyncPgConnection,
-    id: Uuid,
-    status: &str,
+    id: PayoutId,
+    from: PayoutStatus,
+    to: PayoutStatus,
     bump_attempts: bool,
 ) -> Result<(), PayoutError> {
+    debug_assert!(from.can_become(to), "payout {from} cannot become {to}");
     diesel::update(payouts::table.find(id))
         .set((
-            payouts::status.eq(status),
+            payouts::status.eq(to),
             payouts::provider_attempts.eq(payouts::provider_attempts + i32::from(bump_attempts)),
             payouts::submitted_at.eq(diesel::dsl::now),
         ))
@@ -474,29 +521,31 @@ async fn process_locked(
     conn: &mut AsyncPgConnection,
     keys: &Keyring,
     provider: &dyn PayoutProvider,
-    id: Uuid,
+    id: PayoutId,
 ) -> Result<Processed, PayoutError> {
     let p = load(conn, id).await?;
-    match p.status.as_str() {
-        "paid" | "failed" => return Ok(Processed::AlreadyFinal),
-        "requested" => {}
+    match p.status {
+        PayoutStatus::Paid | PayoutStatus::Failed => return Ok(Processed::AlreadyFinal),
+        PayoutStatus::Requested => {}
         // An earlier attempt may have reached the provider: ask before sending.
-        _ => match provider.find(id).await {
-            Ok(Some(found)) => return settle(conn, &p, &found).await,
-            Ok(None) => {
-                tracing::info!(payout.id = %id, "the provider has never seen this payout; sending it");
+        PayoutStatus::Processing | PayoutStatus::SubmittedUnknown => {
+            match provider.find(id).await {
+                Ok(Some(found)) => return settle(conn, &p, &found).await,
+                Ok(None) => {
+                    tracing::info!(payout.id = %id, "the provider has never seen this payout; sending it");
+                }
+                Err(e) => return Ok(not_settled(e)),
             }
-            Err(e) => return Ok(not_settled(e)),
-        },
+        }
     }
     let destination = String::from_utf8(keys.open(&p.destination_encrypted, &aad(id))?)
         .map_err(|_| PayoutError::Destination(CryptoError::Malformed))?;
     // Durable before the call: a crash from here on makes the next pass ask first.
-    set_status(conn, id, "processing", true).await?;
+    set_status(conn, id, p.status, PayoutStatus::Processing, true).await?;
     let order = PayoutOrder {
         reference: id,
         amount_minor: p.amount_minor,
-        currency: p.currency.clone(),
+        currency: p.currency,
         destination: Destination {
             kind: p.destination_type.clone(),
             value: destination,
@@ -506,9 +555,10 @@ async fn process_locked(
         Ok(found) => settle(conn, &p, &found).await,
         Err(ProviderError::Rejected(reason)) => fail(conn, &p, None, &reason).await,
         Err(ProviderError::Unknown(reason)) => {
-            set_status(conn, id, "submitted_unknown", false).await?;
+            let unknown = PayoutStatus::SubmittedUnknown;
+            set_status(conn, id, PayoutStatus::Processing, unknown, false).await?;
             tracing::warn!(payout.id = %id, %reason, "payout outcome unknown; the reservation stays until the provider is asked");
-            metrics::counter!("payouts_total", "outcome" => "submitted_unknown").increment(1);
+            metrics::counter!("payouts_total", "outcome" => unknown.as_str()).increment(1);
             Ok(Processed::Unknown(reason))
         }
         Err(e) => Ok(not_settled(e)),
@@ -540,7 +590,7 @@ async fn settle(
         ProviderStatus::Pending => {
             diesel::update(payouts::table.find(p.id))
                 .set((
-                    payouts::status.eq("processing"),
+                    payouts::status.eq(PayoutStatus::Processing),
                     payouts::provider_reference.eq(&found.id),
                 ))
                 .execute(conn)
@@ -560,19 +610,18 @@ async fn finish(
     reason: Option<&str>,
 ) -> Result<bool, PayoutError> {
     let (id, user) = (p.id, p.user_id);
-    let amount = p.amount_minor;
-    let currency = p.currency.clone();
+    let amount = p.amount()?;
     let masked = p.destination_masked.clone();
     let provider_ref = provider_ref.map(str::to_owned);
     let reason = reason.map(str::to_owned);
     conn.transaction::<bool, PayoutError, _>(async move |conn| {
-        let (status, known_ref): (String, Option<String>) = payouts::table
+        let (status, known_ref): (PayoutStatus, Option<String>) = payouts::table
             .find(id)
             .select((payouts::status, payouts::provider_reference))
             .for_update()
             .first(conn)
             .await?;
-        if status == "paid" || status == "failed" {
+        if status.is_final() {
             return Ok(false);
         }
         let (suffix, to, kind, new_status, email) = if paid {
@@ -580,7 +629,7 @@ async fn finish(
                 "paid",
                 AccountKind::PaidOut,
                 "payout_paid",
-                "paid",
+                PayoutStatus::Paid,
                 EmailKind::PayoutPaid,
             )
         } else {
@@ -588,18 +637,21 @@ async fn finish(
                 "release",
                 AccountKind::Available,
                 "payout_released",
-                "failed",
+                PayoutStatus::Failed,
                 EmailKind::PayoutFailed,
             )
         };
+        debug_assert!(
+            status.can_become(new_status),
+            "payout {status} cannot become {new_status}"
+        );
         ledger::post(
             conn,
             &Transfer {
                 id: format!("payout:{id}:{suffix}"),
                 from: AccountRef::user(user, AccountKind::Reserved),
                 to: AccountRef::user(user, to),
-                amount_minor: amount,
-                currency: currency.clone(),
+                amount,
                 kind,
                 user_id: Some(user),
                 purchase_id: None,
@@ -628,8 +680,8 @@ async fn finish(
                 kind: email,
                 to: to_email,
                 data: serde_json::json!({
-                    "amount_minor": amount,
-                    "currency": currency,
+                    "amount_minor": amount.amount_minor(),
+                    "currency": amount.currency(),
                     "destination": masked,
                     "reason": reason,
                 }),
@@ -652,7 +704,7 @@ async fn pay(
         return Ok(Processed::AlreadyFinal);
     }
     tracing::info!(payout.id = %p.id, provider.reference = provider_ref, "payout paid");
-    metrics::counter!("payouts_total", "outcome" => "paid").increment(1);
+    metrics::counter!("payouts_total", "outcome" => PayoutStatus::Paid.as_str()).increment(1);
     Ok(Processed::Paid)
 }
 
@@ -666,7 +718,7 @@ async fn fail(
         return Ok(Processed::AlreadyFinal);
     }
     tracing::warn!(payout.id = %p.id, reason, "payout failed; the amount is available again");
-    metrics::counter!("payouts_total", "outcome" => "failed").increment(1);
+    metrics::counter!("payouts_total", "outcome" => PayoutStatus::Failed.as_str()).increment(1);
     Ok(Processed::Failed(reason.to_owned()))
 }
 
@@ -676,9 +728,9 @@ pub async fn unresolved(
     conn: &mut AsyncPgConnection,
     older_than: DateTime<Utc>,
     limit: i64,
-) -> Result<Vec<Uuid>, PayoutError> {
+) -> Result<Vec<PayoutId>, PayoutError> {
     Ok(payouts::table
-        .filter(payouts::status.eq_any(["requested", "processing", "submitted_unknown"]))
+        .filter(payouts::status.eq_any(PayoutStatus::UNRESOLVED))
         .filter(payouts::updated_at.lt(older_than))
         .order(payouts::updated_at.asc())
         .limit(limit)
@@ -747,6 +799,21 @@ mod tests {
         assert!(normalise_iban("GB82 WEST 1234 5698 7654 32").is_some());
         assert!(normalise_iban("DE89").is_none());
         assert_eq!(mask("paypal", "jane@example.com"), "j•••@example.com");
+    }
+
+    #[test]
+    fn payout_lifecycle() {
+        use PayoutStatus::*;
+        for to in PayoutStatus::ALL {
+            assert!(!Paid.can_become(*to) && !Failed.can_become(*to));
+            assert_eq!(PayoutStatus::UNRESOLVED.contains(to), !to.is_final());
+        }
+        assert!(Requested.can_become(Processing));
+        assert!(
+            !Requested.can_become(Paid),
+            "nothing is paid before it is sent"
+        );
+        assert!(SubmittedUnknown.can_become(Paid));
     }
 
     #[test]

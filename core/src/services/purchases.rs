@@ -9,34 +9,33 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use super::{
     FieldError,
     idempotency::{self, IdempotencyError, IdempotencyKey, Outcome},
-    identity,
+    identity::{self, NodeKind},
 };
 use crate::{
     db,
+    ids::{IdentityGroupId, MerchantId, PurchaseId},
     jobs::{self, ApplyRewardTransition, AttributePurchase, RewardTransition},
     models::{
         merchant::Merchant,
-        purchase::{NewPurchase, Purchase},
+        purchase::{NewPurchase, Purchase, PurchaseStatus},
     },
-    money::Currency,
+    money::{Currency, Money},
     schema::{identity_nodes, purchases},
 };
 
 /// A purchase as clients see it.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PurchaseView {
-    pub id: Uuid,
-    pub merchant_id: Uuid,
+    pub id: PurchaseId,
+    pub merchant_id: MerchantId,
     pub order_id: String,
     pub amount_minor: i64,
-    pub currency: String,
-    /// One of `received`, `attributed`, `unattributed`, `flagged`, `confirmed`, `reversed`.
-    pub status: String,
+    pub currency: Currency,
+    pub status: PurchaseStatus,
     pub purchased_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
 }
@@ -48,8 +47,8 @@ impl From<&Purchase> for PurchaseView {
             merchant_id: p.merchant_id,
             order_id: p.order_id.clone(),
             amount_minor: p.amount_minor,
-            currency: p.currency.clone(),
-            status: p.status.clone(),
+            currency: p.currency,
+            status: p.status,
             purchased_at: p.purchased_at,
             created_at: p.created_at,
         }
@@ -79,8 +78,7 @@ pub struct PurchaseRequest {
 #[derive(Debug, Clone)]
 pub struct ValidPurchase {
     pub order_id: String,
-    pub amount_minor: i64,
-    pub currency: Currency,
+    pub amount: Money,
     pub purchased_at: DateTime<Utc>,
     pub customer_ref: Option<String>,
     pub purchase_token: Option<String>,
@@ -118,14 +116,18 @@ impl PurchaseRequest {
     pub fn validate(&self, now: DateTime<Utc>) -> Result<ValidPurchase, Vec<FieldError>> {
         let mut errors = Vec::new();
         let order_id = text_field(&mut errors, "order_id", Some(&self.order_id), true);
-        if self.amount_minor <= 0 {
-            errors.push(FieldError::new(
-                "amount_minor",
-                "must be a positive integer number of minor units",
-            ));
-        }
-        let currency = Currency::parse(&self.currency)
-            .map_err(|e| errors.push(FieldError::new("currency", &e.to_string())))
+        let amount = Money::parse(self.amount_minor, &self.currency)
+            .map_err(|bad| {
+                if bad.amount.is_some() {
+                    errors.push(FieldError::new(
+                        "amount_minor",
+                        "must be a positive integer number of minor units",
+                    ));
+                }
+                if let Some(e) = bad.currency {
+                    errors.push(FieldError::new("currency", &e.to_string()));
+                }
+            })
             .ok();
         if self.purchased_at > now + chrono::Duration::minutes(10) {
             errors.push(FieldError::new("purchased_at", "must not be in the future"));
@@ -143,11 +145,10 @@ impl PurchaseRequest {
             false,
         );
         let sub_id = text_field(&mut errors, "sub_id", self.sub_id.as_deref(), false);
-        match (errors.is_empty(), order_id, currency) {
-            (true, Some(order_id), Some(currency)) => Ok(ValidPurchase {
+        match (errors.is_empty(), order_id, amount) {
+            (true, Some(order_id), Some(amount)) => Ok(ValidPurchase {
                 order_id,
-                amount_minor: self.amount_minor,
-                currency,
+                amount,
                 purchased_at: self.purchased_at,
                 customer_ref,
                 purchase_token,
@@ -167,7 +168,10 @@ pub enum PurchaseError {
     #[error("purchase not found")]
     NotFound,
     #[error("the purchase is {current}; it cannot become {requested}")]
-    InvalidTransition { current: String, requested: String },
+    InvalidTransition {
+        current: PurchaseStatus,
+        requested: RewardTransition,
+    },
     #[error(transparent)]
     Db(#[from] diesel::result::Error),
 }
@@ -187,13 +191,13 @@ fn map_duplicate(e: PurchaseError) -> PurchaseError {
 /// Concurrent first sightings converge on one node (unique `(kind, key)`).
 pub async fn customer_group(
     conn: &mut AsyncPgConnection,
-    merchant_id: Uuid,
+    merchant_id: MerchantId,
     customer_ref: &str,
-) -> Result<Uuid, diesel::result::Error> {
+) -> Result<IdentityGroupId, diesel::result::Error> {
     identity::ensure_node(
         conn,
         &identity::NodeSpec {
-            kind: identity::NodeKind::MerchantCustomer,
+            kind: NodeKind::MerchantCustomer,
             key: format!("{merchant_id}:customer:{customer_ref}"),
             merchant_id: Some(merchant_id),
             user_id: None,
@@ -223,8 +227,8 @@ pub async fn ingest(
                 None => None,
             };
             // The SDK may have confirmed this order first: link when the tokens match.
-            let pending: Option<(Uuid, Option<serde_json::Value>)> = identity_nodes::table
-                .filter(identity_nodes::kind.eq("merchant_customer"))
+            let pending: Option<(IdentityGroupId, Option<serde_json::Value>)> = identity_nodes::table
+                .filter(identity_nodes::kind.eq(NodeKind::MerchantCustomer))
                 .filter(identity_nodes::key.eq(identity::order_key(merchant_id, &input.order_id)))
                 .select((identity_nodes::group_id, identity_nodes::validation_data))
                 .first(conn)
@@ -244,14 +248,14 @@ pub async fn ingest(
                 }
             }
             let now = Utc::now();
-            let id = Uuid::now_v7();
+            let id = PurchaseId::new();
             let purchase: Purchase = diesel::insert_into(purchases::table)
                 .values(NewPurchase {
                     id,
                     merchant_id,
                     order_id: &input.order_id,
-                    amount_minor: input.amount_minor,
-                    currency: input.currency.as_str(),
+                    amount_minor: input.amount.amount_minor(),
+                    currency: input.amount.currency(),
                     purchased_at: input.purchased_at,
                     customer_ref: input.customer_ref.as_deref(),
                     purchase_token: input.purchase_token.as_deref(),
@@ -333,22 +337,15 @@ pub async fn request_status(
             .optional()?
             .ok_or(PurchaseError::NotFound)?;
         let to = req.status;
-        let final_other = match to {
-            RewardTransition::Confirmed => {
-                purchase.status == "reversed"
-                    || purchase.merchant_decision.as_deref() == Some("reversed")
-            }
-            RewardTransition::Reversed => false,
-        };
-        if final_other {
+        if !purchase.accepts_decision(to) {
             return Err(PurchaseError::InvalidTransition {
-                current: "reversed".into(),
-                requested: to.as_str().into(),
+                current: PurchaseStatus::Reversed,
+                requested: to,
             });
         }
         let purchase: Purchase = diesel::update(purchases::table.find(purchase.id))
             .set((
-                purchases::merchant_decision.eq(to.as_str()),
+                purchases::merchant_decision.eq(to),
                 purchases::merchant_decision_at.eq(Utc::now()),
                 purchases::status_reason.eq(req.reason.as_deref()),
             ))

@@ -15,12 +15,24 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::ledger::{self, AccountKind::*, AccountRef, LedgerError, Transfer};
-use crate::{models::reward::Reward, schema::rewards};
+use crate::{
+    ids::{PurchaseId, RewardId},
+    jobs::RewardTransition,
+    models::{
+        purchase::PurchaseStatus,
+        reward::{Reward, RewardStatus},
+    },
+    money::Money,
+    schema::{purchases, rewards},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RewardError {
     #[error("the reward is {from}; it cannot become {to}")]
-    IllegalTransition { from: String, to: &'static str },
+    IllegalTransition {
+        from: RewardStatus,
+        to: RewardStatus,
+    },
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     #[error(transparent)]
@@ -40,15 +52,14 @@ fn transfer(
     suffix: &str,
     from: AccountRef,
     to: AccountRef,
-    amount: i64,
+    amount: Money,
     kind: &'static str,
 ) -> Transfer {
     Transfer {
         id: format!("{}:{suffix}", r.transfer_prefix()),
         from,
         to,
-        amount_minor: amount,
-        currency: r.currency.clone(),
+        amount,
         kind,
         user_id: Some(r.user_id),
         purchase_id: Some(r.purchase_id),
@@ -64,7 +75,7 @@ fn user(r: &Reward, k: ledger::AccountKind) -> AccountRef {
 /// Re-reads the reward with a row lock.
 pub async fn lock(
     conn: &mut AsyncPgConnection,
-    id: uuid::Uuid,
+    id: RewardId,
 ) -> Result<Reward, diesel::result::Error> {
     rewards::table
         .find(id)
@@ -74,16 +85,26 @@ pub async fn lock(
         .await
 }
 
+/// Refuses a step [`RewardStatus::can_become`] does not allow.
+fn check(r: &Reward, to: RewardStatus) -> Result<(), RewardError> {
+    if r.status.can_become(to) {
+        Ok(())
+    } else {
+        Err(RewardError::IllegalTransition { from: r.status, to })
+    }
+}
+
 async fn set_status(
     conn: &mut AsyncPgConnection,
     r: &Reward,
-    status: &str,
+    status: RewardStatus,
 ) -> Result<(), diesel::result::Error> {
+    debug_assert!(r.status.can_become(status), "{} → {status}", r.status);
     let now = Some(Utc::now());
     let (confirmed_at, reversed_at) = match status {
-        "confirmed" => (now, r.reversed_at),
-        "reversed" | "voided" => (r.confirmed_at, now),
-        _ => (r.confirmed_at, r.reversed_at),
+        RewardStatus::Confirmed => (now, r.reversed_at),
+        RewardStatus::Reversed | RewardStatus::Voided => (r.confirmed_at, now),
+        RewardStatus::Pending | RewardStatus::Flagged => (r.confirmed_at, r.reversed_at),
     };
     diesel::update(rewards::table.find(r.id))
         .set((
@@ -98,7 +119,9 @@ async fn set_status(
 
 /// Credits a new `pending` reward: cashback_expense → pending.
 pub async fn credit(conn: &mut AsyncPgConnection, r: &Reward) -> Result<(), RewardError> {
-    if r.amount_minor > 0 && r.status == "pending" {
+    if let Some(amount) = r.amount()
+        && r.status == RewardStatus::Pending
+    {
         ledger::post(
             conn,
             &transfer(
@@ -106,7 +129,7 @@ pub async fn credit(conn: &mut AsyncPgConnection, r: &Reward) -> Result<(), Rewa
                 "credit",
                 AccountRef::platform(CashbackExpense),
                 user(r, Pending),
-                r.amount_minor,
+                amount,
                 "reward_credit",
             ),
         )
@@ -118,22 +141,16 @@ pub async fn credit(conn: &mut AsyncPgConnection, r: &Reward) -> Result<(), Rewa
 
 /// pending → confirmed: the amount becomes available, after settling what the
 /// user owes on their receivable.
-pub async fn confirm(conn: &mut AsyncPgConnection, id: uuid::Uuid) -> Result<Step, RewardError> {
+pub async fn confirm(conn: &mut AsyncPgConnection, id: RewardId) -> Result<Step, RewardError> {
     let r = lock(conn, id).await?;
-    match r.status.as_str() {
-        "confirmed" => return Ok(Step::AlreadyThere),
-        "pending" => {}
-        other => {
-            return Err(RewardError::IllegalTransition {
-                from: other.into(),
-                to: "confirmed",
-            });
-        }
+    if r.status == RewardStatus::Confirmed {
+        return Ok(Step::AlreadyThere);
     }
-    if r.amount_minor > 0 {
-        let owed = -ledger::balance(conn, user(&r, Receivable), &r.currency).await?;
-        let settle = owed.clamp(0, r.amount_minor);
-        if settle > 0 {
+    check(&r, RewardStatus::Confirmed)?;
+    if let Some(amount) = r.amount() {
+        let owed = -ledger::balance(conn, user(&r, Receivable), r.currency).await?;
+        let (settle, rest) = amount.split(owed);
+        if let Some(settle) = settle {
             ledger::post(
                 conn,
                 &transfer(
@@ -147,7 +164,7 @@ pub async fn confirm(conn: &mut AsyncPgConnection, id: uuid::Uuid) -> Result<Ste
             )
             .await?;
         }
-        if r.amount_minor > settle {
+        if let Some(rest) = rest {
             ledger::post(
                 conn,
                 &transfer(
@@ -155,14 +172,14 @@ pub async fn confirm(conn: &mut AsyncPgConnection, id: uuid::Uuid) -> Result<Ste
                     "confirm",
                     user(&r, Pending),
                     user(&r, Available),
-                    r.amount_minor - settle,
+                    rest,
                     "reward_confirm",
                 ),
             )
             .await?;
         }
     }
-    set_status(conn, &r, "confirmed").await?;
+    set_status(conn, &r, RewardStatus::Confirmed).await?;
     Ok(Step::Applied)
 }
 
@@ -171,15 +188,18 @@ pub async fn confirm(conn: &mut AsyncPgConnection, id: uuid::Uuid) -> Result<Ste
 /// is taken back from available, the shortfall booked on the receivable.
 pub async fn reverse(
     conn: &mut AsyncPgConnection,
-    id: uuid::Uuid,
-    to: &'static str,
+    id: RewardId,
+    to: RewardStatus,
 ) -> Result<Step, RewardError> {
-    debug_assert!(to == "reversed" || to == "voided");
+    debug_assert!(matches!(to, RewardStatus::Reversed | RewardStatus::Voided));
     let r = lock(conn, id).await?;
-    match r.status.as_str() {
-        s if s == to => return Ok(Step::AlreadyThere),
-        "pending" => {
-            if r.amount_minor > 0 {
+    if r.status == to {
+        return Ok(Step::AlreadyThere);
+    }
+    check(&r, to)?;
+    match r.status {
+        RewardStatus::Pending => {
+            if let Some(amount) = r.amount() {
                 ledger::post(
                     conn,
                     &transfer(
@@ -187,18 +207,17 @@ pub async fn reverse(
                         "void",
                         user(&r, Pending),
                         AccountRef::platform(CashbackExpense),
-                        r.amount_minor,
+                        amount,
                         "reward_void",
                     ),
                 )
                 .await?;
             }
         }
-        "flagged" => {}
-        "confirmed" if to == "reversed" => {
-            let available = ledger::balance(conn, user(&r, Available), &r.currency).await?;
-            let take = available.clamp(0, r.amount_minor);
-            if take > 0 {
+        RewardStatus::Confirmed => {
+            let available = ledger::balance(conn, user(&r, Available), r.currency).await?;
+            let (take, shortfall) = r.amount().map_or((None, None), |a| a.split(available));
+            if let Some(take) = take {
                 ledger::post(
                     conn,
                     &transfer(
@@ -212,7 +231,7 @@ pub async fn reverse(
                 )
                 .await?;
             }
-            if r.amount_minor > take {
+            if let Some(shortfall) = shortfall {
                 ledger::post(
                     conn,
                     &transfer(
@@ -220,19 +239,15 @@ pub async fn reverse(
                         "reverse_shortfall",
                         user(&r, Receivable),
                         AccountRef::platform(CashbackExpense),
-                        r.amount_minor - take,
+                        shortfall,
                         "reward_reverse_shortfall",
                     ),
                 )
                 .await?;
             }
         }
-        other => {
-            return Err(RewardError::IllegalTransition {
-                from: other.into(),
-                to,
-            });
-        }
+        // A flagged reward holds no money; reversed and voided ones never get here.
+        RewardStatus::Flagged | RewardStatus::Reversed | RewardStatus::Voided => {}
     }
     set_status(conn, &r, to).await?;
     Ok(Step::Applied)
@@ -254,22 +269,21 @@ pub enum Decision {
 /// step, in one transaction. Idempotent: applying it twice moves money once.
 pub async fn apply_decision(
     conn: &mut AsyncPgConnection,
-    purchase_id: uuid::Uuid,
+    purchase_id: PurchaseId,
     to: crate::jobs::RewardTransition,
 ) -> Result<Decision, RewardError> {
     use diesel_async::AsyncConnection;
 
-    use crate::{jobs::RewardTransition, schema::purchases};
     conn.transaction::<Decision, RewardError, _>(async move |conn| {
-        let _lock: uuid::Uuid = purchases::table
+        let status: PurchaseStatus = purchases::table
             .find(purchase_id)
-            .select(purchases::id)
+            .select(purchases::status)
             .for_update()
             .first(conn)
             .await?;
         let live: Option<Reward> = rewards::table
             .filter(rewards::purchase_id.eq(purchase_id))
-            .filter(rewards::status.ne("voided"))
+            .filter(rewards::status.ne(RewardStatus::Voided))
             .select(Reward::as_select())
             .first(conn)
             .await
@@ -277,15 +291,15 @@ pub async fn apply_decision(
         let Some(r) = live else {
             return Ok(Decision::Recorded);
         };
-        if r.status == "flagged" && to == RewardTransition::Confirmed {
+        if r.status == RewardStatus::Flagged && to == RewardTransition::Confirmed {
             return Ok(Decision::AwaitingReview);
         }
         let step = match to {
             RewardTransition::Confirmed => confirm(conn, r.id).await?,
-            RewardTransition::Reversed => reverse(conn, r.id, "reversed").await?,
+            RewardTransition::Reversed => reverse(conn, r.id, RewardStatus::Reversed).await?,
         };
         diesel::update(purchases::table.find(purchase_id))
-            .set(purchases::status.eq(to.as_str()))
+            .set(purchases::status.eq(status.becoming(to.into())))
             .execute(conn)
             .await?;
         Ok(Decision::Applied(step))
@@ -299,31 +313,31 @@ pub async fn apply_decision(
 pub async fn review(
     conn: &mut AsyncPgConnection,
     actor: &super::Actor,
-    purchase_id: uuid::Uuid,
+    purchase_id: PurchaseId,
     approve: bool,
 ) -> Result<Reward, RewardError> {
     use diesel_async::AsyncConnection;
 
-    use crate::schema::purchases;
     conn.transaction::<Reward, RewardError, _>(async move |conn| {
         let r: Reward = rewards::table
             .filter(rewards::purchase_id.eq(purchase_id))
-            .filter(rewards::status.ne("voided"))
+            .filter(rewards::status.ne(RewardStatus::Voided))
             .select(Reward::as_select())
             .for_update()
             .first(conn)
             .await?;
-        if r.status != "flagged" {
+        let (reward_status, purchase_status, action) = if approve {
+            (RewardStatus::Pending, PurchaseStatus::Attributed, "purchase.approve")
+        } else {
+            (RewardStatus::Reversed, PurchaseStatus::Reversed, "purchase.reject")
+        };
+        // Only a flagged reward is reviewed (a pending one may be reversed, but not here).
+        if r.status != RewardStatus::Flagged {
             return Err(RewardError::IllegalTransition {
-                from: r.status.clone(),
-                to: if approve { "pending" } else { "reversed" },
+                from: r.status,
+                to: reward_status,
             });
         }
-        let (reward_status, purchase_status, action) = if approve {
-            ("pending", "attributed", "purchase.approve")
-        } else {
-            ("reversed", "reversed", "purchase.reject")
-        };
         set_status(conn, &r, reward_status).await?;
         let after = lock(conn, r.id).await?;
         credit(conn, &after).await?;
@@ -331,15 +345,15 @@ pub async fn review(
             .set(purchases::status.eq(purchase_status))
             .execute(conn)
             .await?;
-        let decision: Option<String> = purchases::table
+        let decision: Option<RewardTransition> = purchases::table
             .find(purchase_id)
             .select(purchases::merchant_decision)
             .first(conn)
             .await?;
-        if approve && decision.as_deref() == Some("confirmed") {
+        if approve && decision == Some(RewardTransition::Confirmed) {
             confirm(conn, r.id).await?;
             diesel::update(purchases::table.find(purchase_id))
-                .set(purchases::status.eq("confirmed"))
+                .set(purchases::status.eq(purchase_status.becoming(PurchaseStatus::Confirmed)))
                 .execute(conn)
                 .await?;
         }
@@ -348,7 +362,7 @@ pub async fn review(
             actor,
             action,
             "purchase",
-            Some(purchase_id),
+            Some(purchase_id.into()),
             Some(serde_json::json!({"reward_status": r.status, "fraud_score": r.fraud_score, "fraud_reasons": r.fraud_reasons})),
             Some(serde_json::json!({"reward_status": reward_status})),
         )
@@ -367,8 +381,8 @@ pub async fn confirm_due(
     batch: i64,
 ) -> Result<usize, diesel::result::Error> {
     use crate::jobs::{self, ApplyRewardTransition, RewardTransition};
-    let due: Vec<uuid::Uuid> = rewards::table
-        .filter(rewards::status.eq("pending"))
+    let due: Vec<crate::ids::PurchaseId> = rewards::table
+        .filter(rewards::status.eq(RewardStatus::Pending))
         .filter(rewards::created_at.le(cutoff))
         .order(rewards::created_at.asc())
         .select(rewards::purchase_id)

@@ -19,11 +19,12 @@ use chrono::{DateTime, NaiveDate, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::{
     cache::Cache,
+    ids::UserId,
     jobs::{self, RecomputeUserStats},
+    money::Currency,
     schema::user_stats,
 };
 
@@ -68,7 +69,7 @@ pub fn configure(coalesce: Duration) {
 )]
 pub struct CurrencyStats {
     #[diesel(sql_type = diesel::sql_types::Text)]
-    pub currency: String,
+    pub currency: Currency,
     /// Cashback earned (pending and confirmed rewards).
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     pub total_minor: i64,
@@ -96,7 +97,7 @@ pub struct UserStats {
 /// transaction. Calls in the same bucket share one job.
 pub async fn schedule_recompute(
     conn: &mut AsyncPgConnection,
-    user: Uuid,
+    user: UserId,
 ) -> Result<(), diesel::result::Error> {
     let bucket = AtomicU64::load(&COALESCE_MS, Ordering::Relaxed).max(1) as i64;
     let now = Utc::now().timestamp_millis();
@@ -117,7 +118,7 @@ pub async fn schedule_recompute(
 pub async fn recompute(
     conn: &mut AsyncPgConnection,
     cache: &Cache,
-    user: Uuid,
+    user: UserId,
 ) -> Result<usize, diesel::result::Error> {
     let rows = conn
         .transaction::<usize, diesel::result::Error, _>(async move |conn| {
@@ -150,7 +151,7 @@ pub async fn recompute(
 /// The stored figures (what the last recompute wrote).
 pub async fn read(
     conn: &mut AsyncPgConnection,
-    user: Uuid,
+    user: UserId,
 ) -> Result<UserStats, diesel::result::Error> {
     let data = user_stats::table
         .filter(user_stats::user_id.eq(user))
@@ -173,7 +174,7 @@ pub async fn read(
 /// store); the benchmark compares this with the cached read.
 pub async fn compute(
     conn: &mut AsyncPgConnection,
-    user: Uuid,
+    user: UserId,
 ) -> Result<UserStats, diesel::result::Error> {
     let data = diesel::sql_query(COMPUTE)
         .bind::<diesel::sql_types::Uuid, _>(user)

@@ -6,15 +6,15 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
-use uuid::Uuid;
 
 use super::{
     FieldError,
     identity::{self, NodeKind, NodeSpec},
 };
 use crate::{
+    ids::{IdentityGroupId, MerchantId, OfferId, PurchaseId, TouchpointId, UserId},
     jobs::{self, AttributePurchase},
-    models::merchant::Merchant,
+    models::{merchant::Merchant, purchase::PurchaseStatus, reward::RewardStatus},
     schema::{offers, purchases, touchpoints},
 };
 
@@ -44,7 +44,7 @@ fn check_anon(anon_id: &str) -> Result<(), TrackError> {
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TouchpointView {
-    pub touchpoint_id: Uuid,
+    pub touchpoint_id: TouchpointId,
     pub recorded_at: DateTime<Utc>,
 }
 
@@ -52,7 +52,7 @@ pub async fn click(
     conn: &mut AsyncPgConnection,
     merchant: &Merchant,
     anon_id: &str,
-    offer_id: Option<Uuid>,
+    offer_id: Option<OfferId>,
     landing_url: Option<&str>,
 ) -> Result<TouchpointView, TrackError> {
     check_anon(anon_id)?;
@@ -67,7 +67,7 @@ pub async fn click(
     let url = landing_url.map(str::to_owned);
     conn.transaction::<TouchpointView, TrackError, _>(async move |conn| {
         if let Some(o) = offer_id {
-            let owner: Option<Uuid> = offers::table
+            let owner: Option<MerchantId> = offers::table
                 .find(o)
                 .select(offers::merchant_id)
                 .first(conn)
@@ -81,7 +81,7 @@ pub async fn click(
             }
         }
         let group = identity::ensure_node(conn, &NodeSpec::anon(&anon)).await?;
-        let id = Uuid::now_v7();
+        let id = TouchpointId::new();
         let recorded_at: DateTime<Utc> = diesel::insert_into(touchpoints::table)
             .values((
                 touchpoints::id.eq(id),
@@ -103,11 +103,14 @@ pub async fn click(
 }
 
 /// Enqueues attribution now for the group's purchases that wait for it.
-async fn wake(conn: &mut AsyncPgConnection, group: Uuid) -> Result<(), diesel::result::Error> {
-    let waiting: Vec<(Uuid, DateTime<Utc>, Option<DateTime<Utc>>)> = purchases::table
+async fn wake(
+    conn: &mut AsyncPgConnection,
+    group: IdentityGroupId,
+) -> Result<(), diesel::result::Error> {
+    let waiting: Vec<(PurchaseId, DateTime<Utc>, Option<DateTime<Utc>>)> = purchases::table
         .filter(purchases::identity_group_id.eq(group))
         .filter(purchases::rewards_processed_at.is_null())
-        .filter(purchases::status.eq("received"))
+        .filter(purchases::status.eq(PurchaseStatus::Received))
         .select((
             purchases::id,
             purchases::attribute_after,
@@ -118,13 +121,13 @@ async fn wake(conn: &mut AsyncPgConnection, group: Uuid) -> Result<(), diesel::r
     let now = Utc::now();
     // Processed purchases whose reward is still pending: the merge may have
     // brought a later click; re-check them now.
-    let pending_rewards: Vec<Uuid> = purchases::table
+    let pending_rewards: Vec<PurchaseId> = purchases::table
         .inner_join(
             crate::schema::rewards::table.on(crate::schema::rewards::purchase_id.eq(purchases::id)),
         )
         .filter(purchases::identity_group_id.eq(group))
         .filter(purchases::rewards_processed_at.is_not_null())
-        .filter(crate::schema::rewards::status.eq("pending"))
+        .filter(crate::schema::rewards::status.eq(RewardStatus::Pending))
         .select(purchases::id)
         .load(conn)
         .await?;
@@ -173,7 +176,7 @@ async fn wake(conn: &mut AsyncPgConnection, group: Uuid) -> Result<(), diesel::r
 /// Links the browser's anonymous id to the signed-in user.
 pub async fn identify(
     conn: &mut AsyncPgConnection,
-    user: Uuid,
+    user: UserId,
     anon_id: &str,
 ) -> Result<(), TrackError> {
     check_anon(anon_id)?;
@@ -237,7 +240,7 @@ pub async fn confirm_purchase(
     );
     conn.transaction::<LinkOutcome, TrackError, _>(async move |conn| {
         let a = identity::ensure_node(conn, &NodeSpec::anon(&anon)).await?;
-        let purchase: Option<(Uuid, Option<String>, Option<Uuid>)> = purchases::table
+        let purchase: Option<(PurchaseId, Option<String>, Option<IdentityGroupId>)> = purchases::table
             .filter(purchases::merchant_id.eq(merchant_id))
             .filter(purchases::order_id.eq(&order))
             .select((purchases::id, purchases::purchase_token, purchases::identity_group_id))

@@ -4,10 +4,10 @@
 use chrono::Utc;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use uuid::Uuid;
 
 use crate::{
     db,
+    ids::UserId,
     jobs::{self, EmailKind, SendEmail},
     models::user::{NewUser, Role, User},
     schema::users,
@@ -88,7 +88,7 @@ pub async fn create(
     let email = Email::parse(email)?;
     check_password(password)?;
     let hash = auth::hash_password(password.to_owned()).await?;
-    let id = Uuid::now_v7();
+    let id = UserId::new();
     let result = conn
         .transaction::<User, UserError, _>(async move |conn| {
             let user: User = diesel::insert_into(users::table)
@@ -96,7 +96,7 @@ pub async fn create(
                     id,
                     email: email.as_str(),
                     password_hash: &hash,
-                    role: role.as_str(),
+                    role,
                 })
                 .returning(User::as_returning())
                 .get_result(conn)
@@ -153,7 +153,7 @@ pub async fn authenticate(
     }
 }
 
-pub async fn get(conn: &mut AsyncPgConnection, id: Uuid) -> Result<User, UserError> {
+pub async fn get(conn: &mut AsyncPgConnection, id: UserId) -> Result<User, UserError> {
     users::table
         .find(id)
         .select(User::as_select())

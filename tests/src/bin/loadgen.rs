@@ -429,7 +429,7 @@ async fn stats() -> anyhow::Result<()> {
     ))
     .execute(&mut conn)
     .await?;
-    let user_id: uuid::Uuid = uid.parse()?;
+    let user_id: clicknback_core::ids::UserId = uid.parse()?;
     let cache = clicknback_core::cache::Cache::off();
     clicknback_core::services::stats::recompute(&mut conn, &cache, user_id).await?;
 

@@ -1,6 +1,10 @@
 use axum::extract::State;
 use chrono::{DateTime, Utc};
-use clicknback_core::{models::audit::AuditEntry, services::audit};
+use clicknback_core::{
+    ids::{AuditEntryId, UserId},
+    models::audit::AuditEntry,
+    services::audit,
+};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -13,8 +17,8 @@ use crate::{
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AuditView {
-    pub id: Uuid,
-    pub actor_id: Option<Uuid>,
+    pub id: AuditEntryId,
+    pub actor_id: Option<UserId>,
     pub action: String,
     pub entity_type: String,
     pub entity_id: Option<Uuid>,

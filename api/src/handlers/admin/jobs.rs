@@ -11,7 +11,7 @@ use axum::{
 };
 use clicknback_core::services::{
     Actor, audit,
-    ops::{self, JobView, OpsError, QueueStats, WorkerView},
+    ops::{self, JobState, JobView, OpsError, QueueStats, WorkerView},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -61,24 +61,19 @@ pub async fn queues(
     ))
 }
 
-/// Where a job is.
-#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum JobState {
-    Scheduled,
-    Ready,
-    Running,
-    Retrying,
-    Done,
-    Dead,
-    Outbox,
+/// The states jobs can be listed by, as a string enum.
+fn listed_states() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(JobState::LISTED.map(JobState::as_str)))
+        .build()
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct JobsQuery {
     /// The state to list (default `dead`); another value is a 400 `invalid_state`.
-    #[param(value_type = Option<JobState>)]
+    #[param(schema_with = listed_states)]
     pub state: Option<String>,
     /// At most this many (default 50); values below 1 or above 200 are clamped to that range.
     pub limit: Option<i64>,
@@ -123,7 +118,7 @@ pub async fn jobs(
         &mut r,
         &state.config.redis_namespace,
         queue,
-        q.state.as_deref().unwrap_or("dead"),
+        ops::parse_state(q.state.as_deref().unwrap_or(JobState::Dead.as_str()))?,
         q.limit.unwrap_or(50),
     )
     .await?;

@@ -4,9 +4,12 @@ use axum::{
     response::IntoResponse,
 };
 use chrono::{DateTime, Utc};
-use clicknback_core::{models::merchant::Merchant, services::merchants};
+use clicknback_core::{
+    ids::MerchantId,
+    models::merchant::{Merchant, MerchantStatus},
+    services::merchants,
+};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::{
     auth::AdminUser,
@@ -17,10 +20,9 @@ use crate::{
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MerchantView {
-    pub id: Uuid,
+    pub id: MerchantId,
     pub name: String,
-    /// `active` or `suspended`.
-    pub status: String,
+    pub status: MerchantStatus,
     pub publishable_key: String,
     /// Per-merchant override of the webhook rate limit (requests per minute).
     pub webhook_rate_limit_per_minute: Option<i32>,
@@ -140,7 +142,7 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     _admin: AdminUser,
-    Path(id): Path<Uuid>,
+    Path(id): Path<MerchantId>,
 ) -> ApiResult<impl IntoResponse> {
     let mut conn = state.conn().await?;
     Ok(with_etag(merchants::get(&mut conn, id).await?))
@@ -157,7 +159,7 @@ pub async fn get(
 pub async fn update(
     State(state): State<AppState>,
     admin: AdminUser,
-    Path(id): Path<Uuid>,
+    Path(id): Path<MerchantId>,
     headers: HeaderMap,
     Json(body): Json<UpdateMerchant>,
 ) -> ApiResult<impl IntoResponse> {
@@ -187,7 +189,7 @@ pub async fn update(
 pub async fn suspend(
     State(state): State<AppState>,
     admin: AdminUser,
-    Path(id): Path<Uuid>,
+    Path(id): Path<MerchantId>,
 ) -> ApiResult<impl IntoResponse> {
     let mut conn = state.conn().await?;
     let m = merchants::set_status(&mut conn, &admin.actor(), id, true).await?;
@@ -204,7 +206,7 @@ pub async fn suspend(
 pub async fn reactivate(
     State(state): State<AppState>,
     admin: AdminUser,
-    Path(id): Path<Uuid>,
+    Path(id): Path<MerchantId>,
 ) -> ApiResult<impl IntoResponse> {
     let mut conn = state.conn().await?;
     let m = merchants::set_status(&mut conn, &admin.actor(), id, false).await?;
@@ -221,7 +223,7 @@ pub async fn reactivate(
 pub async fn rotate_secret(
     State(state): State<AppState>,
     admin: AdminUser,
-    Path(id): Path<Uuid>,
+    Path(id): Path<MerchantId>,
 ) -> ApiResult<impl IntoResponse> {
     let mut conn = state.conn().await?;
     let rotated = merchants::rotate_secret(

@@ -5,11 +5,11 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use clicknback_core::{
+    ids::{MerchantId, OfferId},
     models::offer::Offer,
     services::offers::{self, OfferInput, OfferPatch},
 };
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::{
     auth::AdminUser,
@@ -20,8 +20,8 @@ use crate::{
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct OfferView {
-    pub id: Uuid,
-    pub merchant_id: Uuid,
+    pub id: OfferId,
+    pub merchant_id: MerchantId,
     pub name: String,
     /// Cashback rate in basis points (0..=10000).
     pub rate_bps: i32,
@@ -101,7 +101,7 @@ fn with_etag(o: Offer) -> impl IntoResponse {
 pub async fn create(
     State(state): State<AppState>,
     admin: AdminUser,
-    Path(merchant_id): Path<Uuid>,
+    Path(merchant_id): Path<MerchantId>,
     Json(body): Json<CreateOffer>,
 ) -> ApiResult<impl IntoResponse> {
     let mut conn = state.conn().await?;
@@ -134,7 +134,7 @@ pub async fn create(
 pub async fn list(
     State(state): State<AppState>,
     _admin: AdminUser,
-    Path(merchant_id): Path<Uuid>,
+    Path(merchant_id): Path<MerchantId>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Page<OfferView>>> {
     let (limit, cursor) = q.parse(&state.cursors)?;
@@ -159,7 +159,7 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     _admin: AdminUser,
-    Path(id): Path<Uuid>,
+    Path(id): Path<OfferId>,
 ) -> ApiResult<impl IntoResponse> {
     let mut conn = state.conn().await?;
     Ok(with_etag(offers::get(&mut conn, id).await?))
@@ -176,7 +176,7 @@ pub async fn get(
 pub async fn update(
     State(state): State<AppState>,
     admin: AdminUser,
-    Path(id): Path<Uuid>,
+    Path(id): Path<OfferId>,
     headers: HeaderMap,
     Json(body): Json<UpdateOffer>,
 ) -> ApiResult<impl IntoResponse> {
@@ -205,7 +205,7 @@ pub async fn update(
 pub async fn activate(
     State(state): State<AppState>,
     admin: AdminUser,
-    Path(id): Path<Uuid>,
+    Path(id): Path<OfferId>,
 ) -> ApiResult<impl IntoResponse> {
     let mut conn = state.conn().await?;
     let o = offers::set_active(&mut conn, &admin.actor(), id, true).await?;
@@ -222,7 +222,7 @@ pub async fn activate(
 pub async fn deactivate(
     State(state): State<AppState>,
     admin: AdminUser,
-    Path(id): Path<Uuid>,
+    Path(id): Path<OfferId>,
 ) -> ApiResult<impl IntoResponse> {
     let mut conn = state.conn().await?;
     let o = offers::set_active(&mut conn, &admin.actor(), id, false).await?;

@@ -3,6 +3,9 @@
 use axum::extract::State;
 use chrono::{DateTime, Utc};
 use clicknback_core::{
+    ids::{MerchantId, PurchaseId},
+    models::{purchase::PurchaseStatus, reward::RewardStatus},
+    money::Currency,
     schema::{purchases, rewards},
     services::{
         link_quality::{self, LinkStats},
@@ -12,7 +15,6 @@ use clicknback_core::{
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::{
     auth::AdminUser,
@@ -38,41 +40,16 @@ impl From<RewardError> for ApiError {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ReviewItem {
-    pub purchase_id: Uuid,
-    pub merchant_id: Uuid,
+    pub purchase_id: PurchaseId,
+    pub merchant_id: MerchantId,
     pub order_id: String,
     pub amount_minor: i64,
-    pub currency: String,
-    pub status: String,
+    pub currency: Currency,
+    pub status: PurchaseStatus,
     pub cashback_minor: Option<i64>,
     pub fraud_score: Option<f64>,
     pub fraud_reasons: Option<serde_json::Value>,
     pub created_at: DateTime<Utc>,
-}
-
-/// A purchase's status.
-#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum PurchaseStatus {
-    Received,
-    Attributed,
-    Unattributed,
-    Flagged,
-    Confirmed,
-    Reversed,
-}
-
-impl PurchaseStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Received => "received",
-            Self::Attributed => "attributed",
-            Self::Unattributed => "unattributed",
-            Self::Flagged => "flagged",
-            Self::Confirmed => "confirmed",
-            Self::Reversed => "reversed",
-        }
-    }
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -88,12 +65,12 @@ pub struct ReviewQuery {
 }
 
 type Row = (
-    Uuid,
-    Uuid,
+    PurchaseId,
+    MerchantId,
     String,
     i64,
-    String,
-    String,
+    Currency,
+    PurchaseStatus,
     DateTime<Utc>,
     Option<i64>,
     Option<f64>,
@@ -116,13 +93,13 @@ pub async fn list(
         cursor: q.cursor,
     }
     .parse(&state.cursors)?;
-    let status = q.status.unwrap_or(PurchaseStatus::Flagged).as_str();
+    let status = q.status.unwrap_or(PurchaseStatus::Flagged);
     let mut conn = state.conn().await?;
     let mut query = purchases::table
         .left_join(
             rewards::table.on(rewards::purchase_id
                 .eq(purchases::id)
-                .and(rewards::status.ne("voided"))),
+                .and(rewards::status.ne(RewardStatus::Voided))),
         )
         .filter(purchases::status.eq(status))
         .order((purchases::created_at.desc(), purchases::id.desc()))
@@ -173,16 +150,16 @@ pub async fn list(
 /// The reward of a reviewed purchase.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ReviewOutcome {
-    pub purchase_id: Uuid,
+    pub purchase_id: PurchaseId,
     /// The reward's status after the review (`pending` when approved, `reversed` when rejected).
-    pub reward_status: String,
+    pub reward_status: RewardStatus,
     pub cashback_minor: i64,
 }
 
 async fn review(
     state: AppState,
     admin: AdminUser,
-    id: Uuid,
+    id: PurchaseId,
     approve: bool,
 ) -> ApiResult<Json<ReviewOutcome>> {
     let mut conn = state.conn().await?;
@@ -203,7 +180,7 @@ async fn review(
 pub async fn approve(
     State(state): State<AppState>,
     admin: AdminUser,
-    Path(id): Path<Uuid>,
+    Path(id): Path<PurchaseId>,
 ) -> ApiResult<Json<ReviewOutcome>> {
     review(state, admin, id, true).await
 }
@@ -217,7 +194,7 @@ pub async fn approve(
 pub async fn reject(
     State(state): State<AppState>,
     admin: AdminUser,
-    Path(id): Path<Uuid>,
+    Path(id): Path<PurchaseId>,
 ) -> ApiResult<Json<ReviewOutcome>> {
     review(state, admin, id, false).await
 }
@@ -239,7 +216,7 @@ pub struct DaysQuery {
 pub async fn link_stats(
     State(state): State<AppState>,
     _admin: AdminUser,
-    Path(id): Path<Uuid>,
+    Path(id): Path<MerchantId>,
     Query(q): Query<DaysQuery>,
 ) -> ApiResult<Json<LinkStats>> {
     let days = q.days.unwrap_or(1);
