@@ -1,11 +1,13 @@
 //! The audit log of admin actions. Written in the same transaction as the change.
 
-use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::{Actor, pagination::Cursor};
+use super::{
+    Actor,
+    pagination::{Cursor, newest_first},
+};
 use crate::{
     ids::AuditEntryId,
     models::audit::{AuditEntry, NewAuditEntry},
@@ -50,18 +52,15 @@ pub async fn list(
     after: Option<&Cursor>,
     limit: i64,
 ) -> Result<Vec<AuditEntry>, diesel::result::Error> {
-    let mut q = audit_log::table
+    let q = audit_log::table
         .select(AuditEntry::as_select())
-        .order((audit_log::created_at.desc(), audit_log::id.desc()))
         .limit(limit)
         .into_boxed();
-    if let Some(c) = after {
-        let (t, id): (DateTime<Utc>, Uuid) = (c.created_at, c.id);
-        q = q.filter(
-            audit_log::created_at
-                .lt(t)
-                .or(audit_log::created_at.eq(t).and(audit_log::id.lt(id))),
-        );
-    }
+    let q = newest_first!(
+        q,
+        audit_log::created_at,
+        audit_log::id,
+        after.map(Cursor::key)
+    );
     q.load(conn).await
 }

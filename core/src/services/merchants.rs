@@ -6,7 +6,10 @@ use chrono::{DateTime, Duration, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
-use super::{Actor, audit, pagination::Cursor};
+use super::{
+    Actor, audit,
+    pagination::{Cursor, newest_first},
+};
 use crate::{
     crypto::{Keyring, random_token},
     ids::MerchantId,
@@ -129,20 +132,16 @@ pub async fn list(
     after: Option<&Cursor>,
     limit: i64,
 ) -> Result<Vec<Merchant>, diesel::result::Error> {
-    let mut q = merchants::table
+    let q = merchants::table
         .select(Merchant::as_select())
-        .order((merchants::created_at.desc(), merchants::id.desc()))
         .limit(limit)
         .into_boxed();
-    if let Some(c) = after {
-        q = q.filter(
-            merchants::created_at
-                .lt(c.created_at)
-                .or(merchants::created_at
-                    .eq(c.created_at)
-                    .and(merchants::id.lt(c.id))),
-        );
-    }
+    let q = newest_first!(
+        q,
+        merchants::created_at,
+        merchants::id,
+        after.map(Cursor::key)
+    );
     q.load(conn).await
 }
 

@@ -7,7 +7,10 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::{Actor, audit, pagination::Cursor};
+use super::{
+    Actor, audit,
+    pagination::{Cursor, newest_first},
+};
 use crate::{
     cache::Cache,
     db,
@@ -191,19 +194,12 @@ pub async fn list_for_merchant(
     if !exists {
         return Err(OfferError::MerchantNotFound);
     }
-    let mut q = offers::table
+    let q = offers::table
         .filter(offers::merchant_id.eq(merchant_id))
         .select(Offer::as_select())
-        .order((offers::created_at.desc(), offers::id.desc()))
         .limit(limit)
         .into_boxed();
-    if let Some(c) = after {
-        q = q.filter(
-            offers::created_at
-                .lt(c.created_at)
-                .or(offers::created_at.eq(c.created_at).and(offers::id.lt(c.id))),
-        );
-    }
+    let q = newest_first!(q, offers::created_at, offers::id, after.map(Cursor::key));
     Ok(q.load(conn).await?)
 }
 

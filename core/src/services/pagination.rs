@@ -1,5 +1,8 @@
 //! Cursor pagination: `?limit=` (default 20, max 100) and an opaque cursor that
 //! is a signed encoding of `(created_at, id)`. A tampered cursor is refused.
+//!
+//! Every list is newest first over `(created_at, id)`; [`newest_first!`] is
+//! the one place that order and the "after this cursor" filter are written.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
@@ -23,6 +26,33 @@ pub enum CursorError {
     #[error("limit must be an integer from 1 to 100")]
     BadLimit,
 }
+
+impl Cursor {
+    /// The `(created_at, id)` a page continues after.
+    pub fn key(&self) -> (DateTime<Utc>, Uuid) {
+        (self.created_at, self.id)
+    }
+}
+
+/// Orders a boxed query newest first over its `created_at` and `id` columns
+/// and, given the `(created_at, id)` of the previous page's last row, keeps
+/// only the rows after it: `created_at < at OR (created_at = at AND id < id)`.
+///
+/// `newest_first!(query, table::created_at, table::id, after)` where `after`
+/// is an `Option<(DateTime<Utc>, Id)>`.
+macro_rules! newest_first {
+    ($query:expr, $created_at:expr, $id:expr, $after:expr $(,)?) => {{
+        use diesel::prelude::*;
+        let query = $query.order(($created_at.desc(), $id.desc()));
+        match $after {
+            Some((at, id)) => {
+                query.filter($created_at.lt(at).or($created_at.eq(at).and($id.lt(id))))
+            }
+            None => query,
+        }
+    }};
+}
+pub(crate) use newest_first;
 
 /// Signs and checks cursors with a key derived from the application secret.
 #[derive(Clone)]
@@ -123,18 +153,23 @@ pub fn limit(raw: Option<i64>) -> Result<i64, CursorError> {
 
 /// Takes one row more than the page to learn whether another page follows.
 pub fn page<T>(
-    mut rows: Vec<T>,
+    rows: Vec<T>,
     limit: i64,
     codec: &CursorCodec,
     key: impl Fn(&T) -> Cursor,
 ) -> (Vec<T>, Option<String>) {
+    page_by(rows, limit, |r| codec.encode(&key(r)))
+}
+
+/// [`page`] for any cursor form: `next` encodes the last row of the page.
+pub fn page_by<T>(
+    mut rows: Vec<T>,
+    limit: i64,
+    next: impl Fn(&T) -> String,
+) -> (Vec<T>, Option<String>) {
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
-    let next = if more {
-        rows.last().map(|r| codec.encode(&key(r)))
-    } else {
-        None
-    };
+    let next = if more { rows.last().map(next) } else { None };
     (rows, next)
 }
 

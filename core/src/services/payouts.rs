@@ -32,7 +32,7 @@ use super::{
     FieldError,
     idempotency::{self, IdempotencyError, IdempotencyKey, Outcome},
     ledger::{self, AccountKind, AccountRef, LedgerError, Transfer},
-    pagination::Cursor,
+    pagination::{Cursor, newest_first},
 };
 use crate::{
     crypto::{CryptoError, Keyring},
@@ -419,19 +419,12 @@ pub async fn list(
     after: Option<&Cursor>,
     limit: i64,
 ) -> Result<Vec<Payout>, PayoutError> {
-    let mut q = payouts::table
+    let q = payouts::table
         .filter(payouts::user_id.eq(user))
-        .order((payouts::created_at.desc(), payouts::id.desc()))
         .limit(limit)
         .select(Payout::as_select())
         .into_boxed();
-    if let Some(c) = after {
-        q = q.filter(
-            payouts::created_at.lt(c.created_at).or(payouts::created_at
-                .eq(c.created_at)
-                .and(payouts::id.lt(c.id))),
-        );
-    }
+    let q = newest_first!(q, payouts::created_at, payouts::id, after.map(Cursor::key));
     Ok(q.load(conn).await?)
 }
 
