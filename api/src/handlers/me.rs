@@ -2,14 +2,17 @@
 
 use axum::extract::State;
 use clicknback_core::services::{
-    ledger::{self, WalletBalance},
+    ledger::{self, TransferView, WalletBalance},
+    pagination,
+    purchases::{self, PurchaseView},
     stats::{self, UserStats},
 };
 use serde::Serialize;
 
 use crate::{
     auth::AuthUser,
-    error::{ApiResult, Json, Problem},
+    error::{ApiError, ApiResult, Json, Problem, Query},
+    handlers::{ListQuery, Page},
     state::AppState,
 };
 
@@ -52,20 +55,6 @@ pub async fn stats(State(state): State<AppState>, user: AuthUser) -> ApiResult<J
     Ok(Json(figures))
 }
 
-use axum::http::StatusCode;
-use chrono::{DateTime, Utc};
-use clicknback_core::{
-    schema::{ledger_transfers, purchases},
-    services::{ledger::TransferView, pagination, purchases::PurchaseView},
-};
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
-
-use crate::{
-    error::{ApiError, Query},
-    handlers::{ListQuery, Page},
-};
-
 /// The user's purchases, newest first.
 #[utoipa::path(get, path = "/v1/me/purchases", tag = "me", security(("bearer" = [])),
     params(ListQuery), responses(
@@ -79,22 +68,7 @@ pub async fn purchases(
 ) -> ApiResult<Json<Page<PurchaseView>>> {
     let (limit, cursor) = q.parse(&state.cursors)?;
     let mut conn = state.conn().await?;
-    let mut query = purchases::table
-        .filter(purchases::user_id.eq(user.id))
-        .order((purchases::created_at.desc(), purchases::id.desc()))
-        .limit(limit + 1)
-        .select(clicknback_core::models::purchase::Purchase::as_select())
-        .into_boxed();
-    if let Some(c) = cursor {
-        query = query.filter(
-            purchases::created_at
-                .lt(c.created_at)
-                .or(purchases::created_at
-                    .eq(c.created_at)
-                    .and(purchases::id.lt(c.id))),
-        );
-    }
-    let rows = query.load(&mut conn).await?;
+    let rows = purchases::list_for_user(&mut conn, user.id, cursor.as_ref(), limit + 1).await?;
     Ok(Json(Page::from_rows(
         rows,
         limit,
@@ -115,57 +89,11 @@ pub async fn transactions(
     user: AuthUser,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Page<TransferView>>> {
-    let limit = pagination::limit(q.limit)?;
-    let cursor: Option<(DateTime<Utc>, String)> = q
-        .cursor
-        .as_deref()
-        .map(|c| state.cursors.decode_text(c))
-        .transpose()
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_cursor",
-                "cursor is malformed or has been altered",
-            )
-        })?;
+    let (limit, cursor) = q.parse_text(&state.cursors)?;
     let mut conn = state.conn().await?;
-    let mut query = ledger_transfers::table
-        .filter(ledger_transfers::user_id.eq(user.id))
-        .order((
-            ledger_transfers::created_at.desc(),
-            ledger_transfers::id.desc(),
-        ))
-        .limit(limit + 1)
-        .select((
-            ledger_transfers::id,
-            ledger_transfers::kind,
-            ledger_transfers::amount_minor,
-            ledger_transfers::currency,
-            ledger_transfers::purchase_id,
-            ledger_transfers::payout_id,
-            ledger_transfers::created_at,
-        ))
-        .into_boxed();
-    if let Some((at, id)) = cursor {
-        query = query.filter(
-            ledger_transfers::created_at
-                .lt(at)
-                .or(ledger_transfers::created_at
-                    .eq(at)
-                    .and(ledger_transfers::id.lt(id))),
-        );
-    }
-    let mut rows: Vec<TransferView> = query.load(&mut conn).await?;
-    let more = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
-    let next_cursor = if more {
-        rows.last()
-            .map(|t| state.cursors.encode_text(t.created_at, &t.id))
-    } else {
-        None
-    };
-    Ok(Json(Page {
-        data: rows,
-        next_cursor,
-    }))
+    let rows = ledger::transfers(&mut conn, user.id, cursor, limit + 1).await?;
+    let (data, next_cursor) = pagination::page_by(rows, limit, |t| {
+        state.cursors.encode_text(t.created_at, &t.id)
+    });
+    Ok(Json(Page { data, next_cursor }))
 }

@@ -48,6 +48,20 @@ impl ListQuery {
             .transpose()?;
         Ok((limit, cursor))
     }
+
+    /// The validated limit and decoded cursor over `(created_at, text id)`.
+    pub fn parse_text(
+        &self,
+        codec: &CursorCodec,
+    ) -> ApiResult<(i64, Option<(DateTime<Utc>, String)>)> {
+        let limit = pagination::limit(self.limit)?;
+        let cursor = self
+            .cursor
+            .as_deref()
+            .map(|c| codec.decode_text(c))
+            .transpose()?;
+        Ok((limit, cursor))
+    }
 }
 
 /// A page of results.

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
+use super::pagination::newest_first;
 use crate::{
     db,
     ids::{LedgerAccountId, PayoutId, PurchaseId, RewardId, UserId},
@@ -261,6 +262,31 @@ pub struct TransferView {
     pub purchase_id: Option<PurchaseId>,
     pub payout_id: Option<PayoutId>,
     pub created_at: DateTime<Utc>,
+}
+
+/// The user's transfers, newest first, at most `limit`; `after` is the
+/// `(created_at, id)` of the previous page's last row.
+pub async fn transfers(
+    conn: &mut AsyncPgConnection,
+    user: UserId,
+    after: Option<(DateTime<Utc>, String)>,
+    limit: i64,
+) -> Result<Vec<TransferView>, diesel::result::Error> {
+    let q = ledger_transfers::table
+        .filter(ledger_transfers::user_id.eq(user))
+        .limit(limit)
+        .select((
+            ledger_transfers::id,
+            ledger_transfers::kind,
+            ledger_transfers::amount_minor,
+            ledger_transfers::currency,
+            ledger_transfers::purchase_id,
+            ledger_transfers::payout_id,
+            ledger_transfers::created_at,
+        ))
+        .into_boxed();
+    let q = newest_first!(q, ledger_transfers::created_at, ledger_transfers::id, after);
+    q.load(conn).await
 }
 
 /// What broke an invariant, for the reconciliation report.

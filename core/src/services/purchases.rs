@@ -14,18 +14,93 @@ use super::{
     FieldError,
     idempotency::{self, IdempotencyError, IdempotencyKey, Outcome},
     identity::{self, NodeKind},
+    pagination::{Cursor, newest_first},
 };
 use crate::{
     db,
-    ids::{IdentityGroupId, MerchantId, PurchaseId},
+    ids::{IdentityGroupId, MerchantId, PurchaseId, UserId},
     jobs::{self, ApplyRewardTransition, AttributePurchase, RewardTransition},
     models::{
         merchant::Merchant,
         purchase::{NewPurchase, Purchase, PurchaseStatus},
+        reward::RewardStatus,
     },
     money::{Currency, Money},
-    schema::{identity_nodes, purchases},
+    schema::{identity_nodes, purchases, rewards},
 };
+
+/// The user's purchases, newest first, at most `limit`.
+pub async fn list_for_user(
+    conn: &mut AsyncPgConnection,
+    user: UserId,
+    after: Option<&Cursor>,
+    limit: i64,
+) -> Result<Vec<Purchase>, diesel::result::Error> {
+    let q = purchases::table
+        .filter(purchases::user_id.eq(user))
+        .limit(limit)
+        .select(Purchase::as_select())
+        .into_boxed();
+    let q = newest_first!(
+        q,
+        purchases::created_at,
+        purchases::id,
+        after.map(Cursor::key)
+    );
+    q.load(conn).await
+}
+
+/// A purchase under review, with its live (not voided) reward's figures.
+#[derive(Debug, Serialize, Queryable, utoipa::ToSchema)]
+pub struct ReviewItem {
+    pub purchase_id: PurchaseId,
+    pub merchant_id: MerchantId,
+    pub order_id: String,
+    pub amount_minor: i64,
+    pub currency: Currency,
+    pub status: PurchaseStatus,
+    pub cashback_minor: Option<i64>,
+    pub fraud_score: Option<f64>,
+    pub fraud_reasons: Option<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Purchases in `status`, newest first, at most `limit`.
+pub async fn list_by_status(
+    conn: &mut AsyncPgConnection,
+    status: PurchaseStatus,
+    after: Option<&Cursor>,
+    limit: i64,
+) -> Result<Vec<ReviewItem>, diesel::result::Error> {
+    let q = purchases::table
+        .left_join(
+            rewards::table.on(rewards::purchase_id
+                .eq(purchases::id)
+                .and(rewards::status.ne(RewardStatus::Voided))),
+        )
+        .filter(purchases::status.eq(status))
+        .limit(limit)
+        .select((
+            purchases::id,
+            purchases::merchant_id,
+            purchases::order_id,
+            purchases::amount_minor,
+            purchases::currency,
+            purchases::status,
+            rewards::amount_minor.nullable(),
+            rewards::fraud_score.nullable(),
+            rewards::fraud_reasons.nullable(),
+            purchases::created_at,
+        ))
+        .into_boxed();
+    let q = newest_first!(
+        q,
+        purchases::created_at,
+        purchases::id,
+        after.map(Cursor::key)
+    );
+    q.load(conn).await
+}
 
 /// A purchase as clients see it.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]

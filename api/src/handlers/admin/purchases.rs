@@ -1,19 +1,15 @@
 //! Review of flagged purchases, and merchants' link quality.
 
 use axum::extract::State;
-use chrono::{DateTime, Utc};
 use clicknback_core::{
     ids::{MerchantId, PurchaseId},
     models::{purchase::PurchaseStatus, reward::RewardStatus},
-    money::Currency,
-    schema::{purchases, rewards},
     services::{
         link_quality::{self, LinkStats},
+        purchases::{self, ReviewItem},
         rewards::{self as reward_svc, RewardError},
     },
 };
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -38,20 +34,6 @@ impl From<RewardError> for ApiError {
     }
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ReviewItem {
-    pub purchase_id: PurchaseId,
-    pub merchant_id: MerchantId,
-    pub order_id: String,
-    pub amount_minor: i64,
-    pub currency: Currency,
-    pub status: PurchaseStatus,
-    pub cashback_minor: Option<i64>,
-    pub fraud_score: Option<f64>,
-    pub fraud_reasons: Option<serde_json::Value>,
-    pub created_at: DateTime<Utc>,
-}
-
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ReviewQuery {
@@ -63,19 +45,6 @@ pub struct ReviewQuery {
     /// The `next_cursor` of the previous page (opaque and signed; altered → 400).
     pub cursor: Option<String>,
 }
-
-type Row = (
-    PurchaseId,
-    MerchantId,
-    String,
-    i64,
-    Currency,
-    PurchaseStatus,
-    DateTime<Utc>,
-    Option<i64>,
-    Option<f64>,
-    Option<serde_json::Value>,
-);
 
 /// Purchases by status, newest first (flagged ones by default).
 #[utoipa::path(get, path = "/v1/admin/purchases", tag = "admin", security(("bearer" = [])),
@@ -95,55 +64,13 @@ pub async fn list(
     .parse(&state.cursors)?;
     let status = q.status.unwrap_or(PurchaseStatus::Flagged);
     let mut conn = state.conn().await?;
-    let mut query = purchases::table
-        .left_join(
-            rewards::table.on(rewards::purchase_id
-                .eq(purchases::id)
-                .and(rewards::status.ne(RewardStatus::Voided))),
-        )
-        .filter(purchases::status.eq(status))
-        .order((purchases::created_at.desc(), purchases::id.desc()))
-        .limit(limit + 1)
-        .select((
-            purchases::id,
-            purchases::merchant_id,
-            purchases::order_id,
-            purchases::amount_minor,
-            purchases::currency,
-            purchases::status,
-            purchases::created_at,
-            rewards::amount_minor.nullable(),
-            rewards::fraud_score.nullable(),
-            rewards::fraud_reasons.nullable(),
-        ))
-        .into_boxed();
-    if let Some(c) = cursor {
-        query = query.filter(
-            purchases::created_at
-                .lt(c.created_at)
-                .or(purchases::created_at
-                    .eq(c.created_at)
-                    .and(purchases::id.lt(c.id))),
-        );
-    }
-    let rows: Vec<Row> = query.load(&mut conn).await?;
+    let rows = purchases::list_by_status(&mut conn, status, cursor.as_ref(), limit + 1).await?;
     Ok(Json(Page::from_rows(
         rows,
         limit,
         &state.cursors,
-        |r| (r.6, r.0),
-        |r| ReviewItem {
-            purchase_id: r.0,
-            merchant_id: r.1,
-            order_id: r.2,
-            amount_minor: r.3,
-            currency: r.4,
-            status: r.5,
-            created_at: r.6,
-            cashback_minor: r.7,
-            fraud_score: r.8,
-            fraud_reasons: r.9,
-        },
+        |r| (r.created_at, r.purchase_id),
+        |r| r,
     )))
 }
 
