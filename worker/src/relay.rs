@@ -15,13 +15,11 @@ use clicknback_core::{
     config::RelayConfig,
     db::{self, DbPool},
     jobs::{JobEnvelope, Queue},
-    models::outbox::OutboxRow,
+    models::outbox::{self, OutboxRow},
     queues::{self, Push},
     redis_conn::RedisHandle,
-    schema::outbox,
 };
-use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::AsyncConnection;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Clone)]
@@ -175,18 +173,8 @@ impl Relay {
                 }
                 let now = Utc::now();
                 let horizon = now + chrono::Duration::from_std(cfg.lookahead).unwrap_or_default();
-                let rows: Vec<OutboxRow> = outbox::table
-                    .filter(outbox::queue.eq(queue.as_str()))
-                    .filter(outbox::sent_at.is_null())
-                    .filter(outbox::run_at.le(horizon))
-                    .filter(outbox::next_attempt_at.le(now))
-                    .order((outbox::run_at.asc(), outbox::id.asc()))
-                    .limit(room.min(cfg.batch_size))
-                    .select(OutboxRow::as_select())
-                    .for_update()
-                    .skip_locked()
-                    .load(conn)
-                    .await?;
+                let limit = room.min(cfg.batch_size);
+                let rows = outbox::claim_due(conn, queue, horizon, now, limit).await?;
                 if rows.is_empty() {
                     return Ok((QueuePass::default(), None));
                 }
@@ -194,10 +182,7 @@ impl Relay {
                 let pushes: Vec<Push> = rows.iter().map(to_push).collect();
                 match queues::push(&mut rconn, &config, &pushes).await {
                     Ok(_) => {
-                        diesel::update(outbox::table.filter(outbox::id.eq_any(&ids)))
-                            .set(outbox::sent_at.eq(Utc::now()))
-                            .execute(conn)
-                            .await?;
+                        outbox::mark_sent(conn, &ids).await?;
                         Ok((
                             QueuePass {
                                 pushed: ids.len(),
@@ -210,15 +195,9 @@ impl Relay {
                         let message = e.to_string();
                         for r in &rows {
                             let wait = row_backoff(r.relay_attempts, cfg.max_backoff);
-                            diesel::update(outbox::table.find(r.id))
-                                .set((
-                                    outbox::relay_attempts.eq(r.relay_attempts + 1),
-                                    outbox::last_error.eq(&message),
-                                    outbox::next_attempt_at.eq(Utc::now()
-                                        + chrono::Duration::from_std(wait).unwrap_or_default()),
-                                ))
-                                .execute(conn)
-                                .await?;
+                            let next =
+                                Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+                            outbox::mark_relay_failed(conn, r, &message, next).await?;
                         }
                         Ok((
                             QueuePass {

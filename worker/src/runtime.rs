@@ -21,11 +21,8 @@ use clicknback_core::{
     jobs::{self, JobEnvelope, Queue},
     redis_conn::RedisHandle,
     retry,
-    schema::dead_jobs,
     services::ops,
 };
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
 use lettre::{AsyncSmtpTransport, Tokio1Executor};
 use tracing::Instrument;
 
@@ -191,18 +188,16 @@ async fn bury(
     error: &str,
 ) -> Result<(), BoxDynError> {
     let mut conn = ctx.db.get().await?;
-    diesel::insert_into(dead_jobs::table)
-        .values((
-            dead_jobs::queue.eq(queue.as_str()),
-            dead_jobs::task_id.eq(&env.task_id),
-            dead_jobs::payload.eq(serde_json::json!({ "job": env.job, "data": env.payload })),
-            dead_jobs::attempts.eq(attempts as i32),
-            dead_jobs::last_error.eq(error),
-        ))
-        .on_conflict(dead_jobs::task_id)
-        .do_nothing()
-        .execute(&mut conn)
-        .await?;
+    ops::record(
+        &mut conn,
+        queue,
+        &env.task_id,
+        Some(&env.job),
+        Some(&env.payload),
+        attempts as i32,
+        error,
+    )
+    .await?;
     Ok(())
 }
 

@@ -57,3 +57,10 @@ pub async fn record_outcome(
         .await?;
     Ok(())
 }
+
+/// Forgets ticks older than a week; returns how many.
+pub async fn prune(conn: &mut AsyncPgConnection) -> Result<usize, diesel::result::Error> {
+    diesel::sql_query("DELETE FROM cron_runs WHERE tick < now() - interval '7 days'")
+        .execute(conn)
+        .await
+}
