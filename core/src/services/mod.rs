@@ -4,6 +4,7 @@
 pub mod attribution;
 pub mod audit;
 pub mod auth;
+pub mod canary;
 pub mod cron;
 pub mod emails;
 pub mod fraud;

@@ -2,9 +2,7 @@
 
 use std::time::Duration;
 
-use clicknback_core::{jobs::Canary, schema::canary_runs};
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use clicknback_core::{jobs::Canary, services::canary};
 
 use super::{JobError, JobHandler, JobMeta, JobResult};
 use crate::runtime::SharedCtx;
@@ -22,24 +20,7 @@ impl JobHandler for Canary {
             };
         }
         let mut conn = ctx.db.get().await?;
-        let fixed: bool = diesel::insert_into(canary_runs::table)
-            .values((
-                canary_runs::key.eq(&self.key),
-                canary_runs::runs.eq(1),
-                canary_runs::last_attempt.eq(attempt),
-                canary_runs::worker.eq(&ctx.instance),
-            ))
-            .on_conflict(canary_runs::key)
-            .do_update()
-            .set((
-                canary_runs::runs.eq(canary_runs::runs + 1),
-                canary_runs::last_attempt.eq(attempt),
-                canary_runs::worker.eq(&ctx.instance),
-                canary_runs::updated_at.eq(diesel::dsl::now),
-            ))
-            .returning(canary_runs::fixed)
-            .get_result(&mut conn)
-            .await?;
+        let fixed = canary::record_run(&mut conn, &self.key, attempt, &ctx.instance).await?;
         drop(conn);
         if self.sleep_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.sleep_ms)).await;
@@ -64,17 +45,7 @@ impl JobHandler for Canary {
         }
         // The effect: happens once, whatever the number of runs.
         let mut conn = ctx.db.get().await?;
-        diesel::update(
-            canary_runs::table
-                .find(&self.key)
-                .filter(canary_runs::completed_at.is_null()),
-        )
-        .set((
-            canary_runs::effects.eq(1),
-            canary_runs::completed_at.eq(diesel::dsl::now),
-        ))
-        .execute(&mut conn)
-        .await?;
+        canary::complete(&mut conn, &self.key).await?;
         Ok(())
     }
 }
