@@ -2,34 +2,15 @@
 //! in front of the queues (rows due but not yet in Redis) and how long the
 //! oldest of them has been due, and the dead jobs waiting for an operator.
 
-use diesel::{QueryableByName, sql_types::BigInt};
-use diesel_async::RunQueryDsl;
+use clicknback_core::services::ops;
 
 use crate::state::AppState;
-
-#[derive(QueryableByName)]
-struct Backlog {
-    #[diesel(sql_type = BigInt)]
-    pending: i64,
-    #[diesel(sql_type = BigInt)]
-    oldest_age_secs: i64,
-    #[diesel(sql_type = BigInt)]
-    dead: i64,
-}
 
 pub async fn refresh_gauges(state: &AppState) {
     let Ok(mut conn) = state.db.get().await else {
         return;
     };
-    let row: Result<Backlog, _> = diesel::sql_query(
-        "SELECT (SELECT count(*) FROM outbox WHERE sent_at IS NULL AND run_at <= now()) AS pending,
-                COALESCE((SELECT extract(epoch FROM now() - min(run_at))::bigint
-                          FROM outbox WHERE sent_at IS NULL AND run_at <= now()), 0) AS oldest_age_secs,
-                (SELECT count(*) FROM dead_jobs WHERE requeued_at IS NULL) AS dead",
-    )
-    .get_result(&mut conn)
-    .await;
-    if let Ok(b) = row {
+    if let Ok(b) = ops::totals(&mut conn).await {
         metrics::gauge!("outbox_backlog").set(b.pending as f64);
         metrics::gauge!("outbox_oldest_age_seconds").set(b.oldest_age_secs as f64);
         metrics::gauge!("dead_jobs").set(b.dead as f64);

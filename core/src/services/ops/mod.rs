@@ -130,6 +130,32 @@ pub struct WorkerView {
     pub in_flight: u64,
 }
 
+/// Totals over every queue, for the metrics read at scrape time.
+#[derive(Debug, Clone, Copy, diesel::QueryableByName)]
+pub struct Totals {
+    /// Outbox rows due and not yet in Redis.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub pending: i64,
+    /// How long (seconds) the oldest of those has been due.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub oldest_age_secs: i64,
+    /// Dead jobs waiting for an operator.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub dead: i64,
+}
+
+pub async fn totals(conn: &mut AsyncPgConnection) -> Result<Totals, diesel::result::Error> {
+    use diesel_async::RunQueryDsl;
+    diesel::sql_query(
+        "SELECT (SELECT count(*) FROM outbox WHERE sent_at IS NULL AND run_at <= now()) AS pending,
+                COALESCE((SELECT extract(epoch FROM now() - min(run_at))::bigint
+                          FROM outbox WHERE sent_at IS NULL AND run_at <= now()), 0) AS oldest_age_secs,
+                (SELECT count(*) FROM dead_jobs WHERE requeued_at IS NULL) AS dead",
+    )
+    .get_result(conn)
+    .await
+}
+
 /// Counts per queue and state.
 pub async fn stats<C: ConnectionLike>(
     conn: &mut AsyncPgConnection,
