@@ -40,6 +40,15 @@ macro_rules! text_enum {
                 }
             }
 
+            /// The values as the list of a hand-written SQL `IN (...)`: `'a', 'b'`.
+            pub fn sql_list(values: &[$name]) -> String {
+                values
+                    .iter()
+                    .map(|v| format!("'{}'", v.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+
             pub fn parse(s: &str) -> Option<$name> {
                 match s {
                     $($text => Some($name::$variant),)+

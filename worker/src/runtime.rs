@@ -104,6 +104,7 @@ async fn run_one(ctx: SharedCtx, queue: Queue, env: JobEnvelope) -> Result<(), B
         Err(JobError::Defer { .. }) => "deferred",
     };
     metrics::histogram!("job_duration_seconds", "job" => env.job.clone()).record(elapsed);
+    let permanent = matches!(outcome, Err(JobError::Permanent(_)));
     let attempt = env.attempt.max(1) as u32;
     let retry = job
         .map(|j| j.retry)
@@ -144,7 +145,6 @@ async fn run_one(ctx: SharedCtx, queue: Queue, env: JobEnvelope) -> Result<(), B
             Ok(())
         }
         (Err(JobError::Retry(e) | JobError::Permanent(e)), _) => {
-            let permanent = label == "failed";
             bury(&ctx, &env, queue, attempt, &format!("{e:#}"))
                 .await
                 .map_err(unrecorded)?;

@@ -23,6 +23,10 @@ text_enum! {
 }
 
 impl RewardStatus {
+    /// Rewards whose cashback is credited to the user (counted in the
+    /// statistics, and owed a credit transfer in the ledger).
+    pub const CREDITED: [RewardStatus; 2] = [RewardStatus::Pending, RewardStatus::Confirmed];
+
     /// The legal steps: pending → confirmed, reversed or voided; flagged →
     /// pending (approved), reversed (rejected) or voided; confirmed →
     /// reversed. Reversed and voided are final.

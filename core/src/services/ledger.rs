@@ -18,6 +18,7 @@ use super::pagination::newest_first;
 use crate::{
     db,
     ids::{LedgerAccountId, PayoutId, PurchaseId, RewardId, UserId},
+    models::reward::RewardStatus,
     money::{Currency, Money},
     schema::{ledger_accounts, ledger_transfers},
     text_enum::text_enum,
@@ -304,7 +305,14 @@ struct Detail {
 
 /// Checks every ledger invariant; returns what is broken (empty when sound).
 pub async fn reconcile(conn: &mut AsyncPgConnection) -> Result<Vec<Breach>, diesel::result::Error> {
-    let checks: [(&'static str, &'static str); 4] = [
+    let no_credit = format!(
+        "SELECT 'purchase ' || r.purchase_id::text || ' reward ' || r.id::text || ' has no credit transfer' AS detail
+           FROM rewards r
+          WHERE r.status IN ({}) AND r.amount_minor > 0
+            AND NOT EXISTS (SELECT 1 FROM ledger_transfers t WHERE t.reward_id = r.id AND t.kind = 'reward_credit')",
+        RewardStatus::sql_list(&RewardStatus::CREDITED)
+    );
+    let checks: [(&'static str, &str); 4] = [
         (
             "balanced_per_currency",
             "SELECT currency || ': accounts sum to ' || sum(balance_minor) AS detail
@@ -325,13 +333,7 @@ pub async fn reconcile(conn: &mut AsyncPgConnection) -> Result<Vec<Breach>, dies
               WHERE user_id IS NOT NULL AND ((kind <> 'receivable' AND balance_minor < 0)
                                           OR (kind = 'receivable' AND balance_minor > 0))",
         ),
-        (
-            "processed_purchases_have_transfers",
-            "SELECT 'purchase ' || r.purchase_id::text || ' reward ' || r.id::text || ' has no credit transfer' AS detail
-               FROM rewards r
-              WHERE r.status IN ('pending', 'confirmed') AND r.amount_minor > 0
-                AND NOT EXISTS (SELECT 1 FROM ledger_transfers t WHERE t.reward_id = r.id AND t.kind = 'reward_credit')",
-        ),
+        ("processed_purchases_have_transfers", &no_credit),
     ];
     let mut out = Vec::new();
     for (check, sql) in checks {

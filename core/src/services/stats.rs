@@ -16,7 +16,10 @@ use std::{
 };
 
 use chrono::{DateTime, NaiveDate, Utc};
-use diesel::prelude::*;
+use diesel::{
+    prelude::*,
+    sql_types::{Array, Text},
+};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize};
 
@@ -24,18 +27,20 @@ use crate::{
     cache::Cache,
     ids::UserId,
     jobs::{self, RecomputeUserStats},
+    models::reward::RewardStatus,
     money::Currency,
     schema::user_stats,
 };
 
 pub const CACHE_KIND: &str = "stats";
 
-/// A user's figures from their rewards (`$1` is the user id), per currency.
+/// A user's figures from their rewards (`$1` is the user id, `$2` the
+/// credited reward statuses), per currency.
 const COMPUTE: &str = "
     WITH earned AS (
         SELECT r.currency::text AS currency, r.amount_minor, (p.purchased_at AT TIME ZONE 'UTC')::date AS day
           FROM rewards r JOIN purchases p ON p.id = r.purchase_id
-         WHERE r.user_id = $1 AND r.status IN ('pending', 'confirmed') AND r.amount_minor > 0
+         WHERE r.user_id = $1 AND r.status = ANY($2) AND r.amount_minor > 0
     ), per_day AS (
         SELECT currency, day, sum(amount_minor) AS s,
                row_number() OVER (PARTITION BY currency ORDER BY sum(amount_minor) DESC, day DESC) AS rank
@@ -140,6 +145,7 @@ pub async fn recompute(
                  SELECT $1, s.* FROM ({COMPUTE}) s"
             ))
             .bind::<diesel::sql_types::Uuid, _>(user)
+            .bind::<Array<Text>, _>(RewardStatus::CREDITED.to_vec())
             .execute(conn)
             .await
         })
@@ -178,6 +184,7 @@ pub async fn compute(
 ) -> Result<UserStats, diesel::result::Error> {
     let data = diesel::sql_query(COMPUTE)
         .bind::<diesel::sql_types::Uuid, _>(user)
+        .bind::<Array<Text>, _>(RewardStatus::CREDITED.to_vec())
         .load(conn)
         .await?;
     Ok(UserStats { data })
