@@ -28,7 +28,7 @@ enum Command {
     /// List jobs of a queue in one state (scheduled, ready, running, retrying, done, dead, outbox).
     Jobs {
         queue: String,
-        #[arg(long, default_value = "dead")]
+        #[arg(long, default_value = clicknback_core::services::ops::JobState::Dead.as_str())]
         state: String,
         #[arg(long, default_value_t = 50)]
         limit: i64,
