@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use clicknback_core::services::{
     FieldError,
     idempotency::Outcome,
-    pagination::{self, Cursor, CursorCodec},
+    pagination::{self, Cursor, CursorCodec, TextCursor},
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
@@ -50,10 +50,7 @@ impl ListQuery {
     }
 
     /// The validated limit and decoded cursor over `(created_at, text id)`.
-    pub fn parse_text(
-        &self,
-        codec: &CursorCodec,
-    ) -> ApiResult<(i64, Option<(DateTime<Utc>, String)>)> {
+    pub fn parse_text(&self, codec: &CursorCodec) -> ApiResult<(i64, Option<TextCursor>)> {
         let limit = pagination::limit(self.limit)?;
         let cursor = self
             .cursor

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use super::pagination::newest_first;
+use super::pagination::{TextCursor, newest_first};
 use crate::{
     db,
     ids::{LedgerAccountId, PayoutId, PurchaseId, RewardId, UserId},
@@ -270,7 +270,7 @@ pub struct TransferView {
 pub async fn transfers(
     conn: &mut AsyncPgConnection,
     user: UserId,
-    after: Option<(DateTime<Utc>, String)>,
+    after: Option<TextCursor>,
     limit: i64,
 ) -> Result<Vec<TransferView>, diesel::result::Error> {
     let q = ledger_transfers::table

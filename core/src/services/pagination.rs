@@ -27,6 +27,9 @@ pub enum CursorError {
     BadLimit,
 }
 
+/// A cursor over `(created_at, text id)`, for rows keyed by text.
+pub type TextCursor = (DateTime<Utc>, String);
+
 impl Cursor {
     /// The `(created_at, id)` a page continues after.
     pub fn key(&self) -> (DateTime<Utc>, Uuid) {
@@ -123,7 +126,7 @@ impl CursorCodec {
         URL_SAFE_NO_PAD.encode(data)
     }
 
-    pub fn decode_text(&self, s: &str) -> Result<(DateTime<Utc>, String), CursorError> {
+    pub fn decode_text(&self, s: &str) -> Result<TextCursor, CursorError> {
         let data = URL_SAFE_NO_PAD
             .decode(s)
             .map_err(|_| CursorError::Invalid)?;
