@@ -56,11 +56,6 @@ pub async fn list(
         .select(AuditEntry::as_select())
         .limit(limit)
         .into_boxed();
-    let q = newest_first!(
-        q,
-        audit_log::created_at,
-        audit_log::id,
-        after.map(Cursor::key)
-    );
+    let q = newest_first!(q, audit_log, after.map(Cursor::key));
     q.load(conn).await
 }

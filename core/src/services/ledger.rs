@@ -286,7 +286,7 @@ pub async fn transfers(
             ledger_transfers::created_at,
         ))
         .into_boxed();
-    let q = newest_first!(q, ledger_transfers::created_at, ledger_transfers::id, after);
+    let q = newest_first!(q, ledger_transfers, after);
     q.load(conn).await
 }
 

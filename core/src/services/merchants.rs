@@ -136,12 +136,7 @@ pub async fn list(
         .select(Merchant::as_select())
         .limit(limit)
         .into_boxed();
-    let q = newest_first!(
-        q,
-        merchants::created_at,
-        merchants::id,
-        after.map(Cursor::key)
-    );
+    let q = newest_first!(q, merchants, after.map(Cursor::key));
     q.load(conn).await
 }
 

@@ -199,7 +199,7 @@ pub async fn list_for_merchant(
         .select(Offer::as_select())
         .limit(limit)
         .into_boxed();
-    let q = newest_first!(q, offers::created_at, offers::id, after.map(Cursor::key));
+    let q = newest_first!(q, offers, after.map(Cursor::key));
     Ok(q.load(conn).await?)
 }
 

@@ -42,8 +42,12 @@ impl Cursor {
 /// only the rows after it: `created_at < at OR (created_at = at AND id < id)`.
 ///
 /// `newest_first!(query, table::created_at, table::id, after)` where `after`
-/// is an `Option<(DateTime<Utc>, Id)>`.
+/// is an `Option<(DateTime<Utc>, Id)>`, or `newest_first!(query, table, after)`
+/// for a table whose columns are named `created_at` and `id`.
 macro_rules! newest_first {
+    ($query:expr, $table:ident, $after:expr $(,)?) => {
+        $crate::services::pagination::newest_first!($query, $table::created_at, $table::id, $after)
+    };
     ($query:expr, $created_at:expr, $id:expr, $after:expr $(,)?) => {{
         use diesel::prelude::*;
         let query = $query.order(($created_at.desc(), $id.desc()));

@@ -41,12 +41,7 @@ pub async fn list_for_user(
         .limit(limit)
         .select(Purchase::as_select())
         .into_boxed();
-    let q = newest_first!(
-        q,
-        purchases::created_at,
-        purchases::id,
-        after.map(Cursor::key)
-    );
+    let q = newest_first!(q, purchases, after.map(Cursor::key));
     q.load(conn).await
 }
 
@@ -93,12 +88,7 @@ pub async fn list_by_status(
             purchases::created_at,
         ))
         .into_boxed();
-    let q = newest_first!(
-        q,
-        purchases::created_at,
-        purchases::id,
-        after.map(Cursor::key)
-    );
+    let q = newest_first!(q, purchases, after.map(Cursor::key));
     q.load(conn).await
 }
 

@@ -218,7 +218,7 @@ pub async fn list(
         .limit(limit)
         .select(Payout::as_select())
         .into_boxed();
-    let q = newest_first!(q, payouts::created_at, payouts::id, after.map(Cursor::key));
+    let q = newest_first!(q, payouts, after.map(Cursor::key));
     Ok(q.load(conn).await?)
 }
 
