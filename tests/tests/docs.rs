@@ -9,14 +9,17 @@ fn workspace_file(rel: &str) -> String {
     fs::read_to_string(root.join(rel)).unwrap_or_else(|e| panic!("reading {rel}: {e}"))
 }
 
-/// Quoted upper-case names in the configuration source: the variables (and
-/// the suffixes of the per-job and per-queue ones).
+/// Quoted upper-case names in the configuration sources (`core/src/config/`):
+/// the variables (and the suffixes of the per-job and per-queue ones).
 fn config_variables() -> Vec<String> {
-    let src = workspace_file("core/src/config.rs");
-    let mut names: Vec<String> = src
-        .split('"')
-        .skip(1)
-        .step_by(2)
+    let mut sources = Vec::new();
+    rust_sources(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/src/config"),
+        &mut sources,
+    );
+    let mut names: Vec<String> = sources
+        .iter()
+        .flat_map(|src| src.split('"').skip(1).step_by(2))
         .filter(|s| {
             s.len() > 3
                 && s.chars().next().is_some_and(|c| c.is_ascii_uppercase())
