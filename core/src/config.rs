@@ -85,6 +85,8 @@ pub struct Config {
     /// Reward movements for one user inside this window share one statistics recompute.
     pub stats_coalesce: Duration,
     pub cache: CacheConfig,
+    pub http: HttpConfig,
+    pub sign_in: SignInConfig,
     pub payouts: PayoutConfig,
     pub relay: RelayConfig,
     pub worker: WorkerConfig,
@@ -107,6 +109,45 @@ pub struct AttributionConfig {
     /// Link-quality alert: mismatch rate above this over at least `link_min_attempts` in 24 h.
     pub link_mismatch_rate: f64,
     pub link_min_attempts: i64,
+}
+
+/// What the api's listener and middleware allow a connection and a request.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// A connection whose request headers are not complete within this is closed.
+    pub header_read_timeout: Duration,
+    /// A request not answered within this gets a 503.
+    pub request_timeout: Duration,
+    /// Open connections at once; beyond it new connections are closed at once.
+    pub max_connections: usize,
+    /// Requests handled at once; beyond it a 503 with `Retry-After` at once
+    /// (health checks are never shed).
+    pub max_in_flight: usize,
+    /// Where `/metrics` is served; `None` serves it nowhere.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Database-backed gauges are recomputed at most this often.
+    pub metrics_refresh: Duration,
+    /// Origins allowed to call `/v1/track/*` from a browser; empty means any (`*`).
+    pub sdk_allowed_origins: Vec<String>,
+    /// The api's public origin (`https://api.example.com`), which state-changing
+    /// board and admin calls from a browser must come from; unset, an `Origin`
+    /// must name the host the request was sent to.
+    pub public_origin: Option<String>,
+}
+
+/// Sign-in limits and password hashing.
+#[derive(Debug, Clone)]
+pub struct SignInConfig {
+    /// Sign-in attempts (any email) per client address per minute.
+    pub per_ip_per_minute: u64,
+    /// Registrations per client address per hour.
+    pub register_per_ip_per_hour: u64,
+    /// Threads that compute password hashes (each holds argon2id's 19 MiB).
+    pub hash_threads: usize,
+    /// Password checks waiting for a thread; beyond it a 503 at once.
+    pub hash_queue: usize,
+    /// How long a board session (after the login form) lasts.
+    pub board_session_ttl: Duration,
 }
 
 /// Redis caches in front of hot reads. Every entry also expires by its TTL.
@@ -204,6 +245,72 @@ pub struct RelayConfig {
     pub queue_bound: u64,
     /// Rows due further ahead than this stay in the outbox.
     pub lookahead: Duration,
+}
+
+fn http_config<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<HttpConfig, ConfigError> {
+    let metrics_addr = match env.raw("METRICS_ADDR").as_deref() {
+        Some("off") => None,
+        _ => Some(env.parsed(
+            "METRICS_ADDR",
+            SocketAddr::from(([127, 0, 0, 1], 8082)),
+            "a socket address like 127.0.0.1:8082, or `off`",
+        )?),
+    };
+    let sdk_allowed_origins = env
+        .or("SDK_ALLOWED_ORIGINS", "*")
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty() && *o != "*")
+        .map(|o| {
+            let o = o.trim_end_matches('/');
+            let origin = o.split_once("://").is_some_and(|(scheme, host)| {
+                matches!(scheme, "http" | "https") && !host.is_empty() && !host.contains('/')
+            });
+            if origin {
+                Ok(o.to_owned())
+            } else {
+                Err(ConfigError {
+                    var: "SDK_ALLOWED_ORIGINS".into(),
+                    problem: format!("contains {o:?}"),
+                    expected: "`*` or comma-separated origins like https://shop.example".into(),
+                })
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    let public_origin = env
+        .raw("PUBLIC_ORIGIN")
+        .map(|o| o.trim_end_matches('/').to_owned());
+    if let Some(o) = &public_origin
+        && !(o.starts_with("https://") || o.starts_with("http://"))
+    {
+        return Err(ConfigError {
+            var: "PUBLIC_ORIGIN".into(),
+            problem: format!("is {o:?}"),
+            expected: "the api's origin, like https://api.example.com".into(),
+        });
+    }
+    Ok(HttpConfig {
+        header_read_timeout: env.secs("HTTP_HEADER_READ_TIMEOUT_SECS", 10, 1..=300)?,
+        request_timeout: env.secs("HTTP_REQUEST_TIMEOUT_SECS", 30, 1..=3_600)?,
+        max_connections: env.int_in("HTTP_MAX_CONNECTIONS", 1_024, 1..=1_000_000)? as usize,
+        max_in_flight: env.int_in("HTTP_MAX_IN_FLIGHT", 256, 1..=1_000_000)? as usize,
+        metrics_addr,
+        metrics_refresh: env.secs("METRICS_GAUGE_REFRESH_SECS", 15, 1..=3_600)?,
+        sdk_allowed_origins,
+        public_origin,
+    })
+}
+
+fn sign_in_config<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+) -> Result<SignInConfig, ConfigError> {
+    Ok(SignInConfig {
+        per_ip_per_minute: env.int_in("LOGIN_PER_IP_PER_MINUTE", 30, 1..=1_000_000)?,
+        register_per_ip_per_hour: env.int_in("REGISTER_PER_IP_PER_HOUR", 20, 1..=1_000_000)?,
+        hash_threads: env.int_in("PASSWORD_HASH_THREADS", 2, 1..=64)? as usize,
+        hash_queue: env.int_in("PASSWORD_HASH_QUEUE", 32, 0..=100_000)? as usize,
+        board_session_ttl: env.secs("BOARD_SESSION_TTL_SECS", 28_800, 60..=604_800)?,
+    })
 }
 
 const DEV_PAYOUT_PROVIDER_KEY: &str = "sandbox-provider-key-development-only";
@@ -523,7 +630,7 @@ impl Config {
         };
 
         let api_addr = addr("API_ADDR", "127.0.0.1:8080")?;
-        Ok(Self {
+        let config = Self {
             app_env,
             database_url,
             database_pool_size: env.int_in("DATABASE_POOL_SIZE", 16, 1..=512)? as usize,
@@ -557,11 +664,14 @@ impl Config {
                 .map(str::trim)
                 .filter(|p| !p.is_empty())
                 .map(|p| {
-                    p.parse().map_err(|_| ConfigError {
-                        var: "TRUSTED_PROXIES".into(),
-                        problem: format!("contains {p:?}"),
-                        expected: "comma-separated IP addresses of your load balancers".into(),
-                    })
+                    // `::ffff:a.b.c.d` and `a.b.c.d` are one address.
+                    p.parse::<std::net::IpAddr>()
+                        .map(|ip| ip.to_canonical())
+                        .map_err(|_| ConfigError {
+                            var: "TRUSTED_PROXIES".into(),
+                            problem: format!("contains {p:?}"),
+                            expected: "comma-separated IP addresses of your load balancers".into(),
+                        })
                 })
                 .collect::<Result<_, _>>()?,
             run_migrations_on_start: env.bool("RUN_MIGRATIONS_ON_START", true)?,
@@ -579,6 +689,8 @@ impl Config {
                 stats_ttl: env.secs("STATS_CACHE_TTL_SECS", 300, 1..=86_400)?,
                 timeout: env.millis("CACHE_TIMEOUT_MS", 200, 1..=10_000)?,
             },
+            http: http_config(&env)?,
+            sign_in: sign_in_config(&env)?,
             payouts: payout_config(&env, api_addr)?,
             relay: RelayConfig {
                 batch_size: env.int_in("OUTBOX_BATCH_SIZE", 2_000, 1..=10_000)? as i64,
@@ -606,7 +718,21 @@ impl Config {
                 link_min_attempts: env.int_in("LINK_MISMATCH_MIN_ATTEMPTS", 20, 1..=1_000_000)?
                     as i64,
             },
-        })
+        };
+        // A webhook's idempotency record must outlive the window in which its
+        // signature verifies, or a replay after the purge is accepted again.
+        if config.idempotency_retention < config.webhook_tolerance {
+            return Err(ConfigError {
+                var: "IDEMPOTENCY_RETENTION_SECS".into(),
+                problem: format!(
+                    "is {} seconds, below WEBHOOK_TOLERANCE_SECS ({} seconds)",
+                    config.idempotency_retention.as_secs(),
+                    config.webhook_tolerance.as_secs()
+                ),
+                expected: "at least WEBHOOK_TOLERANCE_SECS".into(),
+            });
+        }
+        Ok(config)
     }
 
     pub fn is_development(&self) -> bool {
@@ -662,5 +788,58 @@ mod tests {
         assert_eq!(err.var, "DATA_ENCRYPTION_KEY");
         let err = load(&[("APP_ENV", "staging")]).unwrap_err();
         assert_eq!(err.var, "APP_ENV");
+    }
+
+    #[test]
+    fn idempotency_records_must_outlive_the_signature_tolerance() {
+        let err = load(&[
+            ("APP_ENV", "development"),
+            ("WEBHOOK_TOLERANCE_SECS", "600"),
+            ("IDEMPOTENCY_RETENTION_SECS", "300"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "IDEMPOTENCY_RETENTION_SECS");
+        assert!(err.to_string().contains("WEBHOOK_TOLERANCE_SECS"), "{err}");
+        assert!(
+            load(&[
+                ("APP_ENV", "development"),
+                ("WEBHOOK_TOLERANCE_SECS", "600"),
+                ("IDEMPOTENCY_RETENTION_SECS", "600"),
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_are_canonical_and_http_settings_parse() {
+        let cfg = load(&[
+            ("APP_ENV", "development"),
+            ("TRUSTED_PROXIES", "::ffff:10.0.0.2, 10.0.0.3"),
+            (
+                "SDK_ALLOWED_ORIGINS",
+                "https://shop.example, http://localhost:3000/",
+            ),
+            ("METRICS_ADDR", "off"),
+        ])
+        .unwrap();
+        let lb: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(cfg.trusted_proxies.contains(&lb));
+        assert_eq!(
+            cfg.http.sdk_allowed_origins,
+            ["https://shop.example", "http://localhost:3000"]
+        );
+        assert_eq!(cfg.http.metrics_addr, None);
+        let cfg = load(&[("APP_ENV", "development")]).unwrap();
+        assert!(
+            cfg.http.sdk_allowed_origins.is_empty(),
+            "any origin by default"
+        );
+        assert_eq!(cfg.http.metrics_addr.unwrap().to_string(), "127.0.0.1:8082");
+        let err = load(&[
+            ("APP_ENV", "development"),
+            ("SDK_ALLOWED_ORIGINS", "shop.example"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "SDK_ALLOWED_ORIGINS");
     }
 }
