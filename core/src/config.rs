@@ -307,7 +307,7 @@ fn sign_in_config<F: Fn(&str) -> Option<String>>(
     Ok(SignInConfig {
         per_ip_per_minute: env.int_in("LOGIN_PER_IP_PER_MINUTE", 30, 1..=1_000_000)?,
         register_per_ip_per_hour: env.int_in("REGISTER_PER_IP_PER_HOUR", 20, 1..=1_000_000)?,
-        hash_threads: env.int_in("PASSWORD_HASH_THREADS", 2, 1..=64)? as usize,
+        hash_threads: env.int_in("PASSWORD_HASH_THREADS", 1, 1..=64)? as usize,
         hash_queue: env.int_in("PASSWORD_HASH_QUEUE", 32, 0..=100_000)? as usize,
         board_session_ttl: env.secs("BOARD_SESSION_TTL_SECS", 28_800, 60..=604_800)?,
     })

@@ -132,7 +132,7 @@ pub struct HashingLimits {
 impl Default for HashingLimits {
     fn default() -> Self {
         Self {
-            threads: 2,
+            threads: 1,
             queue: 32,
         }
     }
