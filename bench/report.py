@@ -124,6 +124,18 @@ if sweeper:
         ratio = sizes[-1]["median_ms"] / sizes[0]["median_ms"]
         result["sweeper_ratio_largest_over_smallest"] = ratio
         table.append((f"sweeper {sizes[-1]['purchases']:,} / {sizes[0]['purchases']:,} rows", f"{ratio:.2f} x", ""))
+abuse = rows("abuse.jsonl")
+if abuse:
+    result["abuse"] = abuse
+    for a in abuse:
+        name = a["scenario"]
+        table.append((f"abuse, {name}: webhook p99", f"{a['p99_ms']:.1f} ms", f"(p50 {a['p50_ms']:.1f})"))
+        table.append((f"abuse, {name}: webhook errors", f"{a['webhook_errors']} of {a['webhooks']}", ""))
+        if a["flood_clients"]:
+            statuses = ", ".join(f"{k}: {v}" for k, v in sorted(a["flood_by_status"].items()))
+            table.append((f"abuse, {name}: logins", f"{a['flood_per_second']:.0f} /s", f"({statuses})"))
+        table.append((f"abuse, {name}: /readyz not 200", f"{a['readyz_failures']} of {a['readyz_checks']}", ""))
+        table.append((f"abuse, {name}: api peak memory", f"{a['peak_kib'] / 1024:.1f} MiB", ""))
 
 
 def median_at(res, path):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks: ./scripts/bench.sh [webhooks] [drain] [backlog] [e2e] [hotpaths]
-# [sweeper] (default: all).
+# [sweeper] [abuse] (default: all).
 # Each figure is the median of BENCH_RUNS runs (default 3) with its min–max;
 # results are printed as one table and written as JSON under bench-results/
 # so a later run can be compared.
@@ -18,13 +18,20 @@
 #             computed from 1,000 rewards on every request.
 #   sweeper   the sweeper's due-attribution query at 10 thousand and at 1
 #             million purchases (and without its index, for comparison).
+#   abuse     signed webhooks at a steady ABUSE_RATE per second (50) for
+#             ABUSE_SECONDS (20), alone, then while ABUSE_FLOOD (200) clients
+#             send logins of random emails from one address at full speed,
+#             then the same flood with the per-address sign-in limit lifted
+#             (every login reaches the hash queue): webhook p99 and errors,
+#             the flood's answers, /readyz, and the api's peak memory, each on
+#             an api process of its own.
 # The peak memory (VmHWM) of every api and worker process is recorded.
 # Ctrl-C stops every process it started and prints nothing further.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
-SECTIONS="${*:-webhooks drain backlog e2e hotpaths sweeper}"
+SECTIONS="${*:-webhooks drain backlog e2e hotpaths sweeper abuse}"
 want() { case " $SECTIONS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 RUNS="${BENCH_RUNS:-3}"
 REQUESTS="${BENCH_REQUESTS:-4000}"
@@ -77,7 +84,7 @@ cargo build --release --locked -q -p clicknback-tests --bin loadgen
 BIN="$ROOT/target/release"
 
 export APP_ENV=development REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" \
-  REDIS_NAMESPACE="bench$$" API_ADDR="127.0.0.1:$PORT" RUST_LOG=warn DATABASE_POOL_SIZE=32 \
+  REDIS_NAMESPACE="bench$$" API_ADDR="127.0.0.1:$PORT" RUST_LOG=warn DATABASE_POOL_SIZE=32 METRICS_ADDR=off \
   WEBHOOK_RATE_LIMIT_PER_MINUTE=10000000   # counted on every request, never reached
 
 # A new, migrated database with the benchmark's admin: fresh_db NAME; prints its URL.
@@ -97,7 +104,7 @@ export DATABASE_URL="$DB_URL"
 source "$ROOT/bench/drain.sh"
 touch "$WORK/api.jsonl" "$WORK/sql.jsonl" "$WORK/drain.jsonl" "$WORK/e2e.jsonl" \
   "$WORK/hot_on.jsonl" "$WORK/hot_off.jsonl" "$WORK/stats_cache.jsonl" "$WORK/stats_table.jsonl" \
-  "$WORK/stats_computed.jsonl" "$WORK/memory.jsonl" "$WORK/sweeper.jsonl"
+  "$WORK/stats_computed.jsonl" "$WORK/memory.jsonl" "$WORK/sweeper.jsonl" "$WORK/abuse.jsonl"
 echo '{}' >"$WORK/backlog.json"
 want drain && bench_drain
 want backlog && bench_backlog
@@ -186,6 +193,35 @@ if want sweeper; then
   "$BIN/loadgen" sweeper --database-url "$SWEEP_URL" --sizes "${SWEEPER_SIZES:-10000,1000000}" \
     --runs "${SWEEPER_RUNS:-25}" >>"$WORK/sweeper.jsonl"
   psql "$PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS $SWEEP_DB WITH (FORCE)" >/dev/null
+fi
+
+if want abuse; then
+  ABUSE_PORT=$(( PORT + 4 ))
+  # abuse_run LABEL FLOOD_CLIENTS [VAR=VALUE...]: a fresh api, the load, its peak memory.
+  abuse_run() {
+    local label="$1" flood="$2"; shift 2
+    # A namespace of its own: the limits one scenario's flood reached stay in Redis.
+    ABUSE_RUN=$(( ${ABUSE_RUN:-0} + 1 ))
+    (export "$@" API_ADDR="127.0.0.1:$ABUSE_PORT" REDIS_NAMESPACE="bench$$-abuse$ABUSE_RUN"
+     exec "$BIN/clicknback-api" serve) >"$WORK/api-abuse.log" 2>&1 &
+    local pid=$!
+    PIDS+=("$pid")
+    wait_ready "$ABUSE_PORT" || { cat "$WORK/api-abuse.log" >&2; exit 1; }
+    log "abuse: $label (webhooks at ${ABUSE_RATE:-50}/s for ${ABUSE_SECONDS:-20} s, $flood flooding clients)"
+    "$BIN/loadgen" abuse --api "http://127.0.0.1:$ABUSE_PORT" --seconds "${ABUSE_SECONDS:-20}" \
+      --rate "${ABUSE_RATE:-50}" --flood "$flood" \
+      --admin-email bench@example.com --admin-password bench-password >"$WORK/abuse-one.json"
+    local hwm
+    hwm=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); r["scenario"] = sys.argv[2]; r["peak_kib"] = int(sys.argv[3] or 0); print(json.dumps(r))' \
+      "$WORK/abuse-one.json" "$label" "$hwm" >>"$WORK/abuse.jsonl"
+  }
+  abuse_run "webhooks alone" 0
+  abuse_run "under a login flood" "${ABUSE_FLOOD:-200}"
+  abuse_run "under a login flood, per-address limit lifted" "${ABUSE_FLOOD:-200}" \
+    LOGIN_PER_IP_PER_MINUTE=1000000 LOGIN_MAX_FAILURES=1000
 fi
 
 python3 "$ROOT/bench/report.py" "$WORK" "$OUT_DIR/bench-$STAMP" "$RUNS" "$REQUESTS" "$CONCURRENCY" "$SECTIONS"

@@ -168,4 +168,4 @@ except KeyboardInterrupt:
     print("done so far: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     sys.exit(130)
 print("done: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-print(f"watch: {API}/board  {API}/metrics  the SMTP inbox (http://127.0.0.1:1080 with ./scripts/run.sh)")
+print(f"watch: {API}/board  http://127.0.0.1:8082/metrics  the SMTP inbox (http://127.0.0.1:1080 with ./scripts/run.sh)")

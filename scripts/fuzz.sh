@@ -79,6 +79,7 @@ else
 fi
 
 PORT="${FUZZ_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}"
+METRICS_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 BASE="http://127.0.0.1:$PORT"
 NAMESPACE="fuzz$$"
 
@@ -99,8 +100,9 @@ trap 'log "interrupted; stopping"; exit 130' INT TERM
 # input handling, and the limits have their own tests.
 export APP_ENV=development RUST_LOG="${RUST_LOG:-warn}" \
   DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/$DB" REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" \
-  REDIS_NAMESPACE="$NAMESPACE" API_ADDR="127.0.0.1:$PORT" \
-  WEBHOOK_RATE_LIMIT_PER_MINUTE=1000000 TRACK_RATE_LIMIT_PER_MINUTE=1000000 LOGIN_MAX_FAILURES=1000
+  REDIS_NAMESPACE="$NAMESPACE" API_ADDR="127.0.0.1:$PORT" METRICS_ADDR="127.0.0.1:$METRICS_PORT" \
+  WEBHOOK_RATE_LIMIT_PER_MINUTE=1000000 TRACK_RATE_LIMIT_PER_MINUTE=1000000 LOGIN_MAX_FAILURES=1000 \
+  LOGIN_PER_IP_PER_MINUTE=1000000 REGISTER_PER_IP_PER_HOUR=1000000 HTTP_MAX_IN_FLIGHT=100000
 "$BIN" migrate >/dev/null
 export FUZZ_ADMIN_EMAIL="fuzz-admin@example.com" FUZZ_ADMIN_PASSWORD="fuzz-admin-password"
 CLICKNBACK_ADMIN_PASSWORD="$FUZZ_ADMIN_PASSWORD" "$BIN" create-admin --email "$FUZZ_ADMIN_EMAIL" >/dev/null
@@ -275,7 +277,7 @@ set +e
   "$VENV/bin/${ST_CMD[0]}" "${ST_CMD[@]:1}" --no-color >"$OUT/schemathesis.log" 2>&1)
 st_status=$?
 set -e
-curl -fsS "$BASE/metrics" >"$OUT/metrics.txt"
+curl -fsS "http://127.0.0.1:$METRICS_PORT/metrics" >"$OUT/metrics.txt"
 
 status=0
 "$VENV/bin/python" - "$OUT" "$st_status" "$ST_REPORTED" "$SEED" "$SECONDS_BUDGET" "$WORKERS" "${ST_CMD[*]}" "$BUILT_FROM" <<'PY' || status=$?

@@ -45,7 +45,7 @@ trap cleanup INT TERM EXIT
 [ -n "$MAILDEV_PID" ] && pids+=("$MAILDEV_PID")
 "$BIN/clicknback-api" serve & pids+=($!)
 "$BIN/clicknback-worker" run & pids+=($!)
-log "api        http://$API_ADDR   (OpenAPI UI: /docs, metrics: /metrics)"
+log "api        http://$API_ADDR   (OpenAPI UI: /docs; metrics: http://${METRICS_ADDR:-127.0.0.1:8082}/metrics)"
 log "job board  http://$API_ADDR/board   (log in with an admin's email and password)"
 log "worker     http://$WORKER_ADDR/metrics"
 [ -n "$MAILDEV_PID" ] && log "inbox      http://127.0.0.1:${CLICKNBACK_INBOX_PORT:-1080}"

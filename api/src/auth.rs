@@ -76,18 +76,24 @@ impl FromRequestParts<AppState> for AdminUser {
 #[derive(Debug, Clone)]
 pub struct ClientIp(pub String);
 
-/// The client behind `peer`, given the `X-Forwarded-For` chain.
+/// The client behind `peer`, given the `X-Forwarded-For` chain. Addresses
+/// are compared in canonical form: an IPv4 peer seen by a dual-stack
+/// listener as `::ffff:a.b.c.d` is `a.b.c.d` (`trusted` is canonical too).
 pub fn client_ip(
     peer: Option<std::net::IpAddr>,
     forwarded_for: Option<&str>,
     trusted: &[std::net::IpAddr],
 ) -> Option<std::net::IpAddr> {
-    let mut client = peer?;
+    let mut client = peer?.to_canonical();
     if !trusted.contains(&client) {
         return Some(client);
     }
     for hop in forwarded_for.unwrap_or_default().rsplit(',') {
-        match hop.trim().parse::<std::net::IpAddr>() {
+        match hop
+            .trim()
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.to_canonical())
+        {
             Ok(ip) => {
                 client = ip;
                 if !trusted.contains(&ip) {
@@ -123,9 +129,12 @@ impl FromRequestParts<AppState> for ClientIp {
     }
 }
 
-/// An admin for the job board: an admin bearer token, or admin email and
-/// password as HTTP Basic credentials (so a browser can open `/board`).
-/// Verified Basic credentials are remembered for a minute to spare argon2.
+/// An admin for the job board: an admin bearer token, the board's session
+/// cookie (see [`crate::session`]; a state-changing call must also carry its
+/// CSRF token), or admin email and password as HTTP Basic credentials (for
+/// scripts). Basic credentials count as sign-in attempts
+/// ([`crate::limits::sign_in_attempt`]) except when they are the ones verified
+/// in the last minute, which are remembered to spare argon2.
 #[derive(Debug, Clone)]
 pub struct BoardAdmin(pub UserId);
 
@@ -137,11 +146,17 @@ fn basic_cache() -> &'static BasicCache {
     CACHE.get_or_init(Default::default)
 }
 
-fn basic_challenge(detail: &str) -> ApiError {
-    ApiError::new(axum::http::StatusCode::UNAUTHORIZED, "unauthorized", detail).with_header(
-        axum::http::header::WWW_AUTHENTICATE,
-        "Basic realm=\"ClickNBack board\", charset=\"UTF-8\"",
-    )
+fn basic_refused(detail: &str) -> ApiError {
+    ApiError::new(axum::http::StatusCode::UNAUTHORIZED, "unauthorized", detail)
+}
+
+/// The board's session named by the request's cookie, if valid.
+pub fn board_session(
+    headers: &axum::http::HeaderMap,
+    state: &AppState,
+) -> Option<crate::session::Session> {
+    crate::session::cookie_value(headers)
+        .and_then(|v| state.sessions.verify(v, chrono::Utc::now().timestamp()))
 }
 
 impl FromRequestParts<AppState> for BoardAdmin {
@@ -153,24 +168,43 @@ impl FromRequestParts<AppState> for BoardAdmin {
                 .await
                 .map(|a| BoardAdmin(a.0.id));
         }
-        let raw = parts
+        let basic = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| {
                 v.strip_prefix("Basic ")
                     .or_else(|| v.strip_prefix("basic "))
-            })
-            .ok_or_else(|| basic_challenge("admin credentials are required"))?;
+            });
+        let Some(raw) = basic else {
+            let session = board_session(&parts.headers, state)
+                .ok_or_else(|| basic_refused("sign in on /board, or send admin credentials"))?;
+            let changes = !matches!(
+                parts.method,
+                axum::http::Method::GET | axum::http::Method::HEAD
+            );
+            let token = parts
+                .headers
+                .get(crate::session::CSRF_HEADER)
+                .and_then(|v| v.to_str().ok());
+            if changes && !token.is_some_and(|t| state.sessions.csrf_matches(&session, t)) {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::FORBIDDEN,
+                    "csrf_token_invalid",
+                    "send the page's CSRF token in X-CSRF-Token",
+                ));
+            }
+            return Ok(BoardAdmin(session.user_id));
+        };
         use base64::Engine;
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(raw.trim())
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
-            .ok_or_else(|| basic_challenge("malformed credentials"))?;
+            .ok_or_else(|| basic_refused("malformed credentials"))?;
         let (email, password) = decoded
             .split_once(':')
-            .ok_or_else(|| basic_challenge("malformed credentials"))?;
+            .ok_or_else(|| basic_refused("malformed credentials"))?;
         let fingerprint = clicknback_core::crypto::sha256(decoded.as_bytes());
         if let Some((id, at)) = basic_cache()
             .lock()
@@ -180,10 +214,16 @@ impl FromRequestParts<AppState> for BoardAdmin {
         {
             return Ok(BoardAdmin(id));
         }
-        let mut conn = state.conn().await?;
-        let user = clicknback_core::services::users::authenticate(&mut conn, email, password)
+        let Ok(ClientIp(ip)) = ClientIp::from_request_parts(parts, state).await;
+        let (user, _) = crate::handlers::auth::sign_in(state, &ip, email, password)
             .await
-            .map_err(|_| basic_challenge("wrong email or password"))?;
+            .map_err(|e| {
+                if e.code == "invalid_credentials" {
+                    basic_refused("wrong email or password")
+                } else {
+                    e
+                }
+            })?;
         if user.role != Role::Admin {
             return Err(ApiError::forbidden("the board requires an admin account"));
         }
@@ -218,5 +258,21 @@ mod tests {
         assert_eq!(client_ip(Some(lb), None, &trusted), Some(lb));
         assert_eq!(client_ip(Some(lb), Some("garbage"), &trusted), Some(lb));
         assert_eq!(client_ip(None, xff, &trusted), None);
+    }
+
+    #[test]
+    fn ipv4_mapped_peers_match_ipv4_proxies() {
+        let trusted: [std::net::IpAddr; 1] = ["10.0.0.2".parse().unwrap()];
+        let mapped: std::net::IpAddr = "::ffff:10.0.0.2".parse().unwrap();
+        assert_eq!(
+            client_ip(Some(mapped), Some("203.0.113.9"), &trusted),
+            Some("203.0.113.9".parse().unwrap())
+        );
+        let mapped_client: std::net::IpAddr = "::ffff:198.51.100.7".parse().unwrap();
+        assert_eq!(
+            client_ip(Some(mapped_client), None, &trusted),
+            Some("198.51.100.7".parse().unwrap()),
+            "one limit key per client, however the listener saw it"
+        );
     }
 }

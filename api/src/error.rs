@@ -98,6 +98,13 @@ impl ApiError {
         )
     }
 
+    /// More work than this process takes at once: 503 with `Retry-After`,
+    /// answered at once instead of queued.
+    pub fn overloaded(detail: &str) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", detail)
+            .with_header(header::RETRY_AFTER, "1")
+    }
+
     pub fn unavailable(detail: &str) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -227,6 +234,7 @@ impl From<UserError> for ApiError {
                 Self::new(StatusCode::UNAUTHORIZED, "invalid_credentials", detail)
             }
             UserError::NotFound => Self::not_found("user"),
+            UserError::Busy => Self::overloaded(&detail),
             UserError::Db(e) => e.into(),
             UserError::Internal(e) => Self::internal(e),
         }

@@ -11,6 +11,9 @@ pub mod observability;
 pub mod openapi;
 pub mod routes;
 pub mod sandbox;
+pub mod security;
+pub mod server;
+pub mod session;
 pub mod state;
 
 use clicknback_core::{config::Config, db, redis_conn::RedisHandle};
@@ -41,7 +44,8 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
         .ok()
 }
 
-/// Serves until SIGINT or SIGTERM, then drains in-flight requests.
+/// Serves until SIGINT or SIGTERM, then drains in-flight requests. `/metrics`
+/// is served on `METRICS_ADDR` (loopback by default), never on the api's port.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     if config.run_migrations_on_start {
         let applied = db::run_migrations(&config.database_url).await?;
@@ -50,15 +54,37 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
     let addr = config.api_addr;
+    let http = config.http.clone();
+    let limits = server::Limits {
+        header_read_timeout: http.header_read_timeout,
+        max_connections: http.max_connections,
+    };
     let state = build_state(config, install_metrics())?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "api listening");
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let metrics = match http.metrics_addr {
+        Some(at) => {
+            let listener = tokio::net::TcpListener::bind(at).await?;
+            tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+            let mut stopped = stopped.clone();
+            Some(tokio::spawn(server::run(
+                listener,
+                routes::metrics_router(state.clone()),
+                limits,
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            )))
+        }
+        None => None,
+    };
+    server::run(listener, router(state), limits, shutdown_signal()).await?;
+    let _ = stop.send(true);
+    if let Some(m) = metrics {
+        let _ = m.await;
+    }
+    drop(stopped);
     tracing::info!("api stopped");
     Ok(())
 }

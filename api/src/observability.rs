@@ -6,7 +6,21 @@ use clicknback_core::services::ops;
 
 use crate::state::AppState;
 
+/// When the gauges were last recomputed; a scrape within
+/// `METRICS_GAUGE_REFRESH_SECS` of it serves those values, and only one
+/// scrape at a time recomputes, so scrapes cost no query beyond that.
+static REFRESHED: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+
 pub async fn refresh_gauges(state: &AppState) {
+    {
+        let Ok(mut last) = REFRESHED.try_lock() else {
+            return; // another scrape is recomputing
+        };
+        if last.is_some_and(|t| t.elapsed() < state.config.http.metrics_refresh) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+    }
     let Ok(mut conn) = state.db.get().await else {
         return;
     };

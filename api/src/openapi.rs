@@ -1,4 +1,6 @@
-//! The OpenAPI description (`/openapi.json`) and a browsable UI (`/docs`).
+//! The OpenAPI description (`/openapi.json`) and a browsable UI (`/docs`):
+//! Swagger UI, whose files are inside the binary (utoipa-swagger-ui's
+//! vendored copy), so the page loads nothing from another origin.
 //!
 //! The description is built from the route list, [`crate::routes::api`]: each
 //! handler's `#[utoipa::path]` describes its operation, including the headers
@@ -16,11 +18,13 @@
 
 use std::sync::OnceLock;
 
-use axum::response::Html;
+use axum::{
+    http::{HeaderValue, header},
+    response::{IntoResponse, Response},
+};
 use serde_json::{Map, Value, json};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_scalar::Scalar;
 
 use crate::error::Problem;
 
@@ -79,14 +83,80 @@ pub(crate) async fn openapi_json() -> axum::Json<Value> {
     axum::Json(document().clone())
 }
 
-/// A browsable UI for this description (an HTML page).
+/// The docs page's policy: its scripts and styles come from the binary;
+/// Swagger UI sets some styles inline and draws icons from `data:` URLs.
+pub const DOCS_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+    img-src 'self' data:; connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; \
+    form-action 'none'; frame-ancestors 'none'";
+
+const DOCS_PAGE: &str = r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>ClickNBack API · OpenAPI</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="stylesheet" href="/docs/swagger-ui.css">
+</head>
+<body>
+<noscript>This page needs JavaScript; the description itself is <a href="/openapi.json">/openapi.json</a>.</noscript>
+<div id="swagger-ui"></div>
+<script src="/docs/swagger-ui-bundle.js"></script>
+<script src="/docs/swagger-ui-standalone-preset.js"></script>
+<script src="/docs/swagger-initializer.js"></script>
+</body>
+</html>
+"#;
+
+fn with_docs_policy(mut res: Response) -> Response {
+    res.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(DOCS_CSP),
+    );
+    res
+}
+
+/// A browsable UI for this description (an HTML page; its files are under `/docs/`).
 #[utoipa::path(get, path = "/docs", tag = "ops", responses(
     (status = 200, description = "the UI", content_type = "text/html"),
 ))]
-pub(crate) async fn docs_page() -> Html<&'static str> {
-    static PAGE: OnceLock<String> = OnceLock::new();
-    Html(PAGE.get_or_init(|| Scalar::new(document().clone()).to_html()))
+pub(crate) async fn docs_page() -> Response {
+    with_docs_policy(
+        (
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            DOCS_PAGE,
+        )
+            .into_response(),
+    )
 }
+
+/// A file of the UI (Swagger UI's scripts, styles and icons, from the binary).
+#[utoipa::path(get, path = "/docs/{file}", tag = "ops", params(("file" = String, Path, description = "e.g. `swagger-ui-bundle.js`")), responses(
+    (status = 200, description = "the file"),
+    (status = 404, description = "no such file (`not_found`)", body = Problem),
+))]
+pub(crate) async fn docs_file(crate::error::Path(file): crate::error::Path<String>) -> Response {
+    static CONFIG: OnceLock<std::sync::Arc<utoipa_swagger_ui::Config<'static>>> = OnceLock::new();
+    let config = CONFIG
+        .get_or_init(|| std::sync::Arc::new(utoipa_swagger_ui::Config::new(["/openapi.json"])))
+        .clone();
+    match utoipa_swagger_ui::serve(&file, config) {
+        Ok(Some(f)) if !file.is_empty() && file != "index.html" => with_docs_policy(
+            (
+                [
+                    (header::CONTENT_TYPE, f.content_type),
+                    (header::CACHE_CONTROL, "public, max-age=3600".to_owned()),
+                ],
+                f.bytes.into_owned(),
+            )
+                .into_response(),
+        ),
+        _ => crate::error::ApiError::not_found("file").into_response(),
+    }
+}
+
+/// The board's paths that take no credentials: its login form's target, its
+/// sign-out, and its script and style sheet.
+pub const PUBLIC_BOARD_PATHS: [&str; 3] = ["/board/login", "/board/logout", "/board/assets/{file}"];
 
 /// The extension marking an operation behind a rate limit.
 const RATE_LIMITED: &str = "x-rate-limited";
@@ -154,7 +224,13 @@ fn security_schemes(doc: &mut Value) {
         },
         "board_basic": {
             "type": "http", "scheme": "basic",
-            "description": "An admin's email and password; accepted by the job board and its API only."
+            "description": "An admin's email and password; accepted by the job board and its API only \
+                (counted as sign-in attempts, like `POST /v1/auth/login`)."
+        },
+        "board_session": {
+            "type": "apiKey", "in": "cookie", "name": "cnb_board",
+            "description": "The session `POST /board/login` starts (HttpOnly, SameSite=Strict). Calls that \
+                change something must also send its CSRF token in `X-CSRF-Token`."
         },
         "publishable_key": {
             "type": "apiKey", "in": "header", "name": "X-Publishable-Key",
@@ -232,6 +308,11 @@ fn named_header(name: &str) -> Option<Value> {
             "the resource's version; send it back as `If-Match` to change it",
             true,
             json!({"type": "string", "pattern": "^\"[0-9]+\"$"}),
+        ),
+        "Cache-Control" => header(
+            "`no-store`: the response carries a secret that no cache may keep",
+            true,
+            json!({"type": "string", "enum": ["no-store"]}),
         ),
         "Idempotent-Replayed" => header(
             "`true` when this is the stored answer to an earlier request with the same key",
@@ -473,7 +554,9 @@ mod tests {
             if secured {
                 assert!(has("401"), "{at}: no 401");
             }
-            if path.starts_with("/v1/admin") || path.starts_with("/board") {
+            if (path.starts_with("/v1/admin") || path.starts_with("/board"))
+                && !super::PUBLIC_BOARD_PATHS.contains(&path.as_str())
+            {
                 assert!(secured && has("403"), "{at}: not an admin operation");
             }
         }

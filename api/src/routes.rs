@@ -21,8 +21,17 @@ use crate::{
 /// handlers again under `/board/api`.
 const JOBS_AT: &str = "/v1/admin";
 
+/// The api, with what every request passes through, outermost first: the
+/// security headers, the request id, the HTTP metrics, CORS on the SDK's
+/// routes (`/v1/track/*`, the only ones other origins may call from a
+/// browser; errors and shed requests included), the request timeout and
+/// in-flight limit, panics caught, the same-origin rule of the board and
+/// admin API, the body limit.
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
+    let production = !state.config.is_development();
+    let guard = crate::middleware::Guard::new(&state.config.http);
+    let sdk = crate::security::sdk_cors(&state.config.http.sdk_allowed_origins);
     let described: Router<AppState> = api().into();
     let sandbox = if state.config.payouts.sandbox {
         crate::sandbox::routes()
@@ -33,12 +42,36 @@ pub fn router(state: AppState) -> Router {
         .merge(sandbox)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(crate::middleware::http_metrics))
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::security::same_origin,
+        ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ))
+        .layer(middleware::from_fn_with_state(
+            guard,
+            crate::middleware::guard,
+        ))
+        .layer(middleware::from_fn_with_state(
+            sdk,
+            crate::security::sdk_routes,
+        ))
+        .layer(middleware::from_fn(crate::middleware::http_metrics))
         .layer(middleware::from_fn(crate::middleware::request_id))
+        .layer(middleware::from_fn_with_state(
+            production,
+            crate::security::headers,
+        ))
+        .with_state(state)
+}
+
+/// `/metrics`, for the listener of its own at `METRICS_ADDR`.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", axum::routing::get(health::metrics))
+        .fallback(not_found)
         .with_state(state)
 }
 
@@ -57,7 +90,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(me::stats))
         .routes(routes!(payouts::create, payouts::list))
         .routes(routes!(payouts::get))
-        // shoppers' browsers (SDK)
+        // shoppers' browsers (SDK), from any allowed origin
         .routes(routes!(track::click))
         .routes(routes!(track::identify))
         .routes(routes!(track::purchase))
@@ -70,6 +103,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(merchants::suspend))
         .routes(routes!(merchants::reactivate))
         .routes(routes!(merchants::rotate_secret))
+        .routes(routes!(merchants::revoke_previous_secret))
         .routes(routes!(offers::create, offers::list))
         .routes(routes!(offers::get, offers::update))
         .routes(routes!(offers::activate))
@@ -83,13 +117,16 @@ pub fn api() -> OpenApiRouter<AppState> {
         // the job board
         .routes(routes!(board::page))
         .routes(at("/board/", routes!(board::page)))
+        .routes(routes!(board::login))
+        .routes(routes!(board::logout))
+        .routes(routes!(board::asset))
         .nest("/board/api", openapi::board_copies(job_routes(), JOBS_AT))
         // operations
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
-        .routes(routes!(health::metrics))
         .routes(routes!(openapi::openapi_json))
         .routes(routes!(openapi::docs_page))
+        .routes(routes!(openapi::docs_file))
 }
 
 /// The job system's operator routes, mounted at [`JOBS_AT`] and `/board/api`

@@ -27,6 +27,7 @@ pub struct Inner {
     pub cursors: CursorCodec,
     pub cache: Cache,
     pub metrics: Option<PrometheusHandle>,
+    pub sessions: crate::session::Sessions,
 }
 
 impl std::ops::Deref for AppState {
@@ -53,6 +54,17 @@ impl AppState {
         let cursors = CursorCodec::new(config.jwt_secret.expose().as_bytes());
         let cache = Cache::new(redis.clone(), &config.redis_namespace, &config.cache);
         clicknback_core::services::stats::configure(config.stats_coalesce);
+        clicknback_core::services::auth::configure_hashing(
+            clicknback_core::services::auth::HashingLimits {
+                threads: config.sign_in.hash_threads,
+                queue: config.sign_in.hash_queue,
+            },
+        );
+        let sessions = crate::session::Sessions::new(
+            config.jwt_secret.expose().as_bytes(),
+            config.sign_in.board_session_ttl,
+            !config.is_development(),
+        );
         Self(Arc::new(Inner {
             config,
             db,
@@ -62,6 +74,7 @@ impl AppState {
             cursors,
             cache,
             metrics,
+            sessions,
         }))
     }
 

@@ -36,6 +36,22 @@ redis.call('DEL', KEYS[1])
 return 1
 ";
 
+/// An id as it appears in a key: itself when it is letters, digits, `-`
+/// and `_` only, else `=` followed by its bytes in hex (`=` never starts a
+/// plain id, and hex has no `:`).
+fn key_part(id: &str) -> std::borrow::Cow<'_, str> {
+    let plain = !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if plain {
+        std::borrow::Cow::Borrowed(id)
+    } else {
+        let hex: String = id.bytes().map(|b| format!("{b:02x}")).collect();
+        std::borrow::Cow::Owned(format!("={hex}"))
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Cache {
     redis: Option<RedisHandle>,
@@ -78,9 +94,17 @@ impl Cache {
     }
 
     /// The Redis key of an entry: `<namespace>:cache:<kind>:<id>` (apart
-    /// from the queues, which live under `<namespace>:<queue>:`).
+    /// from the queues, which live under `<namespace>:<queue>:`). Its
+    /// generation counter lives apart, under `<namespace>:cache-gen:`, so
+    /// that no id makes an entry's key another entry's counter; an id other
+    /// than letters, digits, `-` and `_` (a uuid, a publishable key) is
+    /// written as `=` and its hex, so that no id reaches into another kind.
     pub fn key(&self, kind: &str, id: &str) -> String {
-        format!("{}:cache:{kind}:{id}", self.namespace)
+        format!("{}:cache:{kind}:{}", self.namespace, key_part(id))
+    }
+
+    fn generation_key(&self, kind: &str, id: &str) -> String {
+        format!("{}:cache-gen:{kind}:{}", self.namespace, key_part(id))
     }
 
     /// The cached value of `kind:id`, or what `load` returns (then cached for `ttl`).
@@ -100,7 +124,7 @@ impl Cache {
             return load().await;
         };
         let key = self.key(kind, id);
-        let gen_key = format!("{key}:gen");
+        let gen_key = self.generation_key(kind, id);
         let read = tokio::time::timeout(self.cfg.timeout, async {
             let mut c = redis.get().await?;
             redis::cmd("MGET")
@@ -159,7 +183,7 @@ impl Cache {
             return;
         };
         let key = self.key(kind, id);
-        let gen_key = format!("{key}:gen");
+        let gen_key = self.generation_key(kind, id);
         let mut last = None;
         for _ in 0..3 {
             let r = tokio::time::timeout(Duration::from_secs(2), async {
@@ -184,5 +208,43 @@ impl Cache {
             error = last.unwrap_or_default(),
             "cache invalidation failed; the entry expires by its TTL"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_id_names_another_entry_or_a_generation() {
+        let cfg = CacheConfig {
+            enabled: false,
+            offer_ttl: Duration::from_secs(1),
+            merchant_ttl: Duration::from_secs(1),
+            stats_ttl: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+        };
+        let c = Cache {
+            redis: None,
+            namespace: "ns".into(),
+            cfg,
+        };
+        assert_eq!(
+            c.key("merchant:pk", "pk_abc-1"),
+            "ns:cache:merchant:pk:pk_abc-1"
+        );
+        let ids = ["pk_a", "pk_a:gen", "pk:pk_a", "=706b5f61", "", "a b"];
+        let mut keys: Vec<String> = Vec::new();
+        for kind in ["merchant", "merchant:pk"] {
+            for id in ids {
+                keys.push(c.key(kind, id));
+                keys.push(c.generation_key(kind, id));
+            }
+        }
+        let n = keys.len();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), n, "every (kind, id) has keys of its own");
+        assert!(keys.iter().all(|k| k.matches(':').count() <= 4));
     }
 }

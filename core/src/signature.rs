@@ -91,7 +91,8 @@ pub fn verify(
         return Err(SignatureError::MissingHeaders);
     }
     let ts_num: i64 = ts.parse().map_err(|_| SignatureError::BadTimestamp)?;
-    if (now - ts_num).abs() > tolerance_secs {
+    // abs_diff: no overflow for any pair of i64 (`-9223372036854775808`, say).
+    if now.abs_diff(ts_num) > tolerance_secs.unsigned_abs() {
         return Err(SignatureError::TimestampOutOfTolerance);
     }
     let expected: Vec<[u8; 32]> = secrets.iter().map(|s| s.mac(id, ts, body)).collect();
@@ -175,6 +176,39 @@ mod tests {
         ] {
             assert_eq!(check(sig, TS), Err(SignatureError::NoMatch), "{sig}");
         }
+    }
+
+    #[test]
+    fn extreme_timestamps_are_out_of_tolerance_without_overflow() {
+        let secret = WebhookSecret::parse(SECRET).unwrap();
+        for ts in [
+            i64::MIN.to_string(),
+            i64::MAX.to_string(),
+            "-1".into(),
+            "0".into(),
+        ] {
+            let headers = SignedHeaders {
+                id: Some(ID),
+                timestamp: Some(&ts),
+                signature: Some(SIG),
+            };
+            for now in [i64::MIN, -1, 0, TS, i64::MAX] {
+                let r = verify(std::slice::from_ref(&secret), &headers, BODY, now, 300);
+                assert!(
+                    r.is_err() || now.abs_diff(ts.parse().unwrap()) <= 300,
+                    "{ts} at {now}"
+                );
+            }
+        }
+        let huge = SignedHeaders {
+            id: Some(ID),
+            timestamp: Some("99999999999999999999"),
+            signature: Some(SIG),
+        };
+        assert_eq!(
+            verify(&[secret], &huge, BODY, TS, 300),
+            Err(SignatureError::BadTimestamp)
+        );
     }
 
     #[test]

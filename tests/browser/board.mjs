@@ -1,5 +1,7 @@
-// Drives the job board in headless Chromium: refuses anonymous access, shows
-// real counts and a dead job's error, and re-queues it with a click.
+// Drives the job board in headless Chromium: refuses anonymous access with
+// the login form, signs in through it, shows real counts and a dead job's
+// error, re-queues it with a click, and refuses another origin's form that
+// posts to the board with the admin's credentials.
 // Env: BOARD_URL, ADMIN_EMAIL, ADMIN_PASSWORD, QUEUE, EXPECT_ERROR, SCREENSHOT_DIR (optional).
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
@@ -29,13 +31,21 @@ try {
   console.log("anonymous access refused (401)");
   await anon.close();
 
-  const ctx = await browser.newContext({
-    httpCredentials: { username: process.env.ADMIN_EMAIL, password: process.env.ADMIN_PASSWORD },
-    viewport: { width: 1400, height: 900 },
-  });
+  const ctx = await browser.newContext({ viewport: { width: 1400, height: 900 } });
   const page = await ctx.newPage();
-  const ok = await page.goto(url);
-  if (ok.status() !== 200) fail(`/board answered ${ok.status()}`);
+  const form = await page.goto(url);
+  if (form.status() !== 401) fail(`/board without a session answered ${form.status()}`);
+  await page.fill('input[name="email"]', process.env.ADMIN_EMAIL);
+  await page.fill('input[name="password"]', process.env.ADMIN_PASSWORD);
+  const [signedIn] = await Promise.all([
+    page.waitForResponse(r => r.url() === url && r.request().method() === "GET"),
+    page.click('button[type="submit"]'),
+  ]);
+  if (signedIn.status() !== 200) fail(`/board after signing in answered ${signedIn.status()}`);
+  const cookie = (await ctx.cookies()).find(c => c.name === "cnb_board");
+  if (!cookie || !cookie.httpOnly || cookie.sameSite !== "Strict") fail(`session cookie ${JSON.stringify(cookie)}`);
+  console.log("signed in with the login form (HttpOnly, SameSite=Strict session)");
+  await shot(page, "board-login.png");
   const dead = page.locator(`span[data-queue="${queue}"][data-state="dead"]`);
   await dead.waitFor();
   await page.waitForFunction((q) => document.querySelector(`span[data-queue="${q}"][data-state="dead"]`)?.textContent === "1", queue, { timeout: 15000 });
@@ -55,6 +65,26 @@ try {
   console.log("re-queued with a click; dead count is 0");
   await shot(page, "board-after-requeue.png");
   await ctx.close();
+
+  // Another origin's page posting to the board with the admin's Basic
+  // credentials attached by the browser: refused, and nothing is paused.
+  const base = new URL(url);
+  const evil = await browser.newContext({
+    httpCredentials: { username: process.env.ADMIN_EMAIL, password: process.env.ADMIN_PASSWORD, send: "always" },
+  });
+  await evil.route("http://evil.test/**", r => r.fulfill({ contentType: "text/html", body:
+    `<form id="f" method="post" action="${base.origin}/board/api/queues/${queue}/pause"><input name="x" value="1"></form>` +
+    `<script>document.getElementById("f").submit()</script>` }));
+  const attacker = await evil.newPage();
+  const posted = attacker.waitForResponse(r => r.url().endsWith(`/queues/${queue}/pause`));
+  await attacker.goto("http://evil.test/");
+  const answer = await posted;
+  if (answer.status() !== 403) fail(`the cross-origin form post answered ${answer.status()}`);
+  const check = await evil.request.get(`${base.origin}/board/api/queues`);
+  const paused = (await check.json()).find(q => q.queue === queue)?.paused;
+  if (paused !== false) fail(`the queue is paused: ${paused}`);
+  console.log("another origin's form post with the admin's credentials refused (403), nothing paused");
+  await evil.close();
 } finally {
   await browser.close();
 }

@@ -167,6 +167,10 @@ class Stack:
             "DATA_ENCRYPTION_KEY": "ZmF1bHRzLWtleS1mYXVsdHMta2V5LWZhdWx0cy1rZXk=",
             "SMTP_URL": f"smtp://127.0.0.1:{self.smtp_port}",
             "API_ADDR": f"127.0.0.1:{self.api_port}",
+            "METRICS_ADDR": "off",
+            # Shoppers register all run long from this one address.
+            "REGISTER_PER_IP_PER_HOUR": "100000",
+            "LOGIN_PER_IP_PER_MINUTE": "100000",
             "RUN_MIGRATIONS_ON_START": "false",
             "ACCESS_TOKEN_TTL_SECS": "3600",
             "ATTRIBUTION_DELAY_SECS": "2",

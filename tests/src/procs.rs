@@ -91,6 +91,8 @@ impl Drop for WorkerProcess {
 /// A running `clicknback-api` on a free port.
 pub struct ApiProcess {
     pub base: String,
+    /// Where its `/metrics` listens (`METRICS_ADDR`, a port of its own).
+    pub metrics: String,
     pub process: WorkerProcess,
 }
 
@@ -125,8 +127,10 @@ impl TestApp {
             uuid::Uuid::new_v4().simple()
         ));
         let mut cmd = self.command("clicknback-api", &log);
+        let metrics_port = free_port();
         cmd.arg("serve")
-            .env("API_ADDR", format!("127.0.0.1:{port}"));
+            .env("API_ADDR", format!("127.0.0.1:{port}"))
+            .env("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"));
         for (k, v) in extra {
             cmd.env(k, v);
         }
@@ -145,7 +149,11 @@ impl TestApp {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        ApiProcess { base, process }
+        ApiProcess {
+            base,
+            metrics: format!("http://127.0.0.1:{metrics_port}"),
+            process,
+        }
     }
 
     /// Starts a worker process for this test's database and Redis namespace.

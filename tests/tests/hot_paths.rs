@@ -252,6 +252,11 @@ async fn a_burst_of_rewards_runs_one_statistics_recompute_served_through_the_cac
         .tokens
         .issue(user, clicknback_core::models::user::Role::User)
         .access_token;
+    // Buckets are aligned to multiples of STATS_COALESCE_SECS: started at the
+    // beginning of one, a burst shorter than two buckets (100 webhooks and
+    // attributions take 3 to 6 s on a busy machine) spans at most two.
+    let into_bucket = chrono::Utc::now().timestamp_millis().rem_euclid(5_000) as u64;
+    tokio::time::sleep(Duration::from_millis(5_000 - into_bucket)).await;
     for i in 0..100 {
         let p = app
             .report_purchase(

@@ -78,11 +78,8 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Prometheus text format.
-#[utoipa::path(get, path = "/metrics", tag = "ops", responses(
-    (status = 200, description = "metrics", content_type = "text/plain"),
-    (status = 500, body = crate::error::Problem),
-))]
+/// Prometheus text format, served on the metrics listener (`METRICS_ADDR`),
+/// not on the api's port.
 pub async fn metrics(State(state): State<AppState>) -> Response {
     crate::observability::refresh_gauges(&state).await;
     let body = state

@@ -1,6 +1,9 @@
 //! The SDK's endpoints, called from the shopper's browser or app with the
 //! merchant's publishable key (click, purchase) or the user's token
-//! (identify). Rate limited per client address, in Redis.
+//! (identify). Rate limited per client address, in Redis, before anything
+//! else is done with the request (the publishable key's lookup included):
+//! [`TrackLimited`] comes first among each handler's extractors. Browsers on
+//! other origins may call them (see [`crate::security::sdk_cors`]).
 
 use axum::{
     extract::{FromRequestParts, State},
@@ -80,13 +83,21 @@ impl FromRequestParts<AppState> for PublishableMerchant {
     }
 }
 
-/// Counts the call against the client address's limit; 429 past it.
-async fn limited(state: &AppState, ip: &str) -> ApiResult<Option<Decision>> {
-    let l = Limit {
-        limit: state.config.track_per_minute,
-        window: std::time::Duration::from_secs(60),
-    };
-    limits::hit(state, "track", ip, l).await
+/// The call counted against its client address's limit (429 past it). An
+/// extractor, so that it runs before the ones that read the database.
+pub struct TrackLimited(pub Option<Decision>);
+
+impl FromRequestParts<AppState> for TrackLimited {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Ok(ClientIp(ip)) = ClientIp::from_request_parts(parts, state).await;
+        let l = Limit {
+            limit: state.config.track_per_minute,
+            window: std::time::Duration::from_secs(60),
+        };
+        Ok(TrackLimited(limits::hit(state, "track", &ip, l).await?))
+    }
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -108,11 +119,10 @@ pub struct ClickRequest {
 ))]
 pub async fn click(
     State(state): State<AppState>,
-    ClientIp(ip): ClientIp,
+    TrackLimited(d): TrackLimited,
     PublishableMerchant(m): PublishableMerchant,
     Json(body): Json<ClickRequest>,
 ) -> ApiResult<Response> {
-    let d = limited(&state, &ip).await?;
     let mut conn = state.conn().await?;
     let t = tracking::click(
         &mut conn,
@@ -144,11 +154,10 @@ pub struct IdentifyRequest {
 ))]
 pub async fn identify(
     State(state): State<AppState>,
-    ClientIp(ip): ClientIp,
+    TrackLimited(d): TrackLimited,
     user: AuthUser,
     Json(body): Json<IdentifyRequest>,
 ) -> ApiResult<Response> {
-    let d = limited(&state, &ip).await?;
     let mut conn = state.conn().await?;
     tracking::identify(&mut conn, user.id, &body.anon_id).await?;
     Ok(limits::annotate(
@@ -183,11 +192,10 @@ pub struct PurchaseConfirmationResult {
 ))]
 pub async fn purchase(
     State(state): State<AppState>,
-    ClientIp(ip): ClientIp,
+    TrackLimited(d): TrackLimited,
     PublishableMerchant(m): PublishableMerchant,
     Json(body): Json<PurchaseConfirmation>,
 ) -> ApiResult<Response> {
-    let d = limited(&state, &ip).await?;
     let mut conn = state.conn().await?;
     let result = tracking::confirm_purchase(
         &mut conn,

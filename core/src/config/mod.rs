@@ -8,9 +8,11 @@
 mod attribution;
 mod cache;
 mod env;
+mod http;
 mod payouts;
 mod relay;
 mod secrets;
+mod sign_in;
 mod worker;
 
 use std::{net::SocketAddr, time::Duration};
@@ -18,9 +20,11 @@ use std::{net::SocketAddr, time::Duration};
 pub use attribution::AttributionConfig;
 pub use cache::CacheConfig;
 pub use env::{ConfigError, Env, UrlForm};
+pub use http::HttpConfig;
 pub use payouts::PayoutConfig;
 pub use relay::RelayConfig;
 pub use secrets::Secret;
+pub use sign_in::SignInConfig;
 pub use worker::WorkerConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +75,8 @@ pub struct Config {
     /// Reward movements for one user inside this window share one statistics recompute.
     pub stats_coalesce: Duration,
     pub cache: CacheConfig,
+    pub http: HttpConfig,
+    pub sign_in: SignInConfig,
     pub payouts: PayoutConfig,
     pub relay: RelayConfig,
     pub worker: WorkerConfig,
@@ -148,7 +154,7 @@ impl Config {
         };
 
         let api_addr = addr("API_ADDR", "127.0.0.1:8080")?;
-        Ok(Self {
+        let config = Self {
             app_env,
             database_url,
             database_pool_size: env.int_in("DATABASE_POOL_SIZE", 16, 1..=512)? as usize,
@@ -182,11 +188,14 @@ impl Config {
                 .map(str::trim)
                 .filter(|p| !p.is_empty())
                 .map(|p| {
-                    p.parse().map_err(|_| ConfigError {
-                        var: "TRUSTED_PROXIES".into(),
-                        problem: format!("contains {p:?}"),
-                        expected: "comma-separated IP addresses of your load balancers".into(),
-                    })
+                    // `::ffff:a.b.c.d` and `a.b.c.d` are one address.
+                    p.parse::<std::net::IpAddr>()
+                        .map(|ip| ip.to_canonical())
+                        .map_err(|_| ConfigError {
+                            var: "TRUSTED_PROXIES".into(),
+                            problem: format!("contains {p:?}"),
+                            expected: "comma-separated IP addresses of your load balancers".into(),
+                        })
                 })
                 .collect::<Result<_, _>>()?,
             run_migrations_on_start: env.bool("RUN_MIGRATIONS_ON_START", true)?,
@@ -198,11 +207,27 @@ impl Config {
             )?,
             stats_coalesce: env.secs("STATS_COALESCE_SECS", 5, 0..=3_600)?,
             cache: cache::read(&env)?,
+            http: http::read(&env)?,
+            sign_in: sign_in::read(&env)?,
             payouts: payouts::read(&env, api_addr)?,
             relay: relay::read(&env)?,
             worker: worker::read(&env)?,
             attribution: attribution::read(&env)?,
-        })
+        };
+        // A webhook's idempotency record must outlive the window in which its
+        // signature verifies, or a replay after the purge is accepted again.
+        if config.idempotency_retention < config.webhook_tolerance {
+            return Err(ConfigError {
+                var: "IDEMPOTENCY_RETENTION_SECS".into(),
+                problem: format!(
+                    "is {} seconds, below WEBHOOK_TOLERANCE_SECS ({} seconds)",
+                    config.idempotency_retention.as_secs(),
+                    config.webhook_tolerance.as_secs()
+                ),
+                expected: "at least WEBHOOK_TOLERANCE_SECS".into(),
+            });
+        }
+        Ok(config)
     }
 
     pub fn is_development(&self) -> bool {
@@ -273,5 +298,58 @@ mod tests {
         assert_eq!(err.expected, "an SMTP URL like smtp://127.0.0.1:1025");
         let err = load(&[dev, ("PAYOUT_PROVIDER_URL", "ftp://h")]).unwrap_err();
         assert_eq!(err.problem, "does not start with http:// or https://");
+    }
+
+    #[test]
+    fn idempotency_records_must_outlive_the_signature_tolerance() {
+        let err = load(&[
+            ("APP_ENV", "development"),
+            ("WEBHOOK_TOLERANCE_SECS", "600"),
+            ("IDEMPOTENCY_RETENTION_SECS", "300"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "IDEMPOTENCY_RETENTION_SECS");
+        assert!(err.to_string().contains("WEBHOOK_TOLERANCE_SECS"), "{err}");
+        assert!(
+            load(&[
+                ("APP_ENV", "development"),
+                ("WEBHOOK_TOLERANCE_SECS", "600"),
+                ("IDEMPOTENCY_RETENTION_SECS", "600"),
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_are_canonical_and_http_settings_parse() {
+        let cfg = load(&[
+            ("APP_ENV", "development"),
+            ("TRUSTED_PROXIES", "::ffff:10.0.0.2, 10.0.0.3"),
+            (
+                "SDK_ALLOWED_ORIGINS",
+                "https://shop.example, http://localhost:3000/",
+            ),
+            ("METRICS_ADDR", "off"),
+        ])
+        .unwrap();
+        let lb: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(cfg.trusted_proxies.contains(&lb));
+        assert_eq!(
+            cfg.http.sdk_allowed_origins,
+            ["https://shop.example", "http://localhost:3000"]
+        );
+        assert_eq!(cfg.http.metrics_addr, None);
+        let cfg = load(&[("APP_ENV", "development")]).unwrap();
+        assert!(
+            cfg.http.sdk_allowed_origins.is_empty(),
+            "any origin by default"
+        );
+        assert_eq!(cfg.http.metrics_addr.unwrap().to_string(), "127.0.0.1:8082");
+        let err = load(&[
+            ("APP_ENV", "development"),
+            ("SDK_ALLOWED_ORIGINS", "shop.example"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "SDK_ALLOWED_ORIGINS");
     }
 }

@@ -301,3 +301,26 @@ pub async fn rotate_secret(
         webhook_secret: secret_text,
     })
 }
+
+/// Ends the previous webhook secret's grace now, for a secret that leaked:
+/// from this call on only the current secret verifies. Audited as
+/// `merchant.revoke_previous_secret`.
+pub async fn revoke_previous_secret(
+    conn: &mut AsyncPgConnection,
+    actor: &Actor,
+    id: MerchantId,
+) -> Result<Merchant, MerchantError> {
+    change(
+        conn,
+        actor,
+        id,
+        None,
+        "merchant.revoke_previous_secret",
+        move |m| {
+            m.previous_secret_encrypted = None;
+            m.previous_secret_expires_at = None;
+            Ok(())
+        },
+    )
+    .await
+}

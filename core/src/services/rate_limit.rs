@@ -1,8 +1,9 @@
 //! Fixed-window rate limits in Redis, so they hold across api replicas.
 //!
 //! A window is one key with a TTL; `hit` increments it atomically (and sets
-//! the TTL on the first hit). When Redis is unreachable the limiter lets the
-//! request through and logs it: a limiter must not take ingestion down.
+//! the TTL on the first hit), so a request is counted before it is let
+//! through. When Redis is unreachable ([`try_hit`] fails) the api counts in
+//! a [`LocalLimiter`] of its own process instead, with the same limits.
 
 use std::time::Duration;
 
@@ -72,15 +73,25 @@ fn decide(l: Limit, count: u64, ttl_ms: i64) -> Decision {
     }
 }
 
-/// Counts a hit and says whether it is within the limit.
-pub async fn hit<C: ConnectionLike>(conn: &mut C, key: &str, l: Limit) -> Decision {
-    let r: redis::RedisResult<(u64, i64)> = HIT
+/// Counts a hit and says whether it is within the limit, atomically: of
+/// many parallel hits at most `limit` are allowed.
+pub async fn try_hit<C: ConnectionLike>(
+    conn: &mut C,
+    key: &str,
+    l: Limit,
+) -> redis::RedisResult<Decision> {
+    let (n, ttl): (u64, i64) = HIT
         .key(key)
         .arg(l.window.as_millis() as u64)
         .invoke_async(conn)
-        .await;
-    match r {
-        Ok((n, ttl)) => decide(l, n, ttl),
+        .await?;
+    Ok(decide(l, n, ttl))
+}
+
+/// Counts a hit and says whether it is within the limit (allowed when Redis fails).
+pub async fn hit<C: ConnectionLike>(conn: &mut C, key: &str, l: Limit) -> Decision {
+    match try_hit(conn, key, l).await {
+        Ok(d) => d,
         Err(e) => {
             tracing::warn!(error = %e, "rate limiter unavailable; allowing the request");
             Decision::open(l)
@@ -116,4 +127,84 @@ pub async fn peek<C: ConnectionLike>(conn: &mut C, key: &str, l: Limit) -> Decis
 
 pub async fn reset<C: ConnectionLike>(conn: &mut C, key: &str) {
     let _: redis::RedisResult<()> = redis::cmd("DEL").arg(key).query_async(conn).await;
+}
+
+/// Fixed windows counted in this process, for when Redis does not answer:
+/// each replica then enforces the limits on what it sees. At most
+/// `capacity` windows are kept; when that many are live, a new caller is
+/// refused (the table never grows past it).
+pub struct LocalLimiter {
+    capacity: usize,
+    windows: std::sync::Mutex<std::collections::HashMap<String, (u64, std::time::Instant)>>,
+}
+
+impl LocalLimiter {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            windows: Default::default(),
+        }
+    }
+
+    /// Counts a hit at `now`.
+    pub fn hit(&self, key: &str, l: Limit, now: std::time::Instant) -> Decision {
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        if !windows.contains_key(key) && windows.len() >= self.capacity {
+            windows.retain(|_, (_, ends)| *ends > now);
+            if windows.len() >= self.capacity {
+                return decide(l, l.limit + 1, l.window.as_millis() as i64);
+            }
+        }
+        let entry = windows.entry(key.to_owned()).or_insert((0, now + l.window));
+        if entry.1 <= now {
+            *entry = (0, now + l.window);
+        }
+        entry.0 += 1;
+        let ttl = entry.1.saturating_duration_since(now).as_millis() as i64;
+        decide(l, entry.0, ttl)
+    }
+
+    pub fn reset(&self, key: &str) {
+        self.windows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[test]
+    fn the_local_limiter_counts_windows_and_stays_bounded() {
+        let l = Limit {
+            limit: 3,
+            window: Duration::from_secs(60),
+        };
+        let local = LocalLimiter::new(2);
+        let t0 = Instant::now();
+        let allowed = (0..10).filter(|_| local.hit("a", l, t0).allowed).count();
+        assert_eq!(allowed, 3);
+        let d = local.hit("a", l, t0 + Duration::from_secs(59));
+        assert!(!d.allowed);
+        assert_eq!(d.reset_secs, 1);
+        assert!(
+            local.hit("a", l, t0 + Duration::from_secs(60)).allowed,
+            "a new window"
+        );
+        assert!(local.hit("b", l, t0).allowed);
+        assert!(
+            !local.hit("c", l, t0).allowed,
+            "full: a third caller is refused"
+        );
+        assert!(
+            local.hit("c", l, t0 + Duration::from_secs(121)).allowed,
+            "expired windows make room"
+        );
+        local.reset("c");
+        assert_eq!(local.hit("c", l, t0).remaining, 2);
+    }
 }

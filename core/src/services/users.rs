@@ -64,8 +64,20 @@ pub enum UserError {
     NotFound,
     #[error(transparent)]
     Db(#[from] diesel::result::Error),
+    /// Too many password checks are waiting (see [`auth::HashingLimits`]).
+    #[error("too many sign-ins are being checked; retry shortly")]
+    Busy,
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+impl From<auth::HashError> for UserError {
+    fn from(e: auth::HashError) -> Self {
+        match e {
+            auth::HashError::Busy => UserError::Busy,
+            auth::HashError::Failed(m) => UserError::Internal(anyhow::anyhow!(m)),
+        }
+    }
 }
 
 fn check_password(password: &str) -> Result<(), UserError> {
@@ -77,17 +89,44 @@ fn check_password(password: &str) -> Result<(), UserError> {
     }
 }
 
-/// Creates a user; for `Role::User` the welcome email is enqueued through the
-/// outbox in the same transaction.
-pub async fn create(
-    conn: &mut AsyncPgConnection,
-    email: &str,
-    password: &str,
+/// How long one address gets at most one welcome email.
+pub const WELCOME_WINDOW_SECS: i64 = 86_400;
+
+/// The welcome email's sent-log key: the address (hashed) and the window, so
+/// an address gets at most one welcome per window whatever creates accounts.
+pub fn welcome_key(email: &str, at: chrono::DateTime<Utc>) -> String {
+    let h: String = crate::crypto::sha256(email.as_bytes())
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!(
+        "welcome:{h}:{}",
+        at.timestamp().div_euclid(WELCOME_WINDOW_SECS)
+    )
+}
+
+/// A validated account with its password hashed, ready to be stored.
+pub struct NewAccount {
+    email: Email,
+    hash: String,
     role: Role,
-) -> Result<User, UserError> {
+}
+
+/// Validates and hashes, without a database connection: hashing waits for
+/// a hashing thread ([`auth::HashingLimits`]), and nothing should hold a
+/// connection meanwhile.
+pub async fn prepare(email: &str, password: &str, role: Role) -> Result<NewAccount, UserError> {
     let email = Email::parse(email)?;
     check_password(password)?;
     let hash = auth::hash_password(password.to_owned()).await?;
+    Ok(NewAccount { email, hash, role })
+}
+
+/// Stores a prepared account; for `Role::User` the welcome email is enqueued
+/// through the outbox in the same transaction.
+pub async fn insert(conn: &mut AsyncPgConnection, account: NewAccount) -> Result<User, UserError> {
+    let NewAccount { email, hash, role } = account;
     let id = UserId::new();
     let result = conn
         .transaction::<User, UserError, _>(async move |conn| {
@@ -102,13 +141,14 @@ pub async fn create(
                 .get_result(conn)
                 .await?;
             if role == Role::User {
+                let now = Utc::now();
                 let job = SendEmail {
                     kind: EmailKind::Welcome,
                     to: user.email.clone(),
                     data: serde_json::json!({ "email": user.email }),
-                    dedupe_key: format!("welcome:{}", user.id),
+                    dedupe_key: welcome_key(&user.email, now),
                 };
-                jobs::enqueue(conn, &job, Utc::now()).await?;
+                jobs::enqueue(conn, &job, now).await?;
             }
             Ok(user)
         })
@@ -126,31 +166,58 @@ pub async fn create(
     }
 }
 
-/// Checks credentials. The same error, and about the same time, whether the
-/// email is unknown or the password wrong.
+/// Creates a user ([`prepare`] then [`insert`]).
+pub async fn create(
+    conn: &mut AsyncPgConnection,
+    email: &str,
+    password: &str,
+    role: Role,
+) -> Result<User, UserError> {
+    let account = prepare(email, password, role).await?;
+    insert(conn, account).await
+}
+
+/// The account an email names, if any (an invalid address names none).
+pub async fn find_by_email(
+    conn: &mut AsyncPgConnection,
+    email: &str,
+) -> Result<Option<User>, UserError> {
+    let Ok(e) = Email::parse(email) else {
+        return Ok(None);
+    };
+    Ok(users::table
+        .filter(users::email.eq(e.as_str()))
+        .select(User::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+/// Checks a password against the account [`find_by_email`] found, without a
+/// database connection. The same error, and about the same time, whether the
+/// account is unknown or the password wrong.
+pub async fn check_credentials(user: Option<User>, password: &str) -> Result<User, UserError> {
+    let ok = auth::verify_password(
+        password.to_owned(),
+        user.as_ref().map(|u| u.password_hash.clone()),
+    )
+    .await?;
+    match user {
+        Some(u) if ok => Ok(u),
+        _ => Err(UserError::InvalidCredentials),
+    }
+}
+
+/// Checks credentials ([`find_by_email`] then [`check_credentials`]); the
+/// connection is held while the hash is checked, so request handlers call
+/// the two themselves and let the connection go in between.
 pub async fn authenticate(
     conn: &mut AsyncPgConnection,
     email: &str,
     password: &str,
 ) -> Result<User, UserError> {
-    let user = match Email::parse(email) {
-        Ok(e) => users::table
-            .filter(users::email.eq(e.as_str()))
-            .select(User::as_select())
-            .first(conn)
-            .await
-            .optional()?,
-        Err(_) => None,
-    };
-    let ok = auth::verify_password(
-        password.to_owned(),
-        user.as_ref().map(|u| u.password_hash.clone()),
-    )
-    .await;
-    match user {
-        Some(u) if ok => Ok(u),
-        _ => Err(UserError::InvalidCredentials),
-    }
+    let user = find_by_email(conn, email).await?;
+    check_credentials(user, password).await
 }
 
 pub async fn get(conn: &mut AsyncPgConnection, id: UserId) -> Result<User, UserError> {

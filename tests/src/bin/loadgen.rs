@@ -6,6 +6,10 @@
 //! `loadgen stats --api URL --database-url DB --rewards R ...` (`GET /v1/me/stats`
 //! for a shopper with R rewards; with `--computed`, the figures computed from
 //! the rewards on every request instead, straight from PostgreSQL)
+//! `loadgen abuse --api URL --seconds S --rate R [--flood C]` (signed webhooks
+//! at a steady R per second for S seconds, and with `--flood`, C clients
+//! sending logins of random emails at full speed meanwhile; `/readyz` is
+//! polled all along)
 //! `loadgen sweeper --database-url DB --sizes 10000,1000000 --runs R` (the
 //! sweeper's due-attribution query, timed at each table size; grows the table
 //! of a migrated database in place)
@@ -45,8 +49,9 @@ async fn main() -> anyhow::Result<()> {
         "e2e" => e2e().await,
         "stats" => stats().await,
         "sweeper" => sweeper().await,
+        "abuse" => abuse().await,
         other => anyhow::bail!(
-            "unknown mode {other:?}; expected `webhooks`, `e2e`, `stats` or `sweeper`"
+            "unknown mode {other:?}; expected `webhooks`, `e2e`, `stats`, `abuse` or `sweeper`"
         ),
     }
 }
@@ -382,6 +387,125 @@ where
             "requests": requests, "accepted": lat.len(), "errors": errors, "seconds": elapsed,
             "per_second": lat.len() as f64 / elapsed,
             "p50_ms": percentile(&lat, 0.50), "p99_ms": percentile(&lat, 0.99),
+        })
+    );
+    Ok(())
+}
+
+/// Steady signed webhooks, optionally under a login flood, and `/readyz`
+/// polled every 200 ms; prints the webhooks' latency and errors, the flood's
+/// answers by status, and how often `/readyz` was not 200.
+async fn abuse() -> anyhow::Result<()> {
+    use std::collections::BTreeMap;
+    let api = arg("--api", "http://127.0.0.1:8080");
+    let seconds: f64 = arg("--seconds", "20").parse()?;
+    let rate: f64 = arg("--rate", "50").parse()?;
+    let flood: usize = arg("--flood", "0").parse()?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let (merchant, _) = merchant_with_offer(&client, &api, &format!("abuse-{run}"), false).await?;
+    let mid = merchant["id"].as_str().unwrap_or_default().to_owned();
+    let secret = WebhookSecret::parse(merchant["webhook_secret"].as_str().unwrap_or_default())
+        .ok_or_else(|| anyhow::anyhow!("no webhook secret"))?;
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+
+    // The flood: its own connections, as many clients as asked, full speed.
+    let mut flooders = Vec::new();
+    for _ in 0..flood {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        let url = format!("{api}/v1/auth/login");
+        flooders.push(tokio::spawn(async move {
+            let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
+            while Instant::now() < deadline {
+                let email = format!("{}@flood.example", uuid::Uuid::new_v4().simple());
+                let status = match client
+                    .post(&url)
+                    .json(&json!({"email": email, "password": "password-123"}))
+                    .send()
+                    .await
+                {
+                    Ok(r) => r.status().as_u16().to_string(),
+                    Err(_) => "transport".to_owned(),
+                };
+                *by_status.entry(status).or_default() += 1;
+            }
+            by_status
+        }));
+    }
+    let readyz = tokio::spawn({
+        let (client, url) = (client.clone(), format!("{api}/readyz"));
+        async move {
+            let (mut checks, mut failures) = (0u64, 0u64);
+            while Instant::now() < deadline {
+                checks += 1;
+                let ok = matches!(client.get(&url).timeout(Duration::from_secs(5)).send().await,
+                    Ok(r) if r.status().as_u16() == 200);
+                if !ok {
+                    failures += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            (checks, failures)
+        }
+    });
+    // Webhooks at a steady rate, each on its own task (open loop: a slow
+    // answer does not slow the sending).
+    let url = Arc::new(format!("{api}/v1/webhooks/{mid}/purchases"));
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let mut sent = Vec::new();
+    let mut i = 0usize;
+    while Instant::now() < deadline {
+        tick.tick().await;
+        let (client, url, secret, run) = (client.clone(), url.clone(), secret.clone(), run.clone());
+        i += 1;
+        sent.push(tokio::spawn(async move {
+            let body = serde_json::to_vec(&json!({
+                "order_id": format!("{run}-{i}"), "amount_minor": 1_000, "currency": "EUR",
+                "purchased_at": chrono::Utc::now().to_rfc3339(),
+            }))
+            .expect("json");
+            let id = format!("msg_{run}_{i}");
+            let ts = chrono::Utc::now().timestamp();
+            let sig = secret.sign(&id, ts, &body);
+            let t = Instant::now();
+            let ok = matches!(client.post(url.as_str()).header("content-type", "application/json")
+                .header("webhook-id", &id).header("webhook-timestamp", ts.to_string())
+                .header("webhook-signature", sig).body(body).send().await,
+                Ok(r) if r.status().as_u16() == 202);
+            (ok, t.elapsed().as_secs_f64() * 1_000.0)
+        }));
+    }
+    let (mut lat, mut errors) = (Vec::new(), 0u64);
+    for t in sent {
+        let (ok, ms) = t.await?;
+        if ok {
+            lat.push(ms);
+        } else {
+            errors += 1;
+        }
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let mut flood_by_status: BTreeMap<String, u64> = BTreeMap::new();
+    for f in flooders {
+        for (k, v) in f.await? {
+            *flood_by_status.entry(k).or_default() += v;
+        }
+    }
+    let flood_requests: u64 = flood_by_status.values().sum();
+    let (readyz_checks, readyz_failures) = readyz.await?;
+    println!(
+        "{}",
+        json!({
+            "flood_clients": flood, "seconds": seconds, "webhook_rate": rate,
+            "webhooks": lat.len() as u64 + errors, "webhook_errors": errors,
+            "p50_ms": percentile(&lat, 0.5), "p99_ms": percentile(&lat, 0.99),
+            "flood_requests": flood_requests, "flood_per_second": flood_requests as f64 / seconds,
+            "flood_by_status": flood_by_status,
+            "readyz_checks": readyz_checks, "readyz_failures": readyz_failures,
         })
     );
     Ok(())

@@ -46,7 +46,7 @@ async fn redis(state: &AppState) -> ApiResult<redis::aio::ConnectionManager> {
 }
 
 /// Every queue with its counts by state and the outbox backlog in front of it.
-#[utoipa::path(get, path = "/queues", tag = "jobs", security(("bearer" = []), ("board_basic" = [])), responses(
+#[utoipa::path(get, path = "/queues", tag = "jobs", security(("bearer" = []), ("board_basic" = []), ("board_session" = [])), responses(
     (status = 200, body = Vec<QueueStats>), (status = 401, body = Problem), (status = 403, body = Problem),
     (status = 503, body = Problem),
 ))]
@@ -99,7 +99,7 @@ pub struct PauseState {
 }
 
 /// Jobs of a queue in one state.
-#[utoipa::path(get, path = "/queues/{queue}/jobs", tag = "jobs", security(("bearer" = []), ("board_basic" = [])),
+#[utoipa::path(get, path = "/queues/{queue}/jobs", tag = "jobs", security(("bearer" = []), ("board_basic" = []), ("board_session" = [])),
     params(("queue" = clicknback_core::jobs::Queue, Path, description = "an unknown queue is a 404"), JobsQuery), responses(
     (status = 200, body = Vec<JobView>), (status = 400, body = Problem), (status = 404, body = Problem),
     (status = 401, body = Problem), (status = 403, body = Problem),
@@ -126,7 +126,7 @@ pub async fn jobs(
 }
 
 /// One job, wherever it is.
-#[utoipa::path(get, path = "/queues/{queue}/jobs/{task_id}", tag = "jobs", security(("bearer" = []), ("board_basic" = [])),
+#[utoipa::path(get, path = "/queues/{queue}/jobs/{task_id}", tag = "jobs", security(("bearer" = []), ("board_basic" = []), ("board_session" = [])),
     params(("queue" = clicknback_core::jobs::Queue, Path, description = "an unknown queue is a 404"), ("task_id" = String, Path)), responses(
     (status = 200, body = JobView), (status = 404, body = Problem),
     (status = 401, body = Problem), (status = 403, body = Problem),
@@ -152,7 +152,7 @@ pub async fn job(
 }
 
 /// Workers alive, with their last heartbeat.
-#[utoipa::path(get, path = "/workers", tag = "jobs", security(("bearer" = []), ("board_basic" = [])), responses(
+#[utoipa::path(get, path = "/workers", tag = "jobs", security(("bearer" = []), ("board_basic" = []), ("board_session" = [])), responses(
     (status = 200, body = Vec<WorkerView>), (status = 401, body = Problem), (status = 403, body = Problem),
 ))]
 pub async fn workers(
@@ -181,7 +181,7 @@ async fn record(
 }
 
 /// Re-queues one dead job (a fresh attempt 1, through the outbox).
-#[utoipa::path(post, path = "/dead-jobs/{id}/requeue", tag = "jobs", security(("bearer" = []), ("board_basic" = [])),
+#[utoipa::path(post, path = "/dead-jobs/{id}/requeue", tag = "jobs", security(("bearer" = []), ("board_basic" = []), ("board_session" = [])),
     params(("id" = i64, Path)), responses(
     (status = 200, description = "the new job", body = Requeued), (status = 404, body = Problem),
     (status = 401, body = Problem), (status = 403, body = Problem),
@@ -204,7 +204,7 @@ pub async fn requeue_dead(
 }
 
 /// Re-queues every dead job of a queue.
-#[utoipa::path(post, path = "/queues/{queue}/dead/requeue", tag = "jobs", security(("bearer" = []), ("board_basic" = [])),
+#[utoipa::path(post, path = "/queues/{queue}/dead/requeue", tag = "jobs", security(("bearer" = []), ("board_basic" = []), ("board_session" = [])),
     params(("queue" = clicknback_core::jobs::Queue, Path, description = "an unknown queue is a 404")), responses(
     (status = 200, body = RequeuedAll), (status = 404, body = Problem),
     (status = 401, body = Problem), (status = 403, body = Problem),
@@ -228,7 +228,7 @@ pub async fn requeue_all(
 }
 
 /// Deletes a waiting, finished or dead job.
-#[utoipa::path(delete, path = "/queues/{queue}/jobs/{task_id}", tag = "jobs", security(("bearer" = []), ("board_basic" = [])),
+#[utoipa::path(delete, path = "/queues/{queue}/jobs/{task_id}", tag = "jobs", security(("bearer" = []), ("board_basic" = []), ("board_session" = [])),
     params(("queue" = clicknback_core::jobs::Queue, Path, description = "an unknown queue is a 404"), ("task_id" = String, Path)), responses(
     (status = 204, description = "deleted"), (status = 404, body = Problem),
     (status = 401, body = Problem), (status = 403, body = Problem),
@@ -280,7 +280,7 @@ async fn set_paused(
 }
 
 /// Pauses a queue: its jobs wait (in the outbox and Redis) until it is resumed.
-#[utoipa::path(post, path = "/queues/{queue}/pause", tag = "jobs", security(("bearer" = []), ("board_basic" = [])),
+#[utoipa::path(post, path = "/queues/{queue}/pause", tag = "jobs", security(("bearer" = []), ("board_basic" = []), ("board_session" = [])),
     params(("queue" = clicknback_core::jobs::Queue, Path, description = "an unknown queue is a 404")), responses(
     (status = 200, description = "paused", body = PauseState), (status = 404, body = Problem),
     (status = 401, body = Problem), (status = 403, body = Problem),
@@ -294,7 +294,7 @@ pub async fn pause(
 }
 
 /// Resumes a paused queue.
-#[utoipa::path(post, path = "/queues/{queue}/resume", tag = "jobs", security(("bearer" = []), ("board_basic" = [])),
+#[utoipa::path(post, path = "/queues/{queue}/resume", tag = "jobs", security(("bearer" = []), ("board_basic" = []), ("board_session" = [])),
     params(("queue" = clicknback_core::jobs::Queue, Path, description = "an unknown queue is a 404")), responses(
     (status = 200, description = "resumed", body = PauseState), (status = 404, body = Problem),
     (status = 401, body = Problem), (status = 403, body = Problem),

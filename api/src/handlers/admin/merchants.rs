@@ -91,7 +91,7 @@ fn with_secret(w: merchants::WithSecret) -> MerchantWithSecret {
 /// Creates a merchant. The response carries the webhook secret and publishable key, once.
 #[utoipa::path(post, path = "/v1/admin/merchants", tag = "admin", security(("bearer" = [])),
     request_body = CreateMerchant, responses(
-    (status = 201, body = MerchantWithSecret, headers(("ETag"))),
+    (status = 201, body = MerchantWithSecret, headers(("ETag"), ("Cache-Control"))),
     (status = 401, body = Problem), (status = 403, body = Problem), (status = 422, body = Problem),
 ))]
 pub async fn create(
@@ -104,7 +104,7 @@ pub async fn create(
     let tag = etag(created.merchant.version);
     Ok((
         StatusCode::CREATED,
-        [(header::ETAG, tag)],
+        [(header::ETAG, tag), (header::CACHE_CONTROL, no_store())],
         Json(with_secret(created)),
     ))
 }
@@ -217,7 +217,7 @@ pub async fn reactivate(
 /// Issues a new webhook secret; the previous one keeps verifying for a grace period.
 #[utoipa::path(post, path = "/v1/admin/merchants/{id}/rotate-secret", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path)), responses(
-    (status = 200, body = MerchantWithSecret, headers(("ETag"))), (status = 404, body = Problem),
+    (status = 200, body = MerchantWithSecret, headers(("ETag"), ("Cache-Control"))), (status = 404, body = Problem),
     (status = 401, body = Problem), (status = 403, body = Problem),
 ))]
 pub async fn rotate_secret(
@@ -236,5 +236,31 @@ pub async fn rotate_secret(
     .await?;
     merchants::invalidate_cache(&state.cache, &rotated.merchant).await;
     let tag = etag(rotated.merchant.version);
-    Ok(([(header::ETAG, tag)], Json(with_secret(rotated))))
+    Ok((
+        [(header::ETAG, tag), (header::CACHE_CONTROL, no_store())],
+        Json(with_secret(rotated)),
+    ))
+}
+
+/// Responses that carry a secret are kept by no cache.
+fn no_store() -> axum::http::HeaderValue {
+    axum::http::HeaderValue::from_static("no-store")
+}
+
+/// Ends the previous webhook secret's grace period now (after a leak): only
+/// the current secret verifies from this answer on. Audited.
+#[utoipa::path(post, path = "/v1/admin/merchants/{id}/revoke-previous-secret", tag = "admin", security(("bearer" = [])),
+    params(("id" = Uuid, Path)), responses(
+    (status = 200, body = MerchantView, headers(("ETag"))), (status = 404, body = Problem),
+    (status = 401, body = Problem), (status = 403, body = Problem),
+))]
+pub async fn revoke_previous_secret(
+    State(state): State<AppState>,
+    admin: AdminUser,
+    Path(id): Path<MerchantId>,
+) -> ApiResult<impl IntoResponse> {
+    let mut conn = state.conn().await?;
+    let m = merchants::revoke_previous_secret(&mut conn, &admin.actor(), id).await?;
+    merchants::invalidate_cache(&state.cache, &m).await;
+    Ok(with_etag(m))
 }
