@@ -3,17 +3,19 @@
 //! the board and the admin API.
 //!
 //! Headers: `X-Content-Type-Options: nosniff`, `X-Frame-Options: DENY`,
-//! `Referrer-Policy: no-referrer`, a `Content-Security-Policy` (a page's own,
+//! `Referrer-Policy: same-origin` (no referrer leaves the api; `no-referrer`
+//! would make browsers send `Origin: null` on the board's own forms), a `Content-Security-Policy` (a page's own,
 //! else [`PAGE_CSP`] for HTML and [`API_CSP`] for everything else, both with
 //! `frame-ancestors 'none'`), and `Strict-Transport-Security` with
 //! `APP_ENV=production`.
 //!
 //! Same origin: a `POST`, `PUT`, `PATCH` or `DELETE` under `/board` or
-//! `/v1/admin` whose `Origin` is another origin (or `null`), or whose
-//! `Sec-Fetch-Site` says it was sent from another site, is refused with 403
-//! `cross_origin_request` before any credential is looked at. A request with
-//! neither header (curl, scripts, servers) passes: browsers always send
-//! `Origin` on such calls. The api's origin is `PUBLIC_ORIGIN` when set, else
+//! `/v1/admin` is refused with 403 `cross_origin_request` before any
+//! credential is looked at when its `Sec-Fetch-Site` (set by the browser, out
+//! of a page's reach) says anything but `same-origin` or `none`; without that
+//! header (older browsers), when its `Origin` is another origin or `null`. A
+//! request with neither header (curl, scripts, servers) passes: browsers
+//! always send one of them on such calls. The api's origin is `PUBLIC_ORIGIN` when set, else
 //! the host the request was sent to.
 
 use axum::{
@@ -47,7 +49,7 @@ pub async fn headers(State(production): State<bool>, req: Request, next: Next) -
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
         let html = h
@@ -92,8 +94,8 @@ pub fn cross_origin(headers: &HeaderMap, host: Option<&str>, public_origin: Opti
             .get(name)
             .and_then(|v: &HeaderValue| v.to_str().ok())
     };
-    if matches!(get("sec-fetch-site"), Some("cross-site" | "same-site")) {
-        return true;
+    if let Some(site) = get("sec-fetch-site") {
+        return !matches!(site, "same-origin" | "none");
     }
     let Some(origin) = get("origin") else {
         return false;
@@ -213,6 +215,22 @@ mod tests {
         ));
         assert!(!cross_origin(
             &h(&[("sec-fetch-site", "same-origin")]),
+            host,
+            None
+        ));
+        assert!(
+            !cross_origin(
+                &h(&[("sec-fetch-site", "same-origin"), ("origin", "null")]),
+                host,
+                None
+            ),
+            "a browser's own form under a strict referrer policy"
+        );
+        assert!(cross_origin(
+            &h(&[
+                ("sec-fetch-site", "same-site"),
+                ("origin", "http://api.example:8080")
+            ]),
             host,
             None
         ));
