@@ -1,6 +1,7 @@
 //! The operator's documents keep up with the code: every environment variable
 //! the configuration reads is in `docs/OPERATIONS.md` and `.env.example`, and
-//! every metric the programs record is in the metrics table of OPERATIONS.
+//! every metric the programs record is in the metrics table of OPERATIONS,
+//! and the Docker image builds with a Rust every locked crate accepts.
 
 use std::{fs, path::Path};
 
@@ -126,4 +127,59 @@ fn every_job_and_schedule_override_is_documented() {
         let row = format!("| `{}` | `{}` |", s.env_var(), s.default_cron());
         assert!(ops.contains(&row), "docs/OPERATIONS.md lacks {row}");
     }
+}
+
+/// `major.minor` of a `rust-version` (`"1.89.0"` → `(1, 89)`).
+fn rust_minor(v: &str) -> (u32, u32) {
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// The image builds with the Rust the workspace declares, and that Rust is
+/// new enough for every crate in `Cargo.lock` (a newer lock entry would fail
+/// `docker build` with "requires rustc 1.xx").
+#[test]
+fn the_docker_image_s_rust_builds_every_locked_crate() {
+    let manifest = workspace_file("Cargo.toml");
+    let declared = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .map(|v| v.trim_matches('"').to_owned())
+        .expect("the workspace declares rust-version");
+    let dockerfile = workspace_file("Dockerfile");
+    let image = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("FROM rust:"))
+        .and_then(|l| l.split('-').next())
+        .expect("the Dockerfile builds FROM rust:<version>-…");
+    assert_eq!(
+        rust_minor(image),
+        rust_minor(&declared),
+        "Dockerfile's rust:{image} differs from the workspace's rust-version {declared}"
+    );
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--locked"])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .output()
+        .expect("cargo metadata runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let too_new: Vec<String> = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| {
+            let need = p["rust_version"].as_str()?;
+            (rust_minor(need) > rust_minor(&declared))
+                .then(|| format!("{} {} needs {need}", p["name"], p["version"]))
+        })
+        .collect();
+    assert!(
+        too_new.is_empty(),
+        "rust {declared} cannot build: {too_new:?}"
+    );
 }
