@@ -144,10 +144,12 @@ pub struct IdentifyRequest {
     pub anon_id: String,
 }
 
-/// Links the browser's anonymous id to the signed-in user.
+/// Links the browser's anonymous id to the signed-in user. An id another
+/// user identified before moves to this user (the browser belongs to whoever
+/// signed in last); two users are never merged into one identity.
 #[utoipa::path(post, path = "/v1/track/identify", tag = "sdk", security(("bearer" = [])), extensions(("x-rate-limited" = json!(true))),
     request_body = IdentifyRequest, responses(
-    (status = 204, description = "linked"),
+    (status = 204, description = "linked (also when the id moved from another user)"),
     (status = 401, body = Problem),
     (status = 422, description = "invalid fields (`validation_failed`)", body = Problem),
     (status = 429, description = "over the per-address tracking limit (`rate_limited`)", body = Problem),

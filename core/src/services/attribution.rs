@@ -15,8 +15,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use super::{
     fraud::{FraudInput, FraudScorer},
-    identity::NodeKind,
-    offers,
+    identity, offers,
     rewards::{self as reward_money, RewardError},
 };
 use crate::{
@@ -30,8 +29,7 @@ use crate::{
     },
     money::cashback_minor,
     schema::{
-        identity_groups, identity_nodes, merchants, monthly_cap_usage, purchases, rewards,
-        touchpoints, users,
+        identity_groups, merchants, monthly_cap_usage, purchases, rewards, touchpoints, users,
     },
 };
 
@@ -186,15 +184,9 @@ pub async fn attribute(
             Some(g) => Some(surviving_group(conn, g).await?),
             None => None,
         };
+        // A group holds at most one user: no user yet is not attributable yet.
         let user: Option<UserId> = match group {
-            Some(g) => identity_nodes::table
-                .filter(identity_nodes::group_id.eq(g))
-                .filter(identity_nodes::kind.eq(NodeKind::User))
-                .select(identity_nodes::user_id)
-                .first::<Option<UserId>>(conn)
-                .await
-                .optional()?
-                .flatten(),
+            Some(g) => identity::user_of(conn, g).await?,
             None => None,
         };
         let Some(user) = user else {

@@ -1,9 +1,10 @@
 //! Purchase ingestion from merchant webhooks, and the merchant's status updates.
 //!
-//! One transaction holds the idempotency record, the purchase, the identity
-//! lookup for the merchant's customer id, and the outbox row of the delayed
-//! `AttributePurchase` job. Nothing here talks to Redis, so ingestion keeps
-//! answering while Redis is down.
+//! One transaction holds the idempotency record, the order lock it shares
+//! with the checkout page's confirmation of the same order, the purchase, the
+//! identity lookup for the merchant's customer id, and the outbox row of the
+//! delayed `AttributePurchase` job. Nothing here talks to Redis, so ingestion
+//! keeps answering while Redis is down.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -287,6 +288,11 @@ pub async fn ingest(
             if let Some(replay) = idempotency::begin::<PurchaseError>(conn, key).await? {
                 return Ok(replay);
             }
+            // Serialised with the checkout page's confirmation of this order
+            // (see the identity module for the lock order): whichever of the
+            // two commits second sees the other, so a matching pair is
+            // always linked.
+            identity::lock_order(conn, merchant_id, &input.order_id).await?;
             let mut group = match input.customer_ref.as_deref() {
                 Some(c) => Some(customer_group(conn, merchant_id, c).await?),
                 None => None,
@@ -304,8 +310,13 @@ pub async fn ingest(
                 let matched = expected.is_some() && expected.as_deref() == input.purchase_token.as_deref();
                 identity::count_link(conn, merchant_id, matched).await?;
                 if matched {
+                    // When the customer's group belongs to another user than
+                    // the browser that confirmed, the purchase follows the
+                    // browser (the token proves it) and the users stay apart.
                     group = Some(match group {
-                        Some(g) => identity::merge(conn, g, pending_group, "purchase_token").await?,
+                        Some(g) => identity::merge(conn, g, pending_group, "purchase_token")
+                            .await?
+                            .or(|_, browser| browser),
                         None => pending_group,
                     });
                 } else {

@@ -9,13 +9,13 @@ use serde::Serialize;
 
 use super::{
     FieldError,
-    identity::{self, NodeKind, NodeSpec},
+    identity::{self, NodeKind, NodeSpec, UserLink},
 };
 use crate::{
     ids::{IdentityGroupId, MerchantId, OfferId, PurchaseId, TouchpointId, UserId},
     jobs::{self, AttributePurchase},
     models::{merchant::Merchant, purchase::PurchaseStatus, reward::RewardStatus},
-    schema::{offers, purchases, touchpoints},
+    schema::{identity_nodes, offers, purchases, touchpoints},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -173,7 +173,9 @@ async fn wake(
     Ok(())
 }
 
-/// Links the browser's anonymous id to the signed-in user.
+/// Links the browser's anonymous id to the signed-in user. A browser belongs
+/// to the user who signed in on it last: identified before by another user,
+/// the anon id alone moves to this user (see [`identity::link_user`]).
 pub async fn identify(
     conn: &mut AsyncPgConnection,
     user: UserId,
@@ -192,8 +194,11 @@ pub async fn identify(
                 ) => TrackError::UnknownUser,
                 e => e.into(),
             })?;
-        let survivor = identity::merge(conn, a, u, "identify").await?;
-        wake(conn, survivor).await?;
+        match identity::link_user(conn, &anon, a, u).await? {
+            UserLink::Merged(survivor) => wake(conn, survivor).await?,
+            // Nothing that could be attributed changed group.
+            UserLink::Already(_) | UserLink::Moved { .. } => {}
+        }
         Ok(())
     })
     .await
@@ -239,12 +244,16 @@ pub async fn confirm_purchase(
         purchase_token.to_owned(),
     );
     conn.transaction::<LinkOutcome, TrackError, _>(async move |conn| {
+        // Serialised with the webhook of this order (see the identity module
+        // for the lock order): whichever of the two commits second sees the
+        // other, so a matching pair is always linked.
+        identity::lock_order(conn, merchant_id, &order).await?;
         let a = identity::ensure_node(conn, &NodeSpec::anon(&anon)).await?;
+        // Not locked here: the purchase row is locked last, by the update.
         let purchase: Option<(PurchaseId, Option<String>, Option<IdentityGroupId>)> = purchases::table
             .filter(purchases::merchant_id.eq(merchant_id))
             .filter(purchases::order_id.eq(&order))
             .select((purchases::id, purchases::purchase_token, purchases::identity_group_id))
-            .for_update()
             .first(conn)
             .await
             .optional()?;
@@ -256,22 +265,42 @@ pub async fn confirm_purchase(
                     tracing::warn!(merchant.id = %merchant_id, "purchase token mismatch; nothing linked");
                     return Ok(LinkOutcome::Mismatch);
                 }
-                let survivor = match group {
-                    Some(g) => identity::merge(conn, g, a, "purchase_token").await?,
-                    None => a,
+                // The token proves this browser made the purchase: when the
+                // purchase's group belongs to another user, the purchase
+                // follows the browser and the two users stay apart.
+                let target = match group {
+                    Some(g) => identity::merge(conn, g, a, "purchase_token").await?.or(|_, browser| browser),
+                    None => super::attribution::surviving_group(conn, a).await?,
                 };
                 diesel::update(purchases::table.find(id))
-                    .set(purchases::identity_group_id.eq(survivor))
+                    .set(purchases::identity_group_id.eq(target))
                     .execute(conn)
                     .await?;
-                wake(conn, survivor).await?;
+                wake(conn, target).await?;
                 Ok(LinkOutcome::Linked)
             }
             None => {
                 let key = identity::order_key(merchant_id, &order);
-                match identity::group_of(conn, NodeKind::MerchantCustomer, &key).await? {
-                    Some(existing) => {
-                        identity::merge(conn, existing, a, "purchase_token_repeat").await?;
+                let pending: Option<(IdentityGroupId, Option<serde_json::Value>)> = identity_nodes::table
+                    .filter(identity_nodes::kind.eq(NodeKind::MerchantCustomer))
+                    .filter(identity_nodes::key.eq(&key))
+                    .select((identity_nodes::group_id, identity_nodes::validation_data))
+                    .first(conn)
+                    .await
+                    .optional()?;
+                match pending {
+                    // Confirmed again (a reload of the thank-you page, another
+                    // tab): the same token joins the browser to the order's
+                    // group; another token joins nothing. Both answer
+                    // `pending`: until the webhook nobody can tell which token
+                    // is right.
+                    Some((existing, validation)) => {
+                        let first = validation.as_ref().and_then(|v| v["purchase_token"].as_str());
+                        if first == Some(token.as_str()) {
+                            identity::merge(conn, existing, a, "purchase_token_repeat").await?;
+                        } else {
+                            tracing::warn!(merchant.id = %merchant_id, "another token for an order awaiting its webhook; nothing linked");
+                        }
                     }
                     None => {
                         let g = identity::ensure_node(conn, &NodeSpec::pending_order(merchant_id, &order, &token)).await?;
