@@ -108,7 +108,7 @@ pub struct ApplyRewardTransition {
     pub purchase_id: PurchaseId,
     pub to: RewardTransition,
     pub reason: Option<String>,
-    /// What asked for it: `merchant_webhook`, `admin_review`, `auto_confirm`.
+    /// What asked for it (`merchant_webhook`); logged with the outcome.
     pub source: String,
 }
 

@@ -48,6 +48,8 @@ pub enum MoneyError {
     NotPositive,
     #[error("amount is out of range")]
     Overflow,
+    #[error("amount must be at most 10000000000 minor units")]
+    TooLarge,
     #[error("currencies differ")]
     CurrencyMismatch,
 }
@@ -135,6 +137,12 @@ impl<'de> Deserialize<'de> for Currency {
     }
 }
 
+/// The largest amount a request may carry, in minor units (10^10: 100
+/// million in a two-decimal currency). Purchases, payouts and offer caps
+/// above it are refused (422 `validation_failed`, and a CHECK in the
+/// database), so sums of them stay far from `i64::MAX`.
+pub const MAX_AMOUNT_MINOR: i64 = 10_000_000_000;
+
 /// A positive amount of money in minor units (cents).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Money {
@@ -166,9 +174,17 @@ impl Money {
         })
     }
 
-    /// An amount and a currency code as a request sends them, each checked.
+    /// An amount and a currency code as a request sends them, each checked:
+    /// the amount from 1 to [`MAX_AMOUNT_MINOR`].
     pub fn parse(amount_minor: i64, currency: &str) -> Result<Self, InvalidMoney> {
-        match (positive(amount_minor), Currency::parse(currency)) {
+        let amount = positive(amount_minor).and_then(|a| {
+            if a > MAX_AMOUNT_MINOR {
+                Err(MoneyError::TooLarge)
+            } else {
+                Ok(a)
+            }
+        });
+        match (amount, Currency::parse(currency)) {
             (Ok(amount_minor), Ok(currency)) => Ok(Self {
                 amount_minor,
                 currency,
@@ -266,6 +282,9 @@ mod tests {
         assert_eq!(both.currency, Some(MoneyError::UnknownCurrency));
         let amount = Money::parse(-1, "EUR").unwrap_err();
         assert_eq!((amount.amount.is_some(), amount.currency), (true, None));
+        let huge = Money::parse(MAX_AMOUNT_MINOR + 1, "EUR").unwrap_err();
+        assert_eq!(huge.amount, Some(MoneyError::TooLarge));
+        assert!(Money::parse(MAX_AMOUNT_MINOR, "EUR").is_ok());
         let currency = Money::parse(1, "XXX").unwrap_err();
         assert_eq!((currency.amount, currency.currency.is_some()), (None, true));
     }

@@ -168,11 +168,13 @@ diesel::table! {
 }
 
 diesel::table! {
-    monthly_cap_usage (user_id, offer_id, month) {
+    monthly_cap_usage (user_id, offer_id, month, currency) {
         user_id -> Uuid,
         offer_id -> Uuid,
         month -> Date,
         used_minor -> Int8,
+        #[max_length = 3]
+        currency -> Bpchar,
     }
 }
 
@@ -200,6 +202,8 @@ diesel::table! {
         version -> Int4,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        #[max_length = 3]
+        currency -> Nullable<Bpchar>,
     }
 }
 
@@ -263,6 +267,7 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         waiting_since -> Nullable<Timestamptz>,
+        settle_due_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -285,6 +290,11 @@ diesel::table! {
         reversed_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        flagged -> Bool,
+        hold_until -> Timestamptz,
+        review -> Nullable<Text>,
+        reviewed_by -> Nullable<Uuid>,
+        reviewed_at -> Nullable<Timestamptz>,
     }
 }
 

@@ -258,7 +258,7 @@ async fn at_most_one_active_offer_per_merchant() {
             &path,
             Some(&admin),
             Some(
-                json!({"name": "5%", "rate_bps": 500, "max_cashback_minor": 2000, "active": true}),
+                json!({"name": "5%", "rate_bps": 500, "max_cashback_minor": 2000, "currency": "EUR", "active": true}),
             ),
         )
         .await;

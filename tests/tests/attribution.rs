@@ -27,7 +27,7 @@ async fn a_purchase_is_attributed_to_the_latest_click_and_credited_once() {
     let app = TestApp::with(&[("ATTRIBUTION_DELAY_SECS", "0")]).await;
     let (mid, secret) = merchant_with_offer(
         &app,
-        json!({"name": "5%", "rate_bps": 500, "max_cashback_minor": 800, "active": true}),
+        json!({"name": "5%", "rate_bps": 500, "max_cashback_minor": 800, "currency": "EUR", "active": true}),
     )
     .await;
     let (user, _) = shopper_with_click(
@@ -111,7 +111,7 @@ async fn two_attributions_racing_for_the_last_of_a_monthly_cap_share_it() {
     let app = TestApp::with(&[("ATTRIBUTION_DELAY_SECS", "0")]).await;
     let (mid, secret) = merchant_with_offer(
         &app,
-        json!({"name": "10%", "rate_bps": 1000, "monthly_cap_minor": 1000, "active": true}),
+        json!({"name": "10%", "rate_bps": 1000, "monthly_cap_minor": 1000, "currency": "EUR", "active": true}),
     )
     .await;
     shopper_with_click(

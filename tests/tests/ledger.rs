@@ -135,6 +135,8 @@ async fn attribute(
             status: RewardStatus::Pending,
             fraud_score: 0.0,
             fraud_reasons: serde_json::json!([]),
+            flagged: false,
+            hold_until: chrono::Utc::now() + chrono::Duration::days(30),
         })
         .on_conflict_do_nothing()
         .execute(conn)

@@ -544,3 +544,130 @@ async fn the_resolve_schedule_settles_a_payout_left_in_submitted_unknown() {
         "settled by lookup, never resent"
     );
 }
+
+#[tokio::test]
+async fn a_payout_resend_after_an_uncertain_attempt_asks_the_provider_before_releasing() {
+    let app = TestApp::new().await;
+    let server = MockServer::start().await;
+    // The first send times out on our side (502: outcome unknown)...
+    Mock::given(method("POST"))
+        .and(path("/v1/payouts"))
+        .respond_with(ResponseTemplate::new(502))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    // ...the resend is refused (the provider holds that key already)...
+    Mock::given(method("POST"))
+        .and(path("/v1/payouts"))
+        .respond_with(
+            ResponseTemplate::new(422)
+                .set_body_json(json!({"error": {"message": "idempotency key in use"}})),
+        )
+        .mount(&server)
+        .await;
+    // ...and the provider's lookup, not visible at first, then paid.
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(404))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    lookups_answer_paid(&server, None).await;
+    let provider = provider_for(&app, &server);
+    let (user, id) = new_payout(&app, "uncertain@example.com").await;
+    let first = process(&app, &provider, id).await;
+    assert!(matches!(first, Processed::Unknown(_)), "{first:?}");
+    let second = process(&app, &provider, id).await;
+    assert_eq!(
+        second,
+        Processed::Paid,
+        "the provider was asked, not the refusal believed"
+    );
+    assert_eq!(
+        balances(&app, user).await,
+        (3_000, 0, 2_000),
+        "nothing released"
+    );
+    let kinds: Vec<String> = server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.method.to_string())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["POST", "GET", "POST", "GET"],
+        "asked after the refused resend"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_payout_release_settles_the_open_receivable_first() {
+    use clicknback_core::services::{attribution, fraud::RuleScorer, rewards};
+    use clicknback_tests::shoppers::{merchant_with_offer, purchase_for, shopper_with_click};
+
+    let app = TestApp::new().await;
+    let (mid, secret) =
+        merchant_with_offer(&app, json!({"name": "5%", "rate_bps": 500, "active": true})).await;
+    let (user, _) = shopper_with_click(
+        &app,
+        mid,
+        "owes",
+        "owes@example.com",
+        chrono::Duration::minutes(1),
+    )
+    .await;
+    let pid = app
+        .report_purchase(mid, &secret, &purchase_for("o-1", 100_000, "owes"))
+        .await;
+    // Attributed with the hold period over: 5,000 available at once.
+    let cfg = clicknback_core::config::AttributionConfig {
+        fraud_threshold: 1.1,
+        hold_period: Duration::ZERO,
+        ..app.config.attribution.clone()
+    };
+    let mut c = app.db.conn().await;
+    attribution::attribute(&mut c, pid, &cfg, &RuleScorer::default(), app.cache())
+        .await
+        .unwrap();
+    assert_eq!(balances(&app, user).await, (5_000, 0, 0));
+    // The shopper reserves it all for a payout...
+    let token = app
+        .state
+        .tokens
+        .issue(user, clicknback_core::models::user::Role::User)
+        .access_token;
+    let (code, body, _) = request_payout(&app, &token, "k1", &iban_payout(5_000)).await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    let id: PayoutId = body["id"].as_str().unwrap().parse().unwrap();
+    // ...the merchant reverses the order: the spent 5,000 is owed...
+    let r = app
+        .webhook(
+            &format!("/v1/webhooks/{mid}/purchases/o-1/status"),
+            &secret,
+            &json!({"status": "reversed"}),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    rewards::settle(&mut c, pid).await.unwrap();
+    let receivable = || async {
+        let mut c = app.db.conn().await;
+        ledger::wallet(&mut c, user).await.unwrap()[0].receivable_minor
+    };
+    assert_eq!(receivable().await, 5_000);
+    // ...and the provider refuses the payout.
+    let server = provider_answering_creates(
+        ResponseTemplate::new(422).set_body_json(json!({"error": {"message": "account closed"}})),
+    )
+    .await;
+    let out = process(&app, &provider_for(&app, &server), id).await;
+    assert!(matches!(out, Processed::Failed(_)), "{out:?}");
+    assert_eq!(
+        balances(&app, user).await,
+        (0, 0, 0),
+        "the released amount settled the debt; nothing to withdraw again"
+    );
+    assert_eq!(receivable().await, 0);
+    assert!(ledger::reconcile(&mut c).await.unwrap().is_empty());
+}

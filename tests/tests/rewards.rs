@@ -62,6 +62,8 @@ async fn status_webhooks_confirm_then_reverse_the_reward_in_the_wallet() {
             status: clicknback_core::models::reward::RewardStatus::Pending,
             fraud_score: 0.0,
             fraud_reasons: json!([]),
+            flagged: false,
+            hold_until: chrono::Utc::now() + chrono::Duration::days(30),
         })
         .execute(&mut c)
         .await

@@ -47,8 +47,10 @@ macro_rules! schedules {
 schedules! {
     /// Enqueues attribution for due, unprocessed purchases (batch 100).
     SweepAttributions = "sweep_attributions", "*/30 * * * * *";
-    /// Pending rewards past the hold period become available.
-    AutoConfirm = "auto_confirm", "0 0 * * * *";
+    /// Purchases whose ledger lags their facts (`settle_due_at` passed: a
+    /// decision whose job was lost, a hold period that ended) are settled
+    /// (batch 1000).
+    SettleRewards = "settle_rewards", "*/30 * * * * *";
     /// Idempotency records older than their retention are deleted.
     PurgeIdempotencyKeys = "purge_idempotency_keys", "0 5 * * * *";
     /// Every ledger invariant is checked; a breach is logged and counted.
@@ -155,11 +157,11 @@ mod tests {
 
     #[test]
     fn an_override_is_validated_and_names_its_variable() {
-        let ok = env(&[("SCHEDULE_AUTO_CONFIRM", "* * * * * *")]);
-        assert!(Schedule::AutoConfirm.cron(&ok).is_ok());
+        let ok = env(&[("SCHEDULE_SETTLE_REWARDS", "* * * * * *")]);
+        assert!(Schedule::SettleRewards.cron(&ok).is_ok());
         for bad in ["*/5 * * * *", "61 * * * * *"] {
-            let e = configured(&env(&[("SCHEDULE_AUTO_CONFIRM", bad)])).unwrap_err();
-            assert_eq!(e.var, "SCHEDULE_AUTO_CONFIRM", "{bad}");
+            let e = configured(&env(&[("SCHEDULE_SETTLE_REWARDS", bad)])).unwrap_err();
+            assert_eq!(e.var, "SCHEDULE_SETTLE_REWARDS", "{bad}");
             assert!(e.problem.starts_with(&format!("is {bad:?}")), "{e}");
         }
     }

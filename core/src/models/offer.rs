@@ -3,6 +3,7 @@ use diesel::prelude::*;
 
 use crate::{
     ids::{MerchantId, OfferId},
+    money::Currency,
     schema::offers,
 };
 
@@ -23,6 +24,8 @@ pub struct Offer {
     pub version: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The currency of the caps (required when the offer has a cap).
+    pub currency: Option<Currency>,
 }
 
 #[derive(Debug, Insertable)]
@@ -37,4 +40,5 @@ pub struct NewOffer<'a> {
     pub starts_at: Option<DateTime<Utc>>,
     pub ends_at: Option<DateTime<Utc>>,
     pub active: bool,
+    pub currency: Option<Currency>,
 }

@@ -25,7 +25,8 @@ text_enum! {
 impl PurchaseStatus {
     /// The legal steps: received → attributed, flagged or unattributed;
     /// attributed → confirmed, reversed, or back to received when a late
-    /// merge re-attributes it; flagged → attributed (approved) or reversed;
+    /// merge re-attributes it; flagged → attributed (approved), confirmed
+    /// (approved after the merchant confirmed or the hold ended) or reversed;
     /// confirmed → reversed. Unattributed and reversed are final. Staying
     /// put is always allowed (a decision applied twice).
     pub fn can_become(self, to: PurchaseStatus) -> bool {
@@ -35,7 +36,7 @@ impl PurchaseStatus {
                 (self, to),
                 (Received, Attributed | Flagged | Unattributed)
                     | (Attributed, Confirmed | Reversed | Received)
-                    | (Flagged, Attributed | Reversed)
+                    | (Flagged, Attributed | Confirmed | Reversed)
                     | (Confirmed, Reversed)
             )
     }
@@ -81,6 +82,9 @@ pub struct Purchase {
     pub updated_at: DateTime<Utc>,
     /// When attribution first found no user for it (it has waited out its delay).
     pub waiting_since: Option<DateTime<Utc>>,
+    /// When its ledger may lag its facts: `settle` is due (set when a fact is
+    /// recorded or to the hold period's end, cleared by `settle`).
+    pub settle_due_at: Option<DateTime<Utc>>,
 }
 
 impl Purchase {

@@ -22,6 +22,14 @@ text_enum! {
     }
 }
 
+text_enum! {
+    /// An admin's fraud review of a flagged reward.
+    pub enum Review {
+        Approved = "approved",
+        Rejected = "rejected",
+    }
+}
+
 impl RewardStatus {
     /// Rewards whose cashback is credited to the user (counted in the
     /// statistics, and owed a credit transfer in the ledger).
@@ -61,6 +69,14 @@ pub struct Reward {
     pub reversed_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The fraud scorer held it for review (a fact of the attribution).
+    pub flagged: bool,
+    /// When its hold period ends (a fact of the attribution).
+    pub hold_until: DateTime<Utc>,
+    /// The admin's review of a flagged reward, by whom and when.
+    pub review: Option<Review>,
+    pub reviewed_by: Option<UserId>,
+    pub reviewed_at: Option<DateTime<Utc>>,
 }
 
 impl Reward {
@@ -91,6 +107,8 @@ pub struct NewReward {
     pub status: RewardStatus,
     pub fraud_score: f64,
     pub fraud_reasons: serde_json::Value,
+    pub flagged: bool,
+    pub hold_until: DateTime<Utc>,
 }
 
 #[cfg(test)]

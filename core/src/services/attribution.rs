@@ -5,9 +5,11 @@
 //! attribution window, and the offer active when the purchase was made; compute
 //! the cashback (rate, per-purchase cap, then the user's remaining monthly cap,
 //! taken under a row lock so two attributions cannot both take the last of
-//! it); score fraud; write the reward and its ledger credit, mark the purchase
-//! processed, apply a merchant decision that arrived first, and enqueue the
-//! reward email. Idempotent: a purchase already processed is left alone.
+//! it); score fraud; write the reward (its amount, whether it is flagged, and
+//! the end of its hold period: the attribution's facts) and its ledger
+//! credit, mark the purchase processed, settle it (a merchant decision that
+//! arrived first applies now, see `rewards::target`), and enqueue the reward
+//! email. Idempotent: a purchase already processed is left alone.
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Timelike, Utc};
 use diesel::prelude::*;
@@ -27,7 +29,7 @@ use crate::{
         purchase::{Purchase, PurchaseStatus},
         reward::{NewReward, Reward, RewardStatus},
     },
-    money::cashback_minor,
+    money::{Currency, cashback_minor},
     schema::{
         identity_groups, merchants, monthly_cap_usage, purchases, rewards, touchpoints, users,
     },
@@ -90,6 +92,7 @@ async fn take_from_monthly_cap(
     user: UserId,
     offer: OfferId,
     month: NaiveDate,
+    currency: Currency,
     cap: i64,
     wanted: i64,
 ) -> Result<i64, diesel::result::Error> {
@@ -98,19 +101,20 @@ async fn take_from_monthly_cap(
             monthly_cap_usage::user_id.eq(user),
             monthly_cap_usage::offer_id.eq(offer),
             monthly_cap_usage::month.eq(month),
+            monthly_cap_usage::currency.eq(currency),
         ))
         .on_conflict_do_nothing()
         .execute(conn)
         .await?;
     let used: i64 = monthly_cap_usage::table
-        .find((user, offer, month))
+        .find((user, offer, month, currency))
         .select(monthly_cap_usage::used_minor)
         .for_update()
         .first(conn)
         .await?;
     let granted = wanted.min((cap - used).max(0));
     if granted > 0 {
-        diesel::update(monthly_cap_usage::table.find((user, offer, month)))
+        diesel::update(monthly_cap_usage::table.find((user, offer, month, currency)))
             .set(monthly_cap_usage::used_minor.eq(used + granted))
             .execute(conn)
             .await?;
@@ -228,15 +232,32 @@ pub async fn attribute(
             return unattributed(conn, p.id, group, "no active offer").await;
         };
 
+        let capped = offer.max_cashback_minor.is_some() || offer.monthly_cap_minor.is_some();
+        if capped && offer.currency.is_some_and(|c| c != p.currency) {
+            return unattributed(
+                conn,
+                p.id,
+                group,
+                "the offer's caps are in another currency",
+            )
+            .await;
+        }
         let mut amount = cashback_minor(p.amount_minor, offer.rate_bps);
         let at_max = offer.max_cashback_minor.is_some_and(|m| amount >= m);
         if let Some(max) = offer.max_cashback_minor {
             amount = amount.min(max);
         }
         if let Some(cap) = offer.monthly_cap_minor {
-            amount =
-                take_from_monthly_cap(conn, user, offer.id, month_of(p.purchased_at), cap, amount)
-                    .await?;
+            amount = take_from_monthly_cap(
+                conn,
+                user,
+                offer.id,
+                month_of(p.purchased_at),
+                p.currency,
+                cap,
+                amount,
+            )
+            .await?;
         }
         let fraud = scorer.score(&fraud_input(conn, &p, user, offer.rate_bps, at_max).await?);
         let flagged = fraud.score >= cfg.fraud_threshold;
@@ -265,6 +286,8 @@ pub async fn attribute(
                 },
                 fraud_score: fraud.score,
                 fraud_reasons: serde_json::to_value(&fraud.reasons).unwrap_or_default(),
+                flagged,
+                hold_until: now + Duration::from_std(cfg.hold_period).unwrap_or_default(),
             })
             .returning(Reward::as_returning())
             .get_result(conn)
@@ -280,22 +303,13 @@ pub async fn attribute(
                 purchases::user_id.eq(user),
                 purchases::identity_group_id.eq(group),
                 purchases::rewards_processed_at.eq(now),
+                purchases::settle_due_at.eq(now),
             ))
             .execute(conn)
             .await?;
+        // A merchant decision that arrived before attribution applies now.
+        reward_money::settle(conn, p.id).await?;
         if !flagged {
-            // A merchant decision that arrived before attribution applies now.
-            match p.merchant_decision {
-                Some(RewardTransition::Confirmed) => {
-                    reward_money::confirm(conn, reward.id).await?;
-                    set_purchase_status(conn, p.id, RewardTransition::Confirmed).await?;
-                }
-                Some(RewardTransition::Reversed) => {
-                    reward_money::reverse(conn, reward.id, RewardStatus::Reversed).await?;
-                    set_purchase_status(conn, p.id, RewardTransition::Reversed).await?;
-                }
-                None => {}
-            }
             if amount > 0 && p.merchant_decision != Some(RewardTransition::Reversed) {
                 let email: String = users::table
                     .find(user)
@@ -349,22 +363,11 @@ async fn unattributed(
     Ok(Outcome::Unattributed { reason })
 }
 
-async fn set_purchase_status(
-    conn: &mut AsyncPgConnection,
-    id: PurchaseId,
-    to: RewardTransition,
-) -> Result<(), diesel::result::Error> {
-    diesel::update(purchases::table.find(id))
-        .set(purchases::status.eq(PurchaseStatus::Attributed.becoming(to.into())))
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
 /// Re-attribution after a late merge: a processed purchase whose reward is
 /// still pending moves to the group's latest click if that changed. The old
 /// reward is voided (its money returned, its monthly cap usage released) and
-/// a new attribution is credited, in one transaction. Confirmed, flagged or
+/// a new attribution is credited, in one transaction (attribution's own
+/// transaction nests as a savepoint). Confirmed, flagged or
 /// reversed rewards are never re-attributed.
 pub async fn reattribute(
     conn: &mut AsyncPgConnection,
@@ -373,8 +376,7 @@ pub async fn reattribute(
     scorer: &dyn FraudScorer,
     cache: &Cache,
 ) -> Result<Outcome, AttributionError> {
-    let changed = conn
-        .transaction::<bool, AttributionError, _>(async move |conn| {
+    conn.transaction::<Outcome, AttributionError, _>(async move |conn| {
             let p: Purchase = purchases::table
                 .find(purchase_id)
                 .select(Purchase::as_select())
@@ -383,7 +385,7 @@ pub async fn reattribute(
                 .await
                 .optional()?
                 .ok_or(AttributionError::NotFound)?;
-            let Some(group) = p.identity_group_id else { return Ok(false) };
+            let Some(group) = p.identity_group_id else { return Ok(Outcome::AlreadyProcessed) };
             let live: Option<Reward> = rewards::table
                 .filter(rewards::purchase_id.eq(p.id))
                 .filter(rewards::status.eq(RewardStatus::Pending))
@@ -394,7 +396,7 @@ pub async fn reattribute(
                 .optional()?;
             let Some(old) = live else {
                 tracing::info!(purchase.id = %p.id, "no pending reward; nothing to re-attribute");
-                return Ok(false);
+                return Ok(Outcome::AlreadyProcessed);
             };
             let group = surviving_group(conn, group).await?;
             let window_start = p.purchased_at - Duration::from_std(cfg.window).unwrap_or_default();
@@ -410,28 +412,21 @@ pub async fn reattribute(
                 .optional()?;
             if latest.is_none() || latest == old.touchpoint_id {
                 tracing::info!(purchase.id = %p.id, "the latest click is unchanged; nothing to re-attribute");
-                return Ok(false);
+                return Ok(Outcome::AlreadyProcessed);
             }
             reward_money::reverse(conn, old.id, RewardStatus::Voided).await?;
-            let month = month_of(p.purchased_at);
-            diesel::update(monthly_cap_usage::table.find((old.user_id, old.offer_id, month)))
-                .set(monthly_cap_usage::used_minor.eq(diesel::dsl::sql::<diesel::sql_types::BigInt>("GREATEST(used_minor - ")
-                    .bind::<diesel::sql_types::BigInt, _>(old.amount_minor)
-                    .sql(", 0)")))
-                .execute(conn)
-                .await?;
+            reward_money::release_monthly_cap(conn, &old, p.purchased_at).await?;
             diesel::update(purchases::table.find(p.id))
                 .set((purchases::rewards_processed_at.eq(None::<DateTime<Utc>>), purchases::status.eq(p.status.becoming(PurchaseStatus::Received)), purchases::identity_group_id.eq(group)))
                 .execute(conn)
                 .await?;
             tracing::info!(purchase.id = %p.id, reward.id = %old.id, "late merge: reward voided for re-attribution");
-            Ok(true)
+            // The new reward in the same transaction: a crash leaves either
+            // the old reward or the new one, never none, and the cap the old
+            // one freed cannot be taken in between.
+            attribute(conn, purchase_id, cfg, scorer, cache).await
         })
-        .await?;
-    if !changed {
-        return Ok(Outcome::AlreadyProcessed);
-    }
-    attribute(conn, purchase_id, cfg, scorer, cache).await
+        .await
 }
 
 /// How long past its due time a purchase is left to its own job before the

@@ -9,6 +9,11 @@
 //! to `available`, settling any receivable first; reversal voids what is still
 //! pending, or takes a confirmed amount back from `available` and books the
 //! shortfall the user already spent on their `receivable`.
+//!
+//! One rule for every credit into a user's `available` account (a reward's
+//! confirmation, a failed payout's release): it goes through
+//! [`credit_available`], which settles the user's open receivable first, in
+//! the same transaction. Money a user owes is never spendable again.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -199,6 +204,74 @@ pub async fn post(conn: &mut AsyncPgConnection, t: &Transfer) -> Result<Posted, 
         }
     }
     Ok(Posted::Now)
+}
+
+/// How [`credit_available`] split a credit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CreditSplit {
+    /// What settled the user's receivable.
+    pub settled_minor: i64,
+    /// What became available.
+    pub available_minor: i64,
+}
+
+/// Credits `t.amount` from `t.from` into the user's `available` account
+/// (`t.to`), settling what the user owes on their receivable first: that part
+/// goes `t.from` → receivable under `settle_id` (kind
+/// `receivable_settlement`), the rest is `t` itself. In the caller's
+/// transaction, with the receivable row locked so two credits cannot both
+/// settle the same debt. The caller runs it once per cause (its status guards
+/// it): the split depends on the receivable at the time.
+pub async fn credit_available(
+    conn: &mut AsyncPgConnection,
+    t: &Transfer,
+    settle_id: &str,
+) -> Result<CreditSplit, LedgerError> {
+    let user =
+        t.to.user
+            .filter(|_| t.to.kind == AccountKind::Available)
+            .expect("credit_available credits a user's available account");
+    let currency = t.amount.currency();
+    let receivable = account_id(
+        conn,
+        AccountRef::user(user, AccountKind::Receivable),
+        currency,
+    )
+    .await?;
+    let balance: i64 = ledger_accounts::table
+        .find(receivable)
+        .select(ledger_accounts::balance_minor)
+        .for_update()
+        .first(conn)
+        .await?;
+    let (settle, rest) = t.amount.split(-balance);
+    let mut split = CreditSplit::default();
+    if let Some(settle) = settle {
+        post(
+            conn,
+            &Transfer {
+                id: settle_id.to_owned(),
+                to: AccountRef::user(user, AccountKind::Receivable),
+                amount: settle,
+                kind: "receivable_settlement",
+                ..t.clone()
+            },
+        )
+        .await?;
+        split.settled_minor = settle.amount_minor();
+    }
+    if let Some(rest) = rest {
+        post(
+            conn,
+            &Transfer {
+                amount: rest,
+                ..t.clone()
+            },
+        )
+        .await?;
+        split.available_minor = rest.amount_minor();
+    }
+    Ok(split)
 }
 
 /// A user's balances in one currency.

@@ -16,6 +16,7 @@ use crate::{
     db,
     ids::{MerchantId, OfferId},
     models::offer::{NewOffer, Offer},
+    money::{Currency, MAX_AMOUNT_MINOR},
     schema::{merchants, offer_activations, offers},
 };
 
@@ -41,6 +42,8 @@ pub struct OfferInput {
     pub rate_bps: i32,
     pub max_cashback_minor: Option<i64>,
     pub monthly_cap_minor: Option<i64>,
+    /// The currency of the caps; required when there is a cap.
+    pub currency: Option<Currency>,
     pub starts_at: Option<DateTime<Utc>>,
     pub ends_at: Option<DateTime<Utc>>,
 }
@@ -62,6 +65,17 @@ impl OfferInput {
             || self.monthly_cap_minor.is_some_and(|v| v < 0)
         {
             return Err(OfferError::Invalid("caps must not be negative".into()));
+        }
+        let caps = [self.max_cashback_minor, self.monthly_cap_minor];
+        if caps.iter().flatten().any(|&v| v > MAX_AMOUNT_MINOR) {
+            return Err(OfferError::Invalid(format!(
+                "caps must be at most {MAX_AMOUNT_MINOR} (minor units)"
+            )));
+        }
+        if caps.iter().any(Option::is_some) && self.currency.is_none() {
+            return Err(OfferError::Invalid(
+                "currency is required with a cap (the caps are amounts in it)".into(),
+            ));
         }
         if let (Some(s), Some(e)) = (self.starts_at, self.ends_at)
             && s >= e
@@ -149,6 +163,7 @@ pub async fn create(
                 starts_at: input.starts_at,
                 ends_at: input.ends_at,
                 active,
+                currency: input.currency,
             })
             .returning(Offer::as_returning())
             .get_result(conn)
@@ -330,6 +345,7 @@ where
                 offers::rate_bps.eq(next.rate_bps),
                 offers::max_cashback_minor.eq(next.max_cashback_minor),
                 offers::monthly_cap_minor.eq(next.monthly_cap_minor),
+                offers::currency.eq(next.currency),
                 offers::starts_at.eq(next.starts_at),
                 offers::ends_at.eq(next.ends_at),
                 offers::active.eq(next.active),
@@ -378,6 +394,7 @@ pub async fn update(
                 rate_bps: patch.rate_bps.unwrap_or(o.rate_bps),
                 max_cashback_minor: patch.max_cashback_minor.unwrap_or(o.max_cashback_minor),
                 monthly_cap_minor: patch.monthly_cap_minor.unwrap_or(o.monthly_cap_minor),
+                currency: patch.currency.unwrap_or(o.currency),
                 starts_at: patch.starts_at.unwrap_or(o.starts_at),
                 ends_at: patch.ends_at.unwrap_or(o.ends_at),
             };
@@ -387,6 +404,7 @@ pub async fn update(
             o.rate_bps = input.rate_bps;
             o.max_cashback_minor = input.max_cashback_minor;
             o.monthly_cap_minor = input.monthly_cap_minor;
+            o.currency = input.currency;
             o.starts_at = input.starts_at;
             o.ends_at = input.ends_at;
             Ok(())
@@ -402,6 +420,7 @@ pub struct OfferPatch {
     pub rate_bps: Option<i32>,
     pub max_cashback_minor: Option<Option<i64>>,
     pub monthly_cap_minor: Option<Option<i64>>,
+    pub currency: Option<Option<Currency>>,
     pub starts_at: Option<Option<DateTime<Utc>>>,
     pub ends_at: Option<Option<DateTime<Utc>>>,
 }

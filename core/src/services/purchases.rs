@@ -20,7 +20,7 @@ use super::{
 use crate::{
     db,
     ids::{IdentityGroupId, MerchantId, PurchaseId, UserId},
-    jobs::{self, ApplyRewardTransition, AttributePurchase, RewardTransition},
+    jobs::{self, ApplyRewardTransition, AttributePurchase, Job, RewardTransition},
     models::{
         merchant::Merchant,
         purchase::{NewPurchase, Purchase, PurchaseStatus},
@@ -126,7 +126,7 @@ impl From<&Purchase> for PurchaseView {
 #[serde(deny_unknown_fields)]
 pub struct PurchaseRequest {
     pub order_id: String,
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 10_000_000_000_i64)]
     pub amount_minor: i64,
     /// An ISO-4217 code.
     #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
@@ -187,7 +187,7 @@ impl PurchaseRequest {
                 if bad.amount.is_some() {
                     errors.push(FieldError::new(
                         "amount_minor",
-                        "must be a positive integer number of minor units",
+                        "must be a positive integer number of minor units, at most 10000000000",
                     ));
                 }
                 if let Some(e) = bad.currency {
@@ -389,7 +389,9 @@ impl StatusRequest {
     }
 }
 
-/// Records the merchant's decision and enqueues the reward transition.
+/// Records the merchant's decision (a fact, kept on the purchase even before
+/// attribution), marks the purchase's settle due and enqueues the
+/// `ApplyRewardTransition` job that settles it.
 pub async fn request_status(
     conn: &mut AsyncPgConnection,
     merchant: &Merchant,
@@ -419,11 +421,15 @@ pub async fn request_status(
                 requested: to,
             });
         }
+        // The fact, and settle due now: the job below settles it, and the
+        // settle sweep does if the job is lost.
+        let now = Utc::now();
         let purchase: Purchase = diesel::update(purchases::table.find(purchase.id))
             .set((
                 purchases::merchant_decision.eq(to),
-                purchases::merchant_decision_at.eq(Utc::now()),
+                purchases::merchant_decision_at.eq(now),
                 purchases::status_reason.eq(req.reason.as_deref()),
+                purchases::settle_due_at.eq(now),
             ))
             .returning(Purchase::as_returning())
             .get_result(conn)
@@ -434,7 +440,10 @@ pub async fn request_status(
             reason: req.reason.clone(),
             source: "merchant_webhook".into(),
         };
-        jobs::enqueue(conn, &job, Utc::now()).await?;
+        // A task id of its own per accepted request: a decision sent again
+        // (under a new idempotency key) is driven again, not a no-op.
+        let task = format!("{}#{}", job.key(), now.timestamp_micros());
+        jobs::enqueue_as(conn, &job, &task, 1, now).await?;
         let body = serde_json::to_value(PurchaseView::from(&purchase)).expect("views serialize");
         Ok(idempotency::finish(conn, key, 202, body).await?)
     })

@@ -1,9 +1,12 @@
-//! `ApplyRewardTransition`: a merchant's (or admin's, or the hold period's)
-//! confirm or reverse, applied to the purchase's reward in the ledger.
+//! `ApplyRewardTransition`: a merchant's decision was recorded on the
+//! purchase (a fact); this settles the purchase's reward to what its facts
+//! call for (`rewards::settle`). The payload's `to` is only logged: the
+//! recorded facts decide, so a late or repeated job cannot undo a later
+//! decision.
 
 use clicknback_core::{
     jobs::ApplyRewardTransition,
-    services::rewards::{self, Decision, RewardError},
+    services::rewards::{self, RewardError, Settled},
 };
 
 use super::{JobError, JobHandler, JobMeta, JobResult};
@@ -12,17 +15,13 @@ use crate::runtime::SharedCtx;
 impl JobHandler for ApplyRewardTransition {
     async fn run(self, ctx: SharedCtx, _meta: JobMeta) -> JobResult {
         let mut conn = ctx.db.get().await?;
-        match rewards::apply_decision(&mut conn, self.purchase_id, self.to).await {
-            Ok(Decision::Applied(step)) => {
-                tracing::info!(purchase.id = %self.purchase_id, to = self.to.as_str(), source = %self.source, ?step, "reward transition applied");
+        match rewards::settle(&mut conn, self.purchase_id).await {
+            Ok(Settled::Reward { from, to }) => {
+                tracing::info!(purchase.id = %self.purchase_id, requested = self.to.as_str(), source = %self.source, from = from.as_str(), to = to.as_str(), "reward settled");
                 Ok(())
             }
-            Ok(Decision::Recorded) => {
-                tracing::info!(purchase.id = %self.purchase_id, to = self.to.as_str(), "no reward yet; attribution will apply the decision");
-                Ok(())
-            }
-            Ok(Decision::AwaitingReview) => {
-                tracing::info!(purchase.id = %self.purchase_id, "reward awaits fraud review; decision recorded");
+            Ok(Settled::NoReward) => {
+                tracing::info!(purchase.id = %self.purchase_id, requested = self.to.as_str(), "no reward yet; attribution settles the recorded decision");
                 Ok(())
             }
             Err(e @ RewardError::IllegalTransition { .. }) => Err(JobError::permanent(e)),

@@ -83,10 +83,16 @@ async fn body(
             metrics::gauge!("sweeper_enqueued").set(n as f64);
             Ok(format!("enqueued {n} due purchase(s)"))
         }
-        Schedule::AutoConfirm => {
-            let cutoff = ago(ctx.config.attribution.hold_period);
-            let n = rewards::confirm_due(conn, cutoff, 1_000).await?;
-            Ok(format!("enqueued {n} confirmation(s)"))
+        Schedule::SettleRewards => {
+            let s = rewards::settle_due(conn, Utc::now(), 1_000).await?;
+            metrics::gauge!("settle_sweep_due").set(s.due as f64);
+            if s.failed > 0 {
+                metrics::counter!("settle_sweep_failures_total").increment(s.failed as u64);
+            }
+            Ok(format!(
+                "settled {} of {} due purchase(s), {} failed",
+                s.settled, s.due, s.failed
+            ))
         }
         Schedule::LinkQualityAlert => {
             let a = &ctx.config.attribution;

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use clicknback_core::{
     ids::{MerchantId, OfferId},
     models::offer::Offer,
+    money::Currency,
     services::offers::{self, OfferInput, OfferPatch},
 };
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,8 @@ pub struct OfferView {
     pub rate_bps: i32,
     pub max_cashback_minor: Option<i64>,
     pub monthly_cap_minor: Option<i64>,
+    /// The currency of the caps.
+    pub currency: Option<Currency>,
     pub starts_at: Option<DateTime<Utc>>,
     pub ends_at: Option<DateTime<Utc>>,
     pub active: bool,
@@ -44,6 +47,7 @@ impl From<Offer> for OfferView {
             rate_bps: o.rate_bps,
             max_cashback_minor: o.max_cashback_minor,
             monthly_cap_minor: o.monthly_cap_minor,
+            currency: o.currency,
             starts_at: o.starts_at,
             ends_at: o.ends_at,
             active: o.active,
@@ -61,6 +65,8 @@ pub struct CreateOffer {
     pub rate_bps: i32,
     pub max_cashback_minor: Option<i64>,
     pub monthly_cap_minor: Option<i64>,
+    /// The ISO-4217 currency of the caps; required when the offer has a cap.
+    pub currency: Option<Currency>,
     pub starts_at: Option<DateTime<Utc>>,
     pub ends_at: Option<DateTime<Utc>>,
     /// Activate at once (default false). At most one offer per merchant is active.
@@ -78,6 +84,9 @@ pub struct UpdateOffer {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<i64>)]
     pub monthly_cap_minor: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<Currency>)]
+    pub currency: Option<Option<Currency>>,
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<DateTime<Utc>>)]
     pub starts_at: Option<Option<DateTime<Utc>>>,
@@ -110,6 +119,7 @@ pub async fn create(
         rate_bps: body.rate_bps,
         max_cashback_minor: body.max_cashback_minor,
         monthly_cap_minor: body.monthly_cap_minor,
+        currency: body.currency,
         starts_at: body.starts_at,
         ends_at: body.ends_at,
     };
@@ -187,6 +197,7 @@ pub async fn update(
         rate_bps: body.rate_bps,
         max_cashback_minor: body.max_cashback_minor,
         monthly_cap_minor: body.monthly_cap_minor,
+        currency: body.currency,
         starts_at: body.starts_at,
         ends_at: body.ends_at,
     };

@@ -14,9 +14,12 @@
 //!   then sent with our payout id as the provider's idempotency key;
 //! - `processing` or `submitted_unknown`: an earlier attempt may have reached
 //!   the provider, so it is first looked up by id; only a payout the provider
-//!   has never seen is sent (again under the same idempotency key);
+//!   has never seen is sent (again under the same idempotency key), and a
+//!   refusal of that resend is checked with the provider once more before
+//!   anything is released (the refusal may be of a second copy);
 //! - the provider says paid → reserved → paid_out, `paid`, email;
-//!   it refuses or reports failed → reserved → available, `failed`, email;
+//!   it refuses or reports failed → reserved → available (settling what the
+//!   user owes on their receivable first), `failed`, email;
 //!   a timeout or 5xx → `submitted_unknown`, the reservation stays, and the
 //!   job (or the reconciliation schedule) asks again later.
 //!

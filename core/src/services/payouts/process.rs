@@ -110,6 +110,11 @@ async fn process_locked(
     id: PayoutId,
 ) -> Result<Processed, PayoutError> {
     let p = load(conn, id).await?;
+    // A resend follows an attempt that may have reached the provider.
+    let resend = matches!(
+        p.status,
+        PayoutStatus::Processing | PayoutStatus::SubmittedUnknown
+    );
     match p.status {
         PayoutStatus::Paid | PayoutStatus::Failed => return Ok(Processed::AlreadyFinal),
         PayoutStatus::Requested => {}
@@ -139,6 +144,19 @@ async fn process_locked(
     };
     match provider.create(&order).await {
         Ok(found) => settle(conn, &p, &found).await,
+        // A refused resend may be the provider refusing a second copy of a
+        // payout it took the first time: it is asked before anything is
+        // released.
+        Err(ProviderError::Rejected(reason)) if resend => match provider.find(id).await {
+            Ok(Some(found)) => settle(conn, &p, &found).await,
+            Ok(None) => fail(conn, &p, None, &reason).await,
+            Err(e) => {
+                let unknown = PayoutStatus::SubmittedUnknown;
+                set_status(conn, id, PayoutStatus::Processing, unknown, false).await?;
+                tracing::warn!(payout.id = %id, %reason, error = %e, "resend refused and the provider could not be asked; the reservation stays");
+                Ok(Processed::Unknown(reason))
+            }
+        },
         Err(ProviderError::Rejected(reason)) => fail(conn, &p, None, &reason).await,
         Err(ProviderError::Unknown(reason)) => {
             let unknown = PayoutStatus::SubmittedUnknown;
@@ -231,21 +249,23 @@ async fn finish(
             status.can_become(new_status),
             "payout {status} cannot become {new_status}"
         );
-        ledger::post(
-            conn,
-            &Transfer {
-                id: format!("payout:{id}:{suffix}"),
-                from: AccountRef::user(user, AccountKind::Reserved),
-                to: AccountRef::user(user, to),
-                amount,
-                kind,
-                user_id: Some(user),
-                purchase_id: None,
-                reward_id: None,
-                payout_id: Some(id),
-            },
-        )
-        .await?;
+        let t = Transfer {
+            id: format!("payout:{id}:{suffix}"),
+            from: AccountRef::user(user, AccountKind::Reserved),
+            to: AccountRef::user(user, to),
+            amount,
+            kind,
+            user_id: Some(user),
+            purchase_id: None,
+            reward_id: None,
+            payout_id: Some(id),
+        };
+        if paid {
+            ledger::post(conn, &t).await?;
+        } else {
+            // Back to available: what the user owes is settled first.
+            ledger::credit_available(conn, &t, &format!("payout:{id}:release_settle")).await?;
+        }
         diesel::update(payouts::table.find(id))
             .set((
                 payouts::status.eq(new_status),

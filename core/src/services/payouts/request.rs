@@ -63,7 +63,10 @@ impl PayoutRequest {
         if self.amount_minor < min_amount_minor || bad.is_some_and(|b| b.amount.is_some()) {
             errors.push(FieldError::new(
                 "amount_minor",
-                &format!("must be at least {min_amount_minor} (minor units)"),
+                &format!(
+                    "must be at least {min_amount_minor} and at most {} (minor units)",
+                    crate::money::MAX_AMOUNT_MINOR
+                ),
             ));
         }
         if bad.is_some_and(|b| b.currency.is_some()) {
