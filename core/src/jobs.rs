@@ -287,6 +287,8 @@ pub async fn enqueue_as<J: Job>(
 }
 
 /// Writes an already-encoded `{job, data}` payload (used to re-queue dead jobs).
+/// An id already in the outbox inserts nothing and returns false: the
+/// earlier job of that id stands (a deliberate duplicate, logged here).
 pub async fn enqueue_raw(
     conn: &mut AsyncPgConnection,
     queue: Queue,
@@ -308,12 +310,97 @@ pub async fn enqueue_raw(
         .do_nothing()
         .execute(conn)
         .await?;
+    if inserted == 0 {
+        tracing::debug!(job.id = %task_id, queue = queue.as_str(), "job already enqueued under this id; the earlier one stands");
+    }
     Ok(inserted == 1)
+}
+
+/// Where a run's task id comes from. A job's first chain is its key (the
+/// idempotency key of [`Job::key`]), optionally with a cause of its own
+/// (`#s<tick>` a sweep, `#r<ms>` a re-attribution, `#q<dead id>` a re-queue
+/// of a dead job); each later run of that chain appends one run suffix to
+/// the chain: `#a<n>` attempt n, `#d<ms>` a deferral, `#p<ms>` a paused
+/// queue's put-back. So every run has an id of its own, and its job, cause,
+/// chain and attempt can be read back from it (and from the outbox's
+/// `job_key` and `chain` columns).
+pub mod run_id {
+    /// The job: the task id up to its first `#`.
+    pub fn job_key(task_id: &str) -> &str {
+        task_id.split('#').next().unwrap_or(task_id)
+    }
+
+    /// The chain a run belongs to: its task id without its run suffix.
+    pub fn chain(task_id: &str) -> &str {
+        match task_id.rsplit_once('#') {
+            Some((head, tail))
+                if tail.len() > 1
+                    && matches!(tail.as_bytes()[0], b'a' | b'd' | b'p')
+                    && tail[1..].bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                head
+            }
+            _ => task_id,
+        }
+    }
+
+    /// What started a chain: `enqueue` for a job's key, else the cause
+    /// suffix's name.
+    pub fn cause(chain: &str) -> &'static str {
+        match chain.rsplit_once('#').map(|(_, t)| t.as_bytes().first()) {
+            None => "enqueue",
+            Some(Some(b'q')) => "requeue",
+            Some(Some(b's')) => "sweep",
+            Some(Some(b'r')) => "reattribute",
+            Some(Some(b'l')) => "late",
+            Some(_) => "other",
+        }
+    }
+
+    /// The id of attempt `n` of the chain `task_id` belongs to.
+    pub fn attempt(task_id: &str, n: u32) -> String {
+        format!("{}#a{n}", chain(task_id))
+    }
+
+    /// The id of a deferred run (`#d`) or a paused put-back (`#p`) of the
+    /// chain, due at `at_ms`.
+    pub fn later(task_id: &str, kind: char, at_ms: i64) -> String {
+        format!("{}#{kind}{at_ms}", chain(task_id))
+    }
+
+    /// The first run of the chain that re-queues the dead-job record `dead_id`.
+    pub fn requeue(task_id: &str, dead_id: i64) -> String {
+        format!("{}#q{dead_id}", job_key(task_id))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_run_of_every_chain_has_an_id_of_its_own() {
+        use run_id::*;
+        let first = "canary:x";
+        assert_eq!(attempt(first, 2), "canary:x#a2");
+        assert_eq!(attempt(&attempt(first, 2), 3), "canary:x#a3");
+        let second = requeue(&attempt(first, 3), 7);
+        assert_eq!(second, "canary:x#q7");
+        assert_eq!(attempt(&second, 2), "canary:x#q7#a2");
+        assert_ne!(attempt(&second, 2), attempt(first, 2));
+        let third = requeue(&attempt(&second, 3), 9);
+        assert_eq!(attempt(&third, 2), "canary:x#q9#a2");
+        assert_eq!(later("canary:x#q7#a2", 'd', 5), "canary:x#q7#d5");
+        assert_eq!(attempt("canary:x#q7#d5", 3), "canary:x#q7#a3");
+        assert_eq!(attempt("attribute:1#s60", 2), "attribute:1#s60#a2");
+        assert_eq!(chain("attribute:1#s60#p99"), "attribute:1#s60");
+        assert_eq!(job_key("attribute:1#s60#p99"), "attribute:1");
+        assert_eq!(cause(chain("canary:x#q7#a2")), "requeue");
+        assert_eq!(cause(chain("attribute:1#s60#a2")), "sweep");
+        assert_eq!(cause(chain("canary:x#a2")), "enqueue");
+        // A key that merely ends in a letter and digits is not a run suffix.
+        assert_eq!(chain("canary:x#abc"), "canary:x#abc");
+    }
 
     #[test]
     fn queue_names_roundtrip() {

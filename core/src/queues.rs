@@ -93,3 +93,104 @@ pub async fn depth<C: ConnectionLike>(
 pub fn orphan_after(heartbeat: Duration, missed: usize) -> Duration {
     heartbeat * missed as u32
 }
+
+/// Where Redis holds a job of a queue, as the reconciler sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// Scheduled, ready, fetched by a registered worker, or in apalis's own
+    /// dead set: it will run (or be recorded) from there.
+    Held,
+    /// Finished: the handler reported success.
+    Done,
+    /// Nowhere a worker will find it (Redis lost it, or it sits in the
+    /// in-flight set of a worker that is gone and deregistered).
+    Lost,
+}
+
+const PRESENCE: &str = r"
+-- KEYS: scheduled, active, done, dead, workers, inflight prefix, data hash
+-- ARGV: task ids. Returns per id 1 held, 2 done, 0 lost.
+local active = {}
+for _, id in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do active[id] = true end
+local workers = redis.call('ZRANGE', KEYS[5], 0, -1)
+local out = {}
+for i, id in ipairs(ARGV) do
+  local state = 0
+  if redis.call('HEXISTS', KEYS[7], id) == 1 then
+    if redis.call('SISMEMBER', KEYS[3], id) == 1 then
+      state = 2
+    elseif active[id] or redis.call('ZSCORE', KEYS[1], id)
+        or redis.call('SISMEMBER', KEYS[4], id) == 1 then
+      state = 1
+    else
+      for _, w in ipairs(workers) do
+        if redis.call('SISMEMBER', KEYS[6] .. ':' .. w, id) == 1 then
+          state = 1
+          break
+        end
+      end
+    end
+  end
+  out[i] = state
+end
+return out
+";
+
+/// Where Redis holds each of `task_ids` (a job whose data Redis lost is lost
+/// wherever its id still is).
+pub async fn presence<C: ConnectionLike>(
+    conn: &mut C,
+    config: &StorageConfig,
+    task_ids: &[String],
+) -> redis::RedisResult<Vec<Presence>> {
+    if task_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let codes: Vec<i64> = redis::Script::new(PRESENCE)
+        .key(config.scheduled_jobs_set())
+        .key(config.active_jobs_list())
+        .key(config.done_jobs_set())
+        .key(config.dead_jobs_set())
+        .key(config.workers_set())
+        .key(config.inflight_jobs_set())
+        .key(config.job_data_hash())
+        .arg(task_ids)
+        .invoke_async(conn)
+        .await?;
+    Ok(codes
+        .into_iter()
+        .map(|c| match c {
+            1 => Presence::Held,
+            2 => Presence::Done,
+            _ => Presence::Lost,
+        })
+        .collect())
+}
+
+const HAND_BACK: &str = r"
+-- KEYS: in-flight set, active list, signal list. Returns how many moved.
+local ids = redis.call('SMEMBERS', KEYS[1])
+if #ids == 0 then return 0 end
+for i = 1, #ids, 500 do
+  redis.call('LPUSH', KEYS[2], unpack(ids, i, math.min(i + 499, #ids)))
+end
+redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[3])
+redis.call('LPUSH', KEYS[3], 1)
+return #ids
+";
+
+/// Moves every job in the in-flight set of `worker` back to the front of
+/// the queue's ready list, for any worker to fetch at once; returns how many.
+pub async fn hand_back<C: ConnectionLike>(
+    conn: &mut C,
+    config: &StorageConfig,
+    worker: &str,
+) -> redis::RedisResult<u64> {
+    redis::Script::new(HAND_BACK)
+        .key(format!("{}:{worker}", config.inflight_jobs_set()))
+        .key(config.active_jobs_list())
+        .key(config.signal_list())
+        .invoke_async(conn)
+        .await
+}

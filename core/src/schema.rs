@@ -48,6 +48,7 @@ diesel::table! {
         last_error -> Text,
         died_at -> Timestamptz,
         requeued_at -> Nullable<Timestamptz>,
+        job_key -> Text,
     }
 }
 
@@ -220,6 +221,12 @@ diesel::table! {
         last_error -> Nullable<Text>,
         sent_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
+        finished_at -> Nullable<Timestamptz>,
+        outcome -> Nullable<Text>,
+        checked_at -> Nullable<Timestamptz>,
+        recovered -> Int4,
+        job_key -> Text,
+        chain -> Text,
     }
 }
 

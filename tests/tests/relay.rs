@@ -18,6 +18,7 @@ fn relay_config(batch: i64, bound: u64) -> RelayConfig {
         max_backoff: Duration::from_secs(2),
         queue_bound: bound,
         lookahead: Duration::from_secs(300),
+        recovery_after: Duration::from_secs(30),
     }
 }
 

@@ -129,6 +129,7 @@ pub async fn run(config: Config, plan: Plan, shutdown: CancellationToken) -> any
         keys: clicknback_core::crypto::Keyring::new(&config.data_encryption_keys),
         paused: Default::default(),
         jobs: plan.jobs,
+        hand_back: CancellationToken::new(),
     });
 
     let mut background = tokio::task::JoinSet::new();
@@ -195,12 +196,23 @@ pub async fn run(config: Config, plan: Plan, shutdown: CancellationToken) -> any
                 .build(schedules::tick_handler)
         });
     }
+    // After the grace, runs still going stop where they are (they never
+    // report to Redis), and the monitor gives up waiting just after.
+    let grace = w.shutdown_grace;
+    {
+        let (shutdown, hand_back) = (shutdown.clone(), ctx.hand_back.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+            hand_back.cancel();
+        });
+    }
     let monitor = monitor
         .should_restart(|worker, error| {
             tracing::error!(worker = %worker.name(), error = %error, "worker stopped with an error; restarting it");
             true
         })
-        .shutdown_timeout(w.shutdown_grace);
+        .shutdown_timeout(grace + Duration::from_millis(300));
     tracing::info!(instance = %instance, "worker started");
     let signal = shutdown.clone();
     let result = monitor
@@ -210,11 +222,71 @@ pub async fn run(config: Config, plan: Plan, shutdown: CancellationToken) -> any
         })
         .await;
     shutdown.cancel();
+    ctx.hand_back.cancel();
+    handback(&conn, &config.redis_namespace, &instance).await;
     deregister(&conn, &config.redis_namespace, &instance).await;
     background.join_all().await;
     result.map_err(|e| anyhow::anyhow!("worker monitor: {e}"))?;
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// Hands every job this process still holds (fetched into its buffer and not
+/// started, or stopped after the grace) back to the front of its queue, for
+/// the next worker to run at once. apalis-redis would leave them in this
+/// process's in-flight sets, which nothing recovers once the name is
+/// deregistered. A job whose hand-back fails stays open in PostgreSQL, and
+/// the relay's reconciler relays it again.
+async fn handback(conn: &ConnectionManager, namespace: &str, instance: &str) {
+    let mut c = conn.clone();
+    for q in Queue::ALL {
+        let cfg = queues::storage_config(namespace, q);
+        let pattern = format!("{}:*{instance}*", cfg.inflight_jobs_set());
+        let sets: Vec<String> = match scan(&mut c, &pattern).await {
+            Ok(sets) => sets,
+            Err(e) => {
+                tracing::warn!(error = %e, queue = q.as_str(), "could not list this worker's in-flight jobs; the reconciler relays them again");
+                continue;
+            }
+        };
+        let prefix = format!("{}:", cfg.inflight_jobs_set());
+        for set in sets {
+            let worker = set.strip_prefix(&prefix).unwrap_or(&set);
+            match queues::hand_back(&mut c, &cfg, worker).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(
+                        queue = q.as_str(),
+                        jobs = n,
+                        "jobs handed back to the queue"
+                    )
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, queue = q.as_str(), "hand-back failed; the reconciler relays the jobs again")
+                }
+            }
+        }
+    }
+}
+
+async fn scan(c: &mut ConnectionManager, pattern: &str) -> redis::RedisResult<Vec<String>> {
+    let mut cursor: u64 = 0;
+    let mut out = Vec::new();
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1_000)
+            .query_async(c)
+            .await?;
+        out.extend(keys);
+        if next == 0 {
+            return Ok(out);
+        }
+        cursor = next;
+    }
 }
 
 /// apalis-redis leaves a stopped worker's name registered; remove ours so the

@@ -1,5 +1,5 @@
 //! Housekeeping that keeps Redis and the outbox bounded: finished jobs leave
-//! Redis after `JOB_RETENTION_SECS`, sent outbox rows leave PostgreSQL after
+//! Redis after `JOB_RETENTION_SECS`, finished outbox rows leave PostgreSQL after
 //! `OUTBOX_RETENTION_SECS`, old cron claims are dropped, and jobs apalis put in
 //! its own dead set (a handler that panicked) are recorded as dead jobs so
 //! operators see and can re-queue them. One replica at a time does a round.
@@ -50,7 +50,7 @@ async fn work(ctx: &SharedCtx, conn: &mut diesel_async::AsyncPgConnection) -> an
     }
     let outbox_cutoff =
         Utc::now() - chrono::Duration::from_std(ctx.config.worker.outbox_retention)?;
-    let outbox = outbox::prune_sent(conn, outbox_cutoff, 20_000).await?;
+    let outbox = outbox::prune_finished(conn, outbox_cutoff, 20_000).await?;
     cron::prune(conn).await?;
     if pruned + outbox > 0 {
         tracing::info!(

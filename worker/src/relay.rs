@@ -7,6 +7,14 @@
 //! and stamp them sent. A failed push touches only the claimed rows: their
 //! attempt count, last error and a backed-off `next_attempt_at`. A crash
 //! between push and commit re-pushes the same task ids, which Redis ignores.
+//!
+//! Before it claims, the pass reconciles: sent rows still open (their job's
+//! outcome not yet recorded) are looked for in Redis `JOB_RECOVERY_AFTER_SECS`
+//! after they were sent, and every as long after that. One Redis finished is
+//! closed as done; one Redis no longer holds anywhere a worker will find it
+//! (a flushed or replaced Redis, an in-flight set nobody will recover) has
+//! its leftovers removed and is relayed again in this same pass. Jobs are
+//! idempotent, so a job relayed again after it ran changes nothing.
 
 use std::time::Duration;
 
@@ -15,8 +23,9 @@ use clicknback_core::{
     config::RelayConfig,
     db::{self, DbPool},
     jobs::{JobEnvelope, Queue},
+    models::outbox::Outcome,
     models::outbox::{self, OutboxRow},
-    queues::{self, Push},
+    queues::{self, Presence, Push},
     redis_conn::RedisHandle,
 };
 use diesel_async::AsyncConnection;
@@ -37,6 +46,8 @@ pub struct QueuePass {
     pub failed: usize,
     /// Another relay held the queue, or Redis had no room.
     pub skipped: bool,
+    /// Sent rows Redis had lost, relayed again.
+    pub recovered: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +145,7 @@ impl Relay {
         let config = queues::storage_config(&self.namespace, queue);
         let redis = self.redis.clone();
         let cfg = self.cfg.clone();
+        let namespace = self.namespace.clone();
         let lock = db::lock_key(&format!(
             "outbox-relay:{}:{}",
             self.namespace,
@@ -161,11 +173,14 @@ impl Relay {
                     .set(depth.scheduled as f64);
                 metrics::gauge!("queue_depth", "queue" => queue.as_str(), "state" => "ready")
                     .set(depth.ready as f64);
+                let recovered =
+                    reconcile(conn, &mut rconn, &namespace, &config, queue, &cfg).await?;
                 let room = cfg.queue_bound.saturating_sub(depth.waiting()) as i64;
                 if room == 0 {
                     return Ok((
                         QueuePass {
                             skipped: true,
+                            recovered,
                             ..Default::default()
                         },
                         None,
@@ -176,7 +191,13 @@ impl Relay {
                 let limit = room.min(cfg.batch_size);
                 let rows = outbox::claim_due(conn, queue, horizon, now, limit).await?;
                 if rows.is_empty() {
-                    return Ok((QueuePass::default(), None));
+                    return Ok((
+                        QueuePass {
+                            recovered,
+                            ..Default::default()
+                        },
+                        None,
+                    ));
                 }
                 let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
                 let pushes: Vec<Push> = rows.iter().map(to_push).collect();
@@ -186,6 +207,7 @@ impl Relay {
                         Ok((
                             QueuePass {
                                 pushed: ids.len(),
+                                recovered,
                                 ..Default::default()
                             },
                             None,
@@ -202,6 +224,7 @@ impl Relay {
                         Ok((
                             QueuePass {
                                 failed: ids.len(),
+                                recovered,
                                 ..Default::default()
                             },
                             Some(message),
@@ -220,6 +243,15 @@ impl Relay {
                 "outbox rows pushed"
             );
         }
+        if result.recovered > 0 {
+            metrics::counter!("jobs_recovered_total", "queue" => queue.as_str())
+                .increment(result.recovered as u64);
+            tracing::warn!(
+                queue = queue.as_str(),
+                jobs = result.recovered,
+                "jobs open in PostgreSQL were missing from Redis; relayed again"
+            );
+        }
         if let Some(e) = redis_error {
             metrics::counter!("outbox_relay_failures_total", "queue" => queue.as_str())
                 .increment(result.failed as u64);
@@ -231,6 +263,52 @@ impl Relay {
         }
         Ok(result)
     }
+}
+
+/// Rows checked per queue and pass by the reconciler.
+const VERIFY_BATCH: i64 = 500;
+
+/// Looks for the sent, open rows of `queue` that are due for it in Redis:
+/// closes the ones Redis finished, checks the held ones again later, and
+/// reopens the lost ones (after removing what Redis kept of them) so this
+/// pass relays them again. Returns how many were reopened.
+async fn reconcile<C: redis::aio::ConnectionLike>(
+    conn: &mut diesel_async::AsyncPgConnection,
+    rconn: &mut C,
+    namespace: &str,
+    config: &apalis_redis::Config,
+    queue: Queue,
+    cfg: &RelayConfig,
+) -> Result<usize, PassError> {
+    let seen_before =
+        Utc::now() - chrono::Duration::from_std(cfg.recovery_after).unwrap_or_default();
+    let due = outbox::due_for_verification(conn, queue, seen_before, VERIFY_BATCH).await?;
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let task_ids: Vec<String> = due.iter().map(|(_, t)| t.clone()).collect();
+    let found = queues::presence(rconn, config, &task_ids)
+        .await
+        .map_err(|e| PassError::Redis(e.to_string()))?;
+    let (mut held, mut done, mut lost) = (Vec::new(), Vec::new(), Vec::new());
+    for ((id, task_id), p) in due.into_iter().zip(found) {
+        match p {
+            Presence::Held => held.push(id),
+            Presence::Done => done.push(id),
+            Presence::Lost => lost.push((id, task_id)),
+        }
+    }
+    outbox::verified(conn, &held).await?;
+    outbox::finish_ids(conn, &done, Outcome::Done).await?;
+    for (_, task_id) in &lost {
+        clicknback_core::services::ops::delete_from_redis(rconn, namespace, queue, task_id)
+            .await
+            .map_err(|e| PassError::Redis(e.to_string()))?;
+        tracing::info!(job_id = %task_id, queue = queue.as_str(), "job open in PostgreSQL is missing from Redis; relaying it again");
+    }
+    let ids: Vec<i64> = lost.iter().map(|(id, _)| *id).collect();
+    outbox::reopen(conn, &ids).await?;
+    Ok(ids.len())
 }
 
 fn to_push(r: &OutboxRow) -> Push {

@@ -18,12 +18,15 @@ use chrono::Utc;
 use clicknback_core::{
     config::Config,
     db::DbPool,
-    jobs::{self, JobEnvelope, Queue},
+    jobs::{self, JobEnvelope, Queue, run_id},
+    models::outbox::{self, Outcome},
     redis_conn::RedisHandle,
     retry,
     services::ops,
 };
+use diesel_async::AsyncConnection;
 use lettre::{AsyncSmtpTransport, Tokio1Executor};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{jobs::JobError, registry::Registry};
@@ -49,6 +52,10 @@ pub struct Ctx {
     pub paused: std::sync::Mutex<std::collections::HashMap<jobs::Queue, (bool, Instant)>>,
     /// Every job type this worker runs, by name.
     pub jobs: Registry,
+    /// Cancelled when the shutdown grace is over: a run still going (or not
+    /// yet started) stops where it is and never reports to Redis, so the
+    /// job can be handed back to the queue ([`crate::handback`]).
+    pub hand_back: CancellationToken,
 }
 
 pub type SharedCtx = Arc<Ctx>;
@@ -62,7 +69,15 @@ pub async fn handle(
 ) -> Result<(), BoxDynError> {
     let ctx: SharedCtx = (*ctx).clone();
     let span = tracing::info_span!("job", job_id = %task_id, job = %env.job, attempt = env.attempt);
-    run_one(ctx, *queue, env).instrument(span).await
+    let stop = ctx.hand_back.clone();
+    tokio::select! {
+        biased;
+        _ = stop.cancelled() => {
+            tracing::info!(job_id = %task_id, "shutting down: the job is handed back to the queue");
+            std::future::pending().await
+        }
+        r = run_one(ctx, *queue, env).instrument(span) => r,
+    }
 }
 
 /// Runs one job fetched from `queue`. Its retries, deferrals and dead record
@@ -75,11 +90,7 @@ async fn run_one(ctx: SharedCtx, queue: Queue, env: JobEnvelope) -> Result<(), B
             &ctx,
             queue,
             &env,
-            &format!(
-                "{}#p{}",
-                ops::base_task_id(&env.task_id),
-                Utc::now().timestamp_millis()
-            ),
+            &run_id::later(&env.task_id, 'p', Utc::now().timestamp_millis()),
             env.attempt,
             later,
         )
@@ -114,17 +125,14 @@ async fn run_one(ctx: SharedCtx, queue: Queue, env: JobEnvelope) -> Result<(), B
             metrics::counter!("jobs_total", "job" => env.job.clone(), "outcome" => label)
                 .increment(1);
             tracing::info!(duration_ms = (elapsed * 1000.0) as u64, "job succeeded");
+            close_done(&ctx, &env.task_id).await;
             Ok(())
         }
         (Err(JobError::Defer { reason, after }), _) => {
             metrics::counter!("jobs_total", "job" => env.job.clone(), "outcome" => label)
                 .increment(1);
             let later = Utc::now() + chrono::Duration::from_std(after).unwrap_or_default();
-            let id = format!(
-                "{}#d{}",
-                ops::base_task_id(&env.task_id),
-                later.timestamp_millis()
-            );
+            let id = run_id::later(&env.task_id, 'd', later.timestamp_millis());
             requeue(&ctx, queue, &env, &id, env.attempt, later)
                 .await
                 .map_err(unrecorded)?;
@@ -135,7 +143,7 @@ async fn run_one(ctx: SharedCtx, queue: Queue, env: JobEnvelope) -> Result<(), B
             let next = attempt + 1;
             let delay = policy.delay_before(next, retry::unit_random());
             let at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-            let id = format!("{}#a{next}", ops::base_task_id(&env.task_id));
+            let id = run_id::attempt(&env.task_id, next);
             requeue(&ctx, queue, &env, &id, next as i32, at)
                 .await
                 .map_err(unrecorded)?;
@@ -164,7 +172,10 @@ fn unrecorded(e: BoxDynError) -> BoxDynError {
     e
 }
 
-/// Writes the job's next run into the outbox of `queue`.
+/// Writes the job's next run (`task_id`, unique to the run) into the outbox
+/// of `queue` and closes this run's row as superseded, in one transaction.
+/// An id already written is this same next run, recorded by an earlier run
+/// of this one (a job can run twice): logged, and the earlier row stands.
 async fn requeue(
     ctx: &Ctx,
     queue: Queue,
@@ -175,8 +186,32 @@ async fn requeue(
 ) -> Result<(), BoxDynError> {
     let mut conn = ctx.db.get().await?;
     let payload = serde_json::json!({ "job": env.job, "data": env.payload });
-    jobs::enqueue_raw(&mut conn, queue, task_id, payload, attempt, at).await?;
+    let inserted = conn
+        .transaction::<bool, diesel::result::Error, _>(async move |conn| {
+            let inserted = jobs::enqueue_raw(conn, queue, task_id, payload, attempt, at).await?;
+            outbox::finish(conn, &env.task_id, Outcome::Superseded).await?;
+            Ok(inserted)
+        })
+        .await?;
+    if !inserted {
+        tracing::info!(job.next_id = %task_id, "next run already recorded by an earlier run of this one");
+    }
     Ok(())
+}
+
+/// Closes this run's row as done. When PostgreSQL cannot take it, the job
+/// still succeeded: Redis records it done, and the relay's reconciler closes
+/// the row from there.
+async fn close_done(ctx: &Ctx, task_id: &str) {
+    let closed = match ctx.db.get().await {
+        Ok(mut conn) => outbox::finish(&mut conn, task_id, Outcome::Done)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = closed {
+        tracing::warn!(error = %e, "job succeeded but its outbox row could not be closed; the reconciler closes it");
+    }
 }
 
 /// Records a dead job (idempotent by task id).

@@ -15,6 +15,10 @@ pub struct RelayConfig {
     pub queue_bound: u64,
     /// Rows due further ahead than this stay in the outbox.
     pub lookahead: Duration,
+    /// A relayed job still open in PostgreSQL is looked for in Redis this
+    /// long after it was sent (and again every as long while Redis holds
+    /// it); one Redis no longer holds is relayed again.
+    pub recovery_after: Duration,
 }
 
 pub(super) fn read<F: Fn(&str) -> Option<String>>(
@@ -26,5 +30,6 @@ pub(super) fn read<F: Fn(&str) -> Option<String>>(
         max_backoff: env.secs("OUTBOX_MAX_BACKOFF_SECS", 30, 1..=3_600)?,
         queue_bound: env.int_in("QUEUE_MAX_IN_REDIS", 5_000, 100..=7_000)?,
         lookahead: env.secs("OUTBOX_LOOKAHEAD_SECS", 300, 0..=86_400)?,
+        recovery_after: env.secs("JOB_RECOVERY_AFTER_SECS", 30, 1..=86_400)?,
     })
 }

@@ -23,7 +23,7 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// Completed jobs are removed from Redis after this long.
     pub job_retention: Duration,
-    /// Sent outbox rows are deleted after this long.
+    /// Finished outbox rows are deleted after this long (open ones stay).
     pub outbox_retention: Duration,
 }
 

@@ -1,11 +1,27 @@
 //! The outbox: jobs written in the transaction that causes them, relayed
-//! into Redis when due.
+//! into Redis when due, and kept open until their outcome is recorded
+//! ([`finish`]). Redis holds a copy of the open rows; a sent row Redis has
+//! lost is relayed again ([`due_for_verification`], [`reopen`]).
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use crate::{jobs::Queue, schema::outbox};
+use crate::{jobs::Queue, schema::outbox, text_enum::text_enum};
+
+text_enum! {
+    /// How a job's outbox row was closed.
+    pub enum Outcome {
+        /// Its handler succeeded.
+        Done = "done",
+        /// Recorded in `dead_jobs`.
+        Dead = "dead",
+        /// Its next run (a retry, a deferral, a paused put-back) is a row of its own.
+        Superseded = "superseded",
+        /// An operator deleted it.
+        Deleted = "deleted",
+    }
+}
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = outbox, check_for_backend(diesel::pg::Pg))]
@@ -47,15 +63,106 @@ pub async fn claim_due(
         .await
 }
 
-/// Stamps rows sent (they are in Redis).
+/// Stamps rows sent (they are in Redis, as of now).
 pub async fn mark_sent(
     conn: &mut AsyncPgConnection,
     ids: &[i64],
 ) -> Result<usize, diesel::result::Error> {
+    let now = Utc::now();
     diesel::update(outbox::table.filter(outbox::id.eq_any(ids)))
-        .set(outbox::sent_at.eq(Utc::now()))
+        .set((outbox::sent_at.eq(now), outbox::checked_at.eq(now)))
         .execute(conn)
         .await
+}
+
+/// Closes the open row of a run with its outcome; returns whether a row was
+/// open (a run that ran twice closes it once).
+pub async fn finish(
+    conn: &mut AsyncPgConnection,
+    task_id: &str,
+    outcome: Outcome,
+) -> Result<bool, diesel::result::Error> {
+    let n = diesel::update(
+        outbox::table
+            .filter(outbox::task_id.eq(task_id))
+            .filter(outbox::finished_at.is_null()),
+    )
+    .set((
+        outbox::finished_at.eq(Utc::now()),
+        outbox::outcome.eq(outcome),
+    ))
+    .execute(conn)
+    .await?;
+    Ok(n == 1)
+}
+
+/// Sent, still open rows of `queue` last seen in Redis (or sent) before
+/// `seen_before`, at most `limit`, locked for this transaction.
+pub async fn due_for_verification(
+    conn: &mut AsyncPgConnection,
+    queue: Queue,
+    seen_before: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<(i64, String)>, diesel::result::Error> {
+    outbox::table
+        .filter(outbox::queue.eq(queue.as_str()))
+        .filter(outbox::sent_at.is_not_null())
+        .filter(outbox::finished_at.is_null())
+        .filter(outbox::checked_at.le(seen_before))
+        .order(outbox::checked_at.asc())
+        .limit(limit)
+        .select((outbox::id, outbox::task_id))
+        .for_update()
+        .skip_locked()
+        .load(conn)
+        .await
+}
+
+/// Redis still holds these rows, as of now.
+pub async fn verified(
+    conn: &mut AsyncPgConnection,
+    ids: &[i64],
+) -> Result<usize, diesel::result::Error> {
+    diesel::update(outbox::table.filter(outbox::id.eq_any(ids)))
+        .set(outbox::checked_at.eq(Utc::now()))
+        .execute(conn)
+        .await
+}
+
+/// Redis has lost these rows: they are due for the relay again, at once.
+pub async fn reopen(
+    conn: &mut AsyncPgConnection,
+    ids: &[i64],
+) -> Result<usize, diesel::result::Error> {
+    diesel::update(outbox::table.filter(outbox::id.eq_any(ids)))
+        .set((
+            outbox::sent_at.eq(None::<DateTime<Utc>>),
+            outbox::checked_at.eq(None::<DateTime<Utc>>),
+            outbox::next_attempt_at.eq(Utc::now()),
+            outbox::recovered.eq(outbox::recovered + 1),
+        ))
+        .execute(conn)
+        .await
+}
+
+/// Rows Redis finished (its done set) while PostgreSQL could not take the
+/// outcome: closed as done.
+pub async fn finish_ids(
+    conn: &mut AsyncPgConnection,
+    ids: &[i64],
+    outcome: Outcome,
+) -> Result<usize, diesel::result::Error> {
+    diesel::update(
+        outbox::table
+            .filter(outbox::id.eq_any(ids))
+            .filter(outbox::finished_at.is_null()),
+    )
+    .set((
+        outbox::finished_at.eq(Utc::now()),
+        outbox::outcome.eq(outcome),
+    ))
+    .execute(conn)
+    .await
 }
 
 /// Records a failed push of a row: one more relay attempt, its error, and
@@ -76,15 +183,16 @@ pub async fn mark_relay_failed(
         .await
 }
 
-/// Deletes at most `max` rows sent before `before`, oldest first; returns how many.
-pub async fn prune_sent(
+/// Deletes at most `max` rows finished before `before`, oldest first; returns
+/// how many. Open rows stay, however old.
+pub async fn prune_finished(
     conn: &mut AsyncPgConnection,
     before: DateTime<Utc>,
     max: i64,
 ) -> Result<usize, diesel::result::Error> {
     diesel::sql_query(
         "DELETE FROM outbox WHERE id = ANY(ARRAY(
-            SELECT id FROM outbox WHERE sent_at < $1 ORDER BY sent_at LIMIT $2))",
+            SELECT id FROM outbox WHERE finished_at < $1 ORDER BY finished_at LIMIT $2))",
     )
     .bind::<diesel::sql_types::Timestamptz, _>(before)
     .bind::<diesel::sql_types::BigInt, _>(max)

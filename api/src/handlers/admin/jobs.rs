@@ -29,6 +29,7 @@ impl From<OpsError> for ApiError {
             OpsError::UnknownQueue(_) => ApiError::not_found("queue"),
             OpsError::UnknownState(_) => ApiError::bad_request("invalid_state", e.to_string()),
             OpsError::Db(d) => d.into(),
+            OpsError::Collision(_) => ApiError::internal(e),
             OpsError::Redis(r) => {
                 tracing::error!(error = %r, "redis unavailable for the board");
                 ApiError::unavailable("Redis is unavailable; retry shortly")

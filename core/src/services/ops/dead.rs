@@ -10,7 +10,8 @@ use redis::aio::ConnectionLike;
 
 use super::{JobState, JobView, OpsError, parse_queue, queues};
 use crate::{
-    jobs::{self, Queue},
+    jobs::{self, Queue, run_id},
+    models::outbox,
     schema::dead_jobs,
 };
 
@@ -40,12 +41,14 @@ impl From<DeadJob> for JobView {
             run_at: None,
             finished_at: Some(d.died_at),
             dead_id: Some(d.id),
+            chains: None,
         }
     }
 }
 
-/// Records a dead job with its last error and attempt count; a task id
-/// already recorded is left as it is.
+/// Records a dead job with its last error and attempt count, and closes its
+/// outbox row as dead, in one transaction; a task id already recorded is
+/// left as it is (the same run, recorded twice).
 pub async fn record(
     conn: &mut AsyncPgConnection,
     queue: Queue,
@@ -55,19 +58,27 @@ pub async fn record(
     attempts: i32,
     error: &str,
 ) -> Result<(), diesel::result::Error> {
-    diesel::insert_into(dead_jobs::table)
-        .values((
-            dead_jobs::queue.eq(queue.as_str()),
-            dead_jobs::task_id.eq(task_id),
-            dead_jobs::payload.eq(serde_json::json!({ "job": job, "data": data })),
-            dead_jobs::attempts.eq(attempts),
-            dead_jobs::last_error.eq(error),
-        ))
-        .on_conflict(dead_jobs::task_id)
-        .do_nothing()
-        .execute(conn)
-        .await?;
-    Ok(())
+    let payload = serde_json::json!({ "job": job, "data": data });
+    conn.transaction::<(), diesel::result::Error, _>(async move |conn| {
+        let inserted = diesel::insert_into(dead_jobs::table)
+            .values((
+                dead_jobs::queue.eq(queue.as_str()),
+                dead_jobs::task_id.eq(task_id),
+                dead_jobs::payload.eq(payload),
+                dead_jobs::attempts.eq(attempts),
+                dead_jobs::last_error.eq(error),
+            ))
+            .on_conflict(dead_jobs::task_id)
+            .do_nothing()
+            .execute(conn)
+            .await?;
+        if inserted == 0 {
+            tracing::info!(job.id = %task_id, "dead job already recorded under this id");
+        }
+        outbox::finish(conn, task_id, outbox::Outcome::Dead).await?;
+        Ok(())
+    })
+    .await
 }
 
 /// Moves the jobs apalis put in its own dead set (a handler that panicked)
@@ -156,11 +167,14 @@ pub(super) async fn delete(
 
 /// The task id a job had before any retry or re-queue suffix.
 pub fn base_task_id(task_id: &str) -> &str {
-    task_id.split('#').next().unwrap_or(task_id)
+    run_id::job_key(task_id)
 }
 
-/// Puts a dead job back: a fresh outbox row (attempt 1) and the dead record
-/// marked re-queued, in one transaction. Returns the new task id.
+/// Puts a dead job back as a new chain of its own (`<job>#q<dead id>`,
+/// attempt 1, which retries and dies again by the job's policy): a fresh
+/// outbox row and the dead record marked re-queued, in one transaction.
+/// Returns the new task id; an id already taken is an error, never a
+/// silent success.
 pub async fn requeue_dead(conn: &mut AsyncPgConnection, dead_id: i64) -> Result<String, OpsError> {
     conn.transaction::<String, OpsError, _>(async move |conn| {
         let d: DeadJob = dead_jobs::table
@@ -173,8 +187,10 @@ pub async fn requeue_dead(conn: &mut AsyncPgConnection, dead_id: i64) -> Result<
             .optional()?
             .ok_or(OpsError::NotFound)?;
         let queue = parse_queue(&d.queue)?;
-        let task_id = format!("{}#q{}", base_task_id(&d.task_id), d.id);
-        jobs::enqueue_raw(conn, queue, &task_id, d.payload.clone(), 1, Utc::now()).await?;
+        let task_id = run_id::requeue(&d.task_id, d.id);
+        if !jobs::enqueue_raw(conn, queue, &task_id, d.payload.clone(), 1, Utc::now()).await? {
+            return Err(OpsError::Collision(task_id));
+        }
         diesel::update(dead_jobs::table.find(d.id))
             .set(dead_jobs::requeued_at.eq(Utc::now()))
             .execute(conn)

@@ -79,6 +79,9 @@ pub enum OpsError {
     Db(#[from] diesel::result::Error),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// A new run's id was already taken: nothing was enqueued.
+    #[error("a job with id {0:?} already exists; nothing was enqueued")]
+    Collision(String),
 }
 
 pub fn parse_queue(s: &str) -> Result<Queue, OpsError> {
@@ -120,6 +123,40 @@ pub struct JobView {
     pub finished_at: Option<DateTime<Utc>>,
     /// The id of the dead-job record (for re-queue and delete), when dead.
     pub dead_id: Option<i64>,
+    /// Every chain of runs of this job the outbox still holds, oldest first,
+    /// each with its runs in order (only in a single job's view).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chains: Option<Vec<JobChain>>,
+}
+
+/// One chain of runs of a job: its first run and every retry, deferral and
+/// put-back that followed; a re-queued dead job starts a new chain.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct JobChain {
+    /// The chain's id: its first run's task id.
+    pub chain: String,
+    /// What started it: `enqueue`, `requeue`, `sweep`, `reattribute`, `late` or `other`.
+    pub cause: String,
+    pub runs: Vec<JobRun>,
+}
+
+/// One run of a job, as the outbox and the dead-job records know it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct JobRun {
+    pub task_id: String,
+    /// 1 for a chain's first run.
+    pub attempt: i64,
+    pub run_at: DateTime<Utc>,
+    /// When the relay last put it into Redis.
+    pub sent_at: Option<DateTime<Utc>>,
+    /// When its outcome was recorded; none while it is open.
+    pub finished_at: Option<DateTime<Utc>>,
+    pub outcome: Option<crate::models::outbox::Outcome>,
+    /// How often it was relayed again because Redis had lost it.
+    pub recovered: i32,
+    /// The dead-job record of this run, when it died.
+    pub dead_id: Option<i64>,
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -217,15 +254,17 @@ pub async fn job<C: ConnectionLike>(
     queue: Queue,
     task_id: &str,
 ) -> Result<JobView, OpsError> {
-    if let Some(d) = dead::find(conn, task_id).await? {
-        return Ok(d);
-    }
-    if let Some(r) = queues::find(redis, namespace, queue, task_id).await? {
-        return Ok(r);
-    }
-    outbox::find(conn, queue, task_id)
-        .await?
-        .ok_or(OpsError::NotFound)
+    let mut view = match dead::find(conn, task_id).await? {
+        Some(d) => d,
+        None => match queues::find(redis, namespace, queue, task_id).await? {
+            Some(r) => r,
+            None => outbox::find(conn, queue, task_id)
+                .await?
+                .ok_or(OpsError::NotFound)?,
+        },
+    };
+    view.chains = Some(outbox::chains(conn, crate::jobs::run_id::job_key(task_id)).await?);
+    Ok(view)
 }
 
 /// Removes a job that is waiting or finished from Redis (ids leave the

@@ -5,8 +5,12 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use super::{JobState, JobView};
-use crate::{jobs::Queue, schema::outbox};
+use super::{JobChain, JobRun, JobState, JobView};
+use crate::{
+    jobs::{Queue, run_id},
+    models::outbox::Outcome,
+    schema::{dead_jobs, outbox},
+};
 
 /// The unsent rows of one queue.
 #[derive(QueryableByName)]
@@ -73,7 +77,81 @@ fn view(queue: Queue, state: JobState, row: OutboxJobRow) -> JobView {
         run_at: Some(run_at),
         finished_at: None,
         dead_id: None,
+        chains: None,
     }
+}
+
+/// Runs kept per job in a job's view.
+const HISTORY: i64 = 200;
+
+type RunRow = (
+    String,
+    String,
+    i32,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+    Option<Outcome>,
+    i32,
+    Option<String>,
+);
+
+/// Every chain of runs of the job `job_key` the outbox holds, oldest first,
+/// with the dead-job record of each run that died.
+pub(super) async fn chains(
+    conn: &mut AsyncPgConnection,
+    job_key: &str,
+) -> Result<Vec<JobChain>, diesel::result::Error> {
+    let rows: Vec<RunRow> = outbox::table
+        .filter(outbox::job_key.eq(job_key))
+        .order((outbox::created_at.asc(), outbox::id.asc()))
+        .limit(HISTORY)
+        .select((
+            outbox::chain,
+            outbox::task_id,
+            outbox::attempt,
+            outbox::run_at,
+            outbox::sent_at,
+            outbox::finished_at,
+            outbox::outcome,
+            outbox::recovered,
+            outbox::last_error,
+        ))
+        .load(conn)
+        .await?;
+    let dead: Vec<(String, i64, String)> = dead_jobs::table
+        .filter(dead_jobs::job_key.eq(job_key))
+        .order(dead_jobs::died_at.asc())
+        .limit(HISTORY)
+        .select((dead_jobs::task_id, dead_jobs::id, dead_jobs::last_error))
+        .load(conn)
+        .await?;
+    let mut out: Vec<JobChain> = Vec::new();
+    for (chain, task_id, attempt, run_at, sent_at, finished_at, outcome, recovered, relay_error) in
+        rows
+    {
+        let died = dead.iter().find(|(t, _, _)| *t == task_id);
+        let run = JobRun {
+            attempt: attempt.into(),
+            run_at,
+            sent_at,
+            finished_at,
+            outcome,
+            recovered,
+            dead_id: died.map(|(_, id, _)| *id),
+            last_error: died.map(|(_, _, e)| e.clone()).or(relay_error),
+            task_id,
+        };
+        match out.iter_mut().find(|c| c.chain == chain) {
+            Some(c) => c.runs.push(run),
+            None => out.push(JobChain {
+                cause: run_id::cause(&chain).to_owned(),
+                chain,
+                runs: vec![run],
+            }),
+        }
+    }
+    Ok(out)
 }
 
 /// The queue's unsent rows, soonest first, at most `limit`; with
@@ -113,16 +191,21 @@ pub(super) async fn find(
     Ok(row.map(|r| view(queue, JobState::Outbox, r)))
 }
 
-/// Deletes the unsent outbox row of a task id; returns how many rows went.
+/// Deletes the unsent outbox row of a task id, and closes a sent one as
+/// deleted (so it is not relayed again); returns how many rows went or closed.
 pub(super) async fn delete_unsent(
     conn: &mut AsyncPgConnection,
     task_id: &str,
 ) -> Result<usize, diesel::result::Error> {
-    diesel::delete(
+    let deleted = diesel::delete(
         outbox::table
             .filter(outbox::task_id.eq(task_id))
             .filter(outbox::sent_at.is_null()),
     )
     .execute(conn)
-    .await
+    .await?;
+    let closed =
+        crate::models::outbox::finish(conn, task_id, crate::models::outbox::Outcome::Deleted)
+            .await?;
+    Ok(deleted + usize::from(closed))
 }

@@ -127,6 +127,7 @@ async fn redis_job<C: ConnectionLike>(
         run_at,
         finished_at,
         dead_id: None,
+        chains: None,
     })
 }
 
