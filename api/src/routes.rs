@@ -12,7 +12,7 @@ use utoipa_axum::{
 };
 
 use crate::{
-    handlers::{admin, auth, board, health, me, payouts, track, webhooks},
+    handlers::{admin, auth, board, files, health, me, payouts, track, webhooks},
     openapi,
     state::AppState,
 };
@@ -94,6 +94,10 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(track::click))
         .routes(routes!(track::identify))
         .routes(routes!(track::purchase))
+        .routes(routes!(files::sdk))
+        // the SDK's demo shop, on the api's own origin (development only)
+        .routes(routes!(files::demo_shop_index))
+        .routes(routes!(files::demo_shop))
         // merchants' servers
         .routes(routes!(webhooks::purchase))
         .routes(routes!(webhooks::purchase_status))

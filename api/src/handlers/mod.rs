@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod auth;
 pub mod board;
+pub mod files;
 pub mod health;
 pub mod me;
 pub mod payouts;
