@@ -309,31 +309,29 @@ pub async fn attribute(
             .await?;
         // A merchant decision that arrived before attribution applies now.
         reward_money::settle(conn, p.id).await?;
-        if !flagged {
-            if amount > 0 && p.merchant_decision != Some(RewardTransition::Reversed) {
-                let email: String = users::table
-                    .find(user)
-                    .select(users::email)
-                    .first(conn)
-                    .await?;
-                let merchant: String = merchants::table
-                    .find(p.merchant_id)
-                    .select(merchants::name)
-                    .first(conn)
-                    .await?;
-                let job = SendEmail {
-                    kind: EmailKind::RewardCredited,
-                    to: email,
-                    data: serde_json::json!({
-                        "amount_minor": amount,
-                        "currency": p.currency,
-                        "order_id": p.order_id,
-                        "merchant": merchant,
-                    }),
-                    dedupe_key: format!("reward:{}", reward.id),
-                };
-                jobs::enqueue(conn, &job, now).await?;
-            }
+        if !flagged && amount > 0 && p.merchant_decision != Some(RewardTransition::Reversed) {
+            let email: String = users::table
+                .find(user)
+                .select(users::email)
+                .first(conn)
+                .await?;
+            let merchant: String = merchants::table
+                .find(p.merchant_id)
+                .select(merchants::name)
+                .first(conn)
+                .await?;
+            let job = SendEmail {
+                kind: EmailKind::RewardCredited,
+                to: email,
+                data: serde_json::json!({
+                    "amount_minor": amount,
+                    "currency": p.currency,
+                    "order_id": p.order_id,
+                    "merchant": merchant,
+                }),
+                dedupe_key: format!("reward:{}", reward.id),
+            };
+            jobs::enqueue(conn, &job, now).await?;
         }
         metrics::counter!("rewards_total", "status" => reward.status.as_str()).increment(1);
         Ok(Outcome::Rewarded {
