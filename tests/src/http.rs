@@ -154,6 +154,14 @@ impl TestApp {
             .n
     }
 
+    /// Runs a statement on the test database; the number of rows it touched.
+    pub async fn execute(&self, sql: &str) -> usize {
+        let mut c = self.db.conn().await;
+        diesel_async::RunQueryDsl::execute(diesel::sql_query(sql), &mut c)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
     pub async fn admin_token(&self) -> String {
         let email = format!("admin-{}@example.com", uuid::Uuid::new_v4().simple());
         self.token_for(&email, Role::Admin).await

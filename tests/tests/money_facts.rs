@@ -24,10 +24,12 @@ use clicknback_tests::{
 };
 use serde_json::json;
 
+/// A merchant with one offer and one shopper who clicked its link.
 struct Shop {
     mid: MerchantId,
     secret: String,
     user: UserId,
+    customer: String,
 }
 
 async fn shop(app: &TestApp, offer: serde_json::Value, customer: &str) -> Shop {
@@ -40,7 +42,58 @@ async fn shop(app: &TestApp, offer: serde_json::Value, customer: &str) -> Shop {
         chrono::Duration::minutes(1),
     )
     .await;
-    Shop { mid, secret, user }
+    Shop {
+        mid,
+        secret,
+        user,
+        customer: customer.to_owned(),
+    }
+}
+
+/// The common offer: 5 %, uncapped.
+fn five_percent() -> serde_json::Value {
+    json!({"name": "5%", "rate_bps": 500, "active": true})
+}
+
+impl Shop {
+    /// The shopper's purchase, reported by the merchant's webhook.
+    async fn buy(&self, app: &TestApp, order: &str, amount: i64) -> PurchaseId {
+        app.report_purchase(
+            self.mid,
+            &self.secret,
+            &purchase_for(order, amount, &self.customer),
+        )
+        .await
+    }
+}
+
+/// The reward attribution gave, as (amount, flagged); panics on any other outcome.
+fn rewarded(out: Outcome) -> (i64, bool) {
+    match out {
+        Outcome::Rewarded {
+            amount_minor,
+            flagged,
+            ..
+        } => (amount_minor, flagged),
+        other => panic!("not rewarded: {other:?}"),
+    }
+}
+
+/// An admin's review (`approve` or `reject`) of a flagged purchase; the reward's status after it.
+async fn review(app: &TestApp, admin: &str, pid: PurchaseId, verb: &str) -> String {
+    let r = app
+        .json(
+            Method::POST,
+            &format!("/v1/admin/purchases/{pid}/{verb}"),
+            Some(admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    r.body["reward_status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// Attribution as the worker runs it; `flag` scores every purchase as fraud.
@@ -113,15 +166,8 @@ async fn purchase_status(app: &TestApp, pid: PurchaseId) -> String {
 async fn a_reversal_before_attribution_wins_over_an_admin_approval() {
     let app = TestApp::new().await;
     let admin = app.admin_token().await;
-    let s = shop(
-        &app,
-        json!({"name": "5%", "rate_bps": 500, "active": true}),
-        "rev-first",
-    )
-    .await;
-    let pid = app
-        .report_purchase(s.mid, &s.secret, &purchase_for("o-1", 10_000, "rev-first"))
-        .await;
+    let s = shop(&app, five_percent(), "rev-first").await;
+    let pid = s.buy(&app, "o-1", 10_000).await;
     // The merchant refunds the order before attribution has run.
     assert_eq!(
         status(&app, &s, "o-1", "reversed").await,
@@ -129,21 +175,10 @@ async fn a_reversal_before_attribution_wins_over_an_admin_approval() {
     );
     // Attribution flags it for review; the hold period is already over.
     let out = attribute(&app, pid, true, Duration::ZERO).await;
-    assert!(
-        matches!(out, Outcome::Rewarded { flagged: true, .. }),
-        "{out:?}"
-    );
-    let r = app
-        .json(
-            Method::POST,
-            &format!("/v1/admin/purchases/{pid}/approve"),
-            Some(&admin),
-            None,
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert!(rewarded(out).1, "flagged");
     assert_eq!(
-        r.body["reward_status"], "reversed",
+        review(&app, &admin, pid, "approve").await,
+        "reversed",
         "the merchant's reversal wins"
     );
     sweep(&app).await;
@@ -163,25 +198,10 @@ async fn a_reversal_before_attribution_wins_over_an_admin_approval() {
 async fn an_approval_then_a_reversal_after_the_hold_ends_reversed() {
     let app = TestApp::new().await;
     let admin = app.admin_token().await;
-    let s = shop(
-        &app,
-        json!({"name": "5%", "rate_bps": 500, "active": true}),
-        "appr",
-    )
-    .await;
-    let pid = app
-        .report_purchase(s.mid, &s.secret, &purchase_for("o-2", 10_000, "appr"))
-        .await;
+    let s = shop(&app, five_percent(), "appr").await;
+    let pid = s.buy(&app, "o-2", 10_000).await;
     attribute(&app, pid, true, Duration::ZERO).await;
-    let r = app
-        .json(
-            Method::POST,
-            &format!("/v1/admin/purchases/{pid}/approve"),
-            Some(&admin),
-            None,
-        )
-        .await;
-    assert_eq!(r.body["reward_status"], "confirmed", "{}", r.text);
+    assert_eq!(review(&app, &admin, pid, "approve").await, "confirmed");
     assert_eq!(wallet(&app, s.user).await.available_minor, 500);
     assert_eq!(
         status(&app, &s, "o-2", "reversed").await,
@@ -197,15 +217,8 @@ async fn an_approval_then_a_reversal_after_the_hold_ends_reversed() {
 #[tokio::test]
 async fn a_lost_reversal_job_is_re_driven_by_the_settle_sweep() {
     let app = TestApp::new().await;
-    let s = shop(
-        &app,
-        json!({"name": "5%", "rate_bps": 500, "active": true}),
-        "lost",
-    )
-    .await;
-    let pid = app
-        .report_purchase(s.mid, &s.secret, &purchase_for("o-3", 10_000, "lost"))
-        .await;
+    let s = shop(&app, five_percent(), "lost").await;
+    let pid = s.buy(&app, "o-3", 10_000).await;
     attribute(&app, pid, false, Duration::from_secs(3_600)).await;
     assert_eq!(wallet(&app, s.user).await.pending_minor, 500);
     assert_eq!(
@@ -213,17 +226,13 @@ async fn a_lost_reversal_job_is_re_driven_by_the_settle_sweep() {
         StatusCode::ACCEPTED
     );
     // The job is lost: its outbox row marked sent, nothing in Redis.
-    app.scalar(
-        "WITH lost AS (UPDATE outbox SET sent_at = now() WHERE payload->>'job' = 'ApplyRewardTransition' RETURNING 1)
-         SELECT count(*) AS n FROM lost",
+    app.execute(
+        "UPDATE outbox SET sent_at = now() WHERE payload->>'job' = 'ApplyRewardTransition'",
     )
     .await;
     // The hold period ends meanwhile.
-    app.scalar(
-        "WITH h AS (UPDATE rewards SET hold_until = now() - interval '1 second' RETURNING 1)
-         SELECT count(*) AS n FROM h",
-    )
-    .await;
+    app.execute("UPDATE rewards SET hold_until = now() - interval '1 second'")
+        .await;
     let swept = sweep(&app).await;
     assert_eq!((swept.due, swept.settled), (1, 1), "{swept:?}");
     let w = wallet(&app, s.user).await;
@@ -247,24 +256,14 @@ async fn a_lost_reversal_job_is_re_driven_by_the_settle_sweep() {
 #[tokio::test]
 async fn a_re_sent_reversal_is_recorded_and_driven_again() {
     let app = TestApp::new().await;
-    let s = shop(
-        &app,
-        json!({"name": "5%", "rate_bps": 500, "active": true}),
-        "resend",
-    )
-    .await;
-    let pid = app
-        .report_purchase(s.mid, &s.secret, &purchase_for("o-4", 10_000, "resend"))
-        .await;
+    let s = shop(&app, five_percent(), "resend").await;
+    let pid = s.buy(&app, "o-4", 10_000).await;
     attribute(&app, pid, false, Duration::from_secs(3_600)).await;
     assert_eq!(
         status(&app, &s, "o-4", "reversed").await,
         StatusCode::ACCEPTED
     );
-    app.scalar(
-        "WITH l AS (UPDATE outbox SET sent_at = now() RETURNING 1) SELECT count(*) AS n FROM l",
-    )
-    .await;
+    app.execute("UPDATE outbox SET sent_at = now()").await;
     // The merchant sends the reversal again (a new delivery, a new key).
     assert_eq!(
         status(&app, &s, "o-4", "reversed").await,
@@ -306,22 +305,12 @@ async fn a_re_sent_reversal_is_recorded_and_driven_again() {
 #[tokio::test]
 async fn the_hold_period_confirms_through_the_settle_sweep() {
     let app = TestApp::new().await;
-    let s = shop(
-        &app,
-        json!({"name": "5%", "rate_bps": 500, "active": true}),
-        "hold",
-    )
-    .await;
-    let pid = app
-        .report_purchase(s.mid, &s.secret, &purchase_for("o-5", 10_000, "hold"))
-        .await;
+    let s = shop(&app, five_percent(), "hold").await;
+    let pid = s.buy(&app, "o-5", 10_000).await;
     attribute(&app, pid, false, Duration::from_secs(3_600)).await;
     assert_eq!(sweep(&app).await.due, 0, "the hold has not ended");
-    app.scalar(
-        "WITH h AS (UPDATE rewards SET hold_until = now() RETURNING 1) SELECT count(*) AS n FROM h",
-    )
-    .await;
-    app.scalar("WITH h AS (UPDATE purchases SET settle_due_at = now() RETURNING 1) SELECT count(*) AS n FROM h")
+    app.execute("UPDATE rewards SET hold_until = now()").await;
+    app.execute("UPDATE purchases SET settle_due_at = now()")
         .await;
     assert_eq!(sweep(&app).await.settled, 1);
     assert_eq!(wallet(&app, s.user).await.available_minor, 500);
@@ -340,20 +329,9 @@ async fn a_reversed_or_rejected_reward_gives_its_monthly_cap_back() {
     )
     .await;
     let used = "SELECT COALESCE(sum(used_minor), 0)::bigint AS n FROM monthly_cap_usage WHERE currency = 'EUR'";
-    let a = app
-        .report_purchase(s.mid, &s.secret, &purchase_for("o-a", 10_000, "capped"))
-        .await;
+    let a = s.buy(&app, "o-a", 10_000).await;
     let out = attribute(&app, a, false, Duration::from_secs(3_600)).await;
-    assert!(
-        matches!(
-            out,
-            Outcome::Rewarded {
-                amount_minor: 1_000,
-                ..
-            }
-        ),
-        "{out:?}"
-    );
+    assert_eq!(rewarded(out).0, 1_000);
     assert_eq!(app.scalar(used).await, 1_000);
     assert_eq!(
         status(&app, &s, "o-a", "reversed").await,
@@ -362,45 +340,14 @@ async fn a_reversed_or_rejected_reward_gives_its_monthly_cap_back() {
     sweep(&app).await;
     assert_eq!(app.scalar(used).await, 0, "the reversal gave the cap back");
 
-    let b = app
-        .report_purchase(s.mid, &s.secret, &purchase_for("o-b", 10_000, "capped"))
-        .await;
+    let b = s.buy(&app, "o-b", 10_000).await;
     let out = attribute(&app, b, true, Duration::from_secs(3_600)).await;
-    assert!(
-        matches!(
-            out,
-            Outcome::Rewarded {
-                amount_minor: 1_000,
-                flagged: true,
-                ..
-            }
-        ),
-        "{out:?}"
-    );
-    let r = app
-        .json(
-            Method::POST,
-            &format!("/v1/admin/purchases/{b}/reject"),
-            Some(&admin),
-            None,
-        )
-        .await;
-    assert_eq!(r.body["reward_status"], "reversed", "{}", r.text);
+    assert_eq!(rewarded(out), (1_000, true));
+    assert_eq!(review(&app, &admin, b, "reject").await, "reversed");
     assert_eq!(app.scalar(used).await, 0, "the rejection gave the cap back");
-    let c = app
-        .report_purchase(s.mid, &s.secret, &purchase_for("o-c", 10_000, "capped"))
-        .await;
+    let c = s.buy(&app, "o-c", 10_000).await;
     let out = attribute(&app, c, false, Duration::from_secs(3_600)).await;
-    assert!(
-        matches!(
-            out,
-            Outcome::Rewarded {
-                amount_minor: 1_000,
-                ..
-            }
-        ),
-        "{out:?}"
-    );
+    assert_eq!(rewarded(out).0, 1_000);
     reconciled(&app).await;
 }
 
@@ -426,24 +373,9 @@ async fn amounts_have_a_maximum_and_caps_carry_their_currency() {
         assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
         assert_eq!(r.body["code"], "validation_failed", "{}", r.text);
     }
-    let pid = app
-        .report_purchase(
-            s.mid,
-            &s.secret,
-            &purchase_for("o-max", 10_000_000_000, "big"),
-        )
-        .await;
+    let pid = s.buy(&app, "o-max", 10_000_000_000).await;
     let out = attribute(&app, pid, false, Duration::from_secs(3_600)).await;
-    assert!(
-        matches!(
-            out,
-            Outcome::Rewarded {
-                amount_minor: 10_000_000_000,
-                ..
-            }
-        ),
-        "{out:?}"
-    );
+    assert_eq!(rewarded(out).0, 10_000_000_000);
     // The database refuses what validation would.
     let mut c = app.db.conn().await;
     use diesel_async::RunQueryDsl;
@@ -509,9 +441,7 @@ async fn a_capped_offer_gives_no_cashback_in_another_currency() {
         "fx",
     )
     .await;
-    let pid = app
-        .report_purchase(s.mid, &s.secret, &purchase_for("o-fx", 10_000, "fx"))
-        .await;
+    let pid = s.buy(&app, "o-fx", 10_000).await;
     let out = attribute(&app, pid, false, Duration::from_secs(3_600)).await;
     assert!(matches!(out, Outcome::Unattributed { .. }), "{out:?}");
     assert_eq!(
@@ -591,16 +521,7 @@ async fn a_crash_between_void_and_credit_of_a_re_attribution_leaves_the_old_rewa
     let out = attribution::reattribute(&mut c, pid, &cfg, &RuleScorer::default(), app.cache())
         .await
         .unwrap();
-    assert!(
-        matches!(
-            out,
-            Outcome::Rewarded {
-                amount_minor: 1_000,
-                ..
-            }
-        ),
-        "{out:?}"
-    );
+    assert_eq!(rewarded(out).0, 1_000);
     assert_eq!(
         app.scalar("SELECT count(*) AS n FROM rewards WHERE status = 'voided'")
             .await,

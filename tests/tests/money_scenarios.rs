@@ -291,7 +291,7 @@ async fn a_lost_reversal_job_is_re_driven_by_the_settle_sweep() {
     worker.wait(Duration::from_secs(20)).await;
     s.decide("o-2", "reversed").await;
     s.app
-        .scalar("WITH l AS (UPDATE outbox SET sent_at = now() WHERE sent_at IS NULL RETURNING 1) SELECT count(*) AS n FROM l")
+        .execute("UPDATE outbox SET sent_at = now() WHERE sent_at IS NULL")
         .await;
     let _worker = start_worker(&s, &extra);
     s.until_reward(&purchase, "reversed").await;
@@ -343,7 +343,7 @@ async fn a_failed_payout_release_settles_the_open_receivable_first() {
     assert_eq!(c, 202, "{b}");
     let payout = b["id"].as_str().unwrap().to_owned();
     s.app
-        .scalar("WITH d AS (UPDATE outbox SET run_at = now() + interval '4 seconds' WHERE payload->>'job' = 'ProcessPayout' RETURNING 1) SELECT count(*) AS n FROM d")
+        .execute("UPDATE outbox SET run_at = now() + interval '4 seconds' WHERE payload->>'job' = 'ProcessPayout'")
         .await;
     assert_eq!(s.wallet(&token).await, (0, 0, 500, 0));
     // The merchant reverses the order: the spent cashback is owed.

@@ -520,7 +520,7 @@ async fn the_resolve_schedule_settles_a_payout_left_in_submitted_unknown() {
     let out = process(&app, &provider_for(&app, &server), id).await;
     assert!(matches!(out, Processed::Unknown(_)), "{out:?}");
     // Its job is gone (say it went dead and nobody re-queued it).
-    app.scalar("WITH d AS (DELETE FROM outbox WHERE task_id LIKE 'payout:%' RETURNING 1) SELECT count(*) AS n FROM d")
+    app.execute("DELETE FROM outbox WHERE task_id LIKE 'payout:%'")
         .await;
 
     // The provider did pay it; the schedule finds out by asking.
