@@ -154,6 +154,11 @@ impl TestApp {
             .n
     }
 
+    /// A request without a body, with a bearer token.
+    pub async fn call(&self, method: Method, path: &str, token: &str) -> TestResponse {
+        self.json(method, path, Some(token), None).await
+    }
+
     /// Runs a statement on the test database; the number of rows it touched.
     pub async fn execute(&self, sql: &str) -> usize {
         let mut c = self.db.conn().await;

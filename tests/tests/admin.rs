@@ -67,9 +67,7 @@ async fn login_issues_a_token_that_carries_the_admin_role() {
     let token = res.body["access_token"].as_str().unwrap();
     let claims = app.state.tokens.verify(token).unwrap();
     assert_eq!(claims.role, Role::Admin);
-    let r = app
-        .json(Method::GET, "/v1/admin/merchants", Some(token), None)
-        .await;
+    let r = app.call(Method::GET, "/v1/admin/merchants", token).await;
     assert_eq!(r.status, StatusCode::OK);
     // Wrong password and unknown email look the same.
     let a = app
@@ -125,12 +123,7 @@ async fn merchants_create_list_get_update_with_etags() {
     let id = created.body["id"].as_str().unwrap();
 
     let got = app
-        .json(
-            Method::GET,
-            &format!("/v1/admin/merchants/{id}"),
-            Some(&admin),
-            None,
-        )
+        .call(Method::GET, &format!("/v1/admin/merchants/{id}"), &admin)
         .await;
     assert_eq!(got.status, StatusCode::OK);
     assert!(
@@ -194,21 +187,15 @@ async fn merchants_create_list_get_update_with_etags() {
         .await;
     }
     let page1 = app
-        .json(
-            Method::GET,
-            "/v1/admin/merchants?limit=2",
-            Some(&admin),
-            None,
-        )
+        .call(Method::GET, "/v1/admin/merchants?limit=2", &admin)
         .await;
     assert_eq!(page1.body["data"].as_array().unwrap().len(), 2);
     let cursor = page1.body["next_cursor"].as_str().unwrap();
     let page2 = app
-        .json(
+        .call(
             Method::GET,
             &format!("/v1/admin/merchants?limit=2&cursor={cursor}"),
-            Some(&admin),
-            None,
+            &admin,
         )
         .await;
     assert_eq!(page2.body["data"].as_array().unwrap().len(), 2);
@@ -217,22 +204,16 @@ async fn merchants_create_list_get_update_with_etags() {
     chars[10] = if chars[10] == 'B' { 'C' } else { 'B' };
     let tampered: String = chars.into_iter().collect();
     let bad = app
-        .json(
+        .call(
             Method::GET,
             &format!("/v1/admin/merchants?cursor={tampered}"),
-            Some(&admin),
-            None,
+            &admin,
         )
         .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert_eq!(bad.body["code"], "invalid_cursor");
     let bad = app
-        .json(
-            Method::GET,
-            "/v1/admin/merchants?limit=101",
-            Some(&admin),
-            None,
-        )
+        .call(Method::GET, "/v1/admin/merchants?limit=101", &admin)
         .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     let missing = app
@@ -285,31 +266,28 @@ async fn at_most_one_active_offer_per_merchant() {
     assert_eq!(b.status, StatusCode::CREATED);
     let b_id = b.body["id"].as_str().unwrap();
     let r = app
-        .json(
+        .call(
             Method::POST,
             &format!("/v1/admin/offers/{b_id}/activate"),
-            Some(&admin),
-            None,
+            &admin,
         )
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
     let a_id = a.body["id"].as_str().unwrap();
     let r = app
-        .json(
+        .call(
             Method::POST,
             &format!("/v1/admin/offers/{a_id}/deactivate"),
-            Some(&admin),
-            None,
+            &admin,
         )
         .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["active"], false);
     let r = app
-        .json(
+        .call(
             Method::POST,
             &format!("/v1/admin/offers/{b_id}/activate"),
-            Some(&admin),
-            None,
+            &admin,
         )
         .await;
     assert_eq!(r.status, StatusCode::OK);
@@ -322,17 +300,12 @@ async fn at_most_one_active_offer_per_merchant() {
         )
         .await;
     assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
-    let list = app.json(Method::GET, &path, Some(&admin), None).await;
+    let list = app.call(Method::GET, &path, &admin).await;
     assert_eq!(list.body["data"].as_array().unwrap().len(), 2);
 
     // Update with If-Match.
     let got = app
-        .json(
-            Method::GET,
-            &format!("/v1/admin/offers/{b_id}"),
-            Some(&admin),
-            None,
-        )
+        .call(Method::GET, &format!("/v1/admin/offers/{b_id}"), &admin)
         .await;
     let etag = got.header("etag").unwrap().to_owned();
     let auth = format!("Bearer {admin}");
@@ -370,18 +343,16 @@ async fn every_admin_action_is_in_the_audit_log() {
     let app = TestApp::new().await;
     let admin = app.admin_token().await;
     let (mid, _, _) = app.merchant(&admin, "Audited").await;
-    app.json(
+    app.call(
         Method::POST,
         &format!("/v1/admin/merchants/{mid}/suspend"),
-        Some(&admin),
-        None,
+        &admin,
     )
     .await;
-    app.json(
+    app.call(
         Method::POST,
         &format!("/v1/admin/merchants/{mid}/rotate-secret"),
-        Some(&admin),
-        None,
+        &admin,
     )
     .await;
     let o = app
@@ -393,20 +364,14 @@ async fn every_admin_action_is_in_the_audit_log() {
         )
         .await;
     let oid = o.body["id"].as_str().unwrap();
-    app.json(
+    app.call(
         Method::POST,
         &format!("/v1/admin/offers/{oid}/activate"),
-        Some(&admin),
-        None,
+        &admin,
     )
     .await;
     let log = app
-        .json(
-            Method::GET,
-            "/v1/admin/audit-log?limit=100",
-            Some(&admin),
-            None,
-        )
+        .call(Method::GET, "/v1/admin/audit-log?limit=100", &admin)
         .await;
     assert_eq!(log.status, StatusCode::OK);
     let actions: Vec<&str> = log.body["data"]

@@ -285,22 +285,12 @@ async fn bytes_that_are_not_utf8_are_refused() {
     // query they decode to U+FFFD, which no cursor contains.
     let r = w
         .app
-        .json(
-            Method::GET,
-            "/v1/admin/queues/%FF%FE/jobs",
-            Some(&w.admin),
-            None,
-        )
+        .call(Method::GET, "/v1/admin/queues/%FF%FE/jobs", &w.admin)
         .await;
     problem(&r, StatusCode::BAD_REQUEST, "invalid_path_parameter");
     let r = w
         .app
-        .json(
-            Method::GET,
-            "/v1/me/purchases?cursor=%FF%FE",
-            Some(&w.shopper),
-            None,
-        )
+        .call(Method::GET, "/v1/me/purchases?cursor=%FF%FE", &w.shopper)
         .await;
     problem(&r, StatusCode::BAD_REQUEST, "invalid_cursor");
     // A header value with non-ASCII bytes is no publishable key.
@@ -428,7 +418,7 @@ async fn nul_characters_are_refused_before_they_reach_postgresql() {
         "/v1/admin/queues/emails/jobs?state=dead%00",
         "/v1/admin/purchases?status=flagged%00",
     ] {
-        let r = w.app.json(Method::GET, path, Some(&w.admin), None).await;
+        let r = w.app.call(Method::GET, path, &w.admin).await;
         let code = if path.contains('?') {
             "invalid_query_parameter"
         } else {
@@ -612,11 +602,10 @@ async fn numbers_beyond_their_type_floats_and_negatives_are_422() {
     for limit in ["0", "101", "-1", "99999999999999999999", "ten", "1.5"] {
         let r = w
             .app
-            .json(
+            .call(
                 Method::GET,
                 &format!("/v1/payouts?limit={limit}"),
-                Some(&w.shopper),
-                None,
+                &w.shopper,
             )
             .await;
         let code = if ["0", "101", "-1"].contains(&limit) {
@@ -628,21 +617,19 @@ async fn numbers_beyond_their_type_floats_and_negatives_are_422() {
     }
     let r = w
         .app
-        .json(
+        .call(
             Method::GET,
             &format!("/v1/admin/merchants/{}/link-stats?days=91", w.mid),
-            Some(&w.admin),
-            None,
+            &w.admin,
         )
         .await;
     problem(&r, StatusCode::BAD_REQUEST, "invalid_query_parameter");
     let r = w
         .app
-        .json(
+        .call(
             Method::POST,
             "/v1/admin/dead-jobs/99999999999999999999/requeue",
-            Some(&w.admin),
-            None,
+            &w.admin,
         )
         .await;
     problem(&r, StatusCode::BAD_REQUEST, "invalid_path_parameter");
@@ -769,11 +756,10 @@ async fn wrong_json_types_and_shapes_are_422() {
     }
     let r = w
         .app
-        .json(
+        .call(
             Method::GET,
             "/v1/payouts/00000000-0000-0000-0000-00000000000g",
-            Some(&w.shopper),
-            None,
+            &w.shopper,
         )
         .await;
     problem(&r, StatusCode::BAD_REQUEST, "invalid_path_parameter");
@@ -794,17 +780,16 @@ async fn unknown_parameters_and_methods_are_refused_clearly() {
         } else {
             &w.shopper
         };
-        let r = w.app.json(Method::GET, path, Some(token), None).await;
+        let r = w.app.call(Method::GET, path, token).await;
         problem(&r, StatusCode::BAD_REQUEST, "invalid_query_parameter");
     }
     // A state the board does not know.
     let r = w
         .app
-        .json(
+        .call(
             Method::GET,
             "/v1/admin/queues/emails/jobs?state=zombie",
-            Some(&w.admin),
-            None,
+            &w.admin,
         )
         .await;
     problem(&r, StatusCode::BAD_REQUEST, "invalid_state");
