@@ -332,6 +332,16 @@ impl Model {
             .unwrap_or(false)
     }
 
+    /// Whether the merchant's decision is accepted: the order must have been
+    /// reported, and a reversed order is not confirmed again.
+    pub fn accepts_decision(&self, order: usize, reverse: bool) -> bool {
+        self.purchases.get(&order).is_some_and(|p| {
+            reverse
+                || !(p.decision == Some(Decision::Reversed)
+                    || p.reward.map(|r| r.state) == Some(RewardState::Reversed))
+        })
+    }
+
     /// Payouts asked for and not yet answered by the provider.
     pub fn waiting_payouts(&self) -> usize {
         self.payouts.iter().filter(|p| !p.done).count()
@@ -420,8 +430,10 @@ impl Model {
                     self.browser[browser] = Some(u);
                 }
             }
-            Event::Webhook { order, replay } => {
-                if replay || self.purchases.contains_key(&order) {
+            Event::Webhook { order, .. } => {
+                // Sent again (replayed, or under a new key: refused as a
+                // duplicate order), it changes nothing.
+                if self.purchases.contains_key(&order) {
                     return;
                 }
                 let group = match self.pending_order.get(&order) {
@@ -476,13 +488,10 @@ impl Model {
                 }
             }
             Event::Decide { order, reverse } => {
-                let Some(p) = self.purchases.get_mut(&order) else {
+                if !self.accepts_decision(order, reverse) {
                     return;
-                };
-                let reversed_now = p.reward.map(|r| r.state) == Some(RewardState::Reversed);
-                if !reverse && (reversed_now || p.decision == Some(Decision::Reversed)) {
-                    return; // refused: a reversed order is not confirmed again
                 }
+                let p = self.purchases.get_mut(&order).expect("accepted");
                 p.decision = Some(if reverse {
                     Decision::Reversed
                 } else {
