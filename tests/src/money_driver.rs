@@ -119,9 +119,17 @@ fn last(hour: u32) -> DateTime<Utc> {
 fn provider_answer(answers: &Answers, req: &Request) -> ResponseTemplate {
     let get = req.method.as_str() == "GET";
     let reference = if get {
-        req.url.path().rsplit('/').next().unwrap_or_default().to_owned()
+        req.url
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned()
     } else {
-        req.body_json::<Value>().ok().and_then(|b| b["reference"].as_str().map(str::to_owned)).unwrap_or_default()
+        req.body_json::<Value>()
+            .ok()
+            .and_then(|b| b["reference"].as_str().map(str::to_owned))
+            .unwrap_or_default()
     };
     let answer = answers.lock().expect("answers").get(&reference).copied();
     let payout = |code: u16, status: &str| {
@@ -142,9 +150,7 @@ fn provider_answer(answers: &Answers, req: &Request) -> ResponseTemplate {
         (Some(Provider::TimeoutThenPaid), true) => payout(200, "paid"),
         (Some(Provider::TimeoutThenFailed), true) => payout(200, "failed"),
         (Some(Provider::TimeoutThenPaid), false) => payout(201, "paid").set_delay(SLOW_ANSWER),
-        (Some(Provider::TimeoutThenFailed), false) => {
-            payout(201, "failed").set_delay(SLOW_ANSWER)
-        }
+        (Some(Provider::TimeoutThenFailed), false) => payout(201, "failed").set_delay(SLOW_ANSWER),
     }
 }
 
@@ -286,7 +292,10 @@ impl Driver {
         let tag = format!("m{n}x{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let mut merchants = Vec::new();
         for m in 0..MERCHANTS {
-            let (id, secret, pk) = self.app.merchant(&self.admin, &format!("{tag} shop {m}")).await;
+            let (id, secret, pk) = self
+                .app
+                .merchant(&self.admin, &format!("{tag} shop {m}"))
+                .await;
             let r = self
                 .app
                 .json(
@@ -330,7 +339,9 @@ impl Driver {
             shoppers.push((id, self.app.state.tokens.issue(id, Role::User).access_token));
         }
         World {
-            browsers: (0..BROWSERS).map(|b| format!("{tag}-browser-{b}")).collect(),
+            browsers: (0..BROWSERS)
+                .map(|b| format!("{tag}-browser-{b}"))
+                .collect(),
             tag,
             merchants,
             shoppers,
@@ -407,7 +418,11 @@ impl Driver {
                 let (msg, body) = match (replay, w.sent.get(&order)) {
                     (true, Some((msg, body))) => (msg.clone(), body.clone()),
                     _ => {
-                        let at = if o.odd_hour { w.odd_time } else { w.normal_time };
+                        let at = if o.odd_hour {
+                            w.odd_time
+                        } else {
+                            w.normal_time
+                        };
                         let body = json!({
                             "order_id": w.order_id(order),
                             "amount_minor": o.amount_minor,
@@ -418,7 +433,10 @@ impl Driver {
                         (format!("msg_{}", uuid::Uuid::new_v4().simple()), body)
                     }
                 };
-                let r = self.app.webhook_with_id(&uri, secret, &msg, &body, &[]).await;
+                let r = self
+                    .app
+                    .webhook_with_id(&uri, secret, &msg, &body, &[])
+                    .await;
                 let first = !w.purchases.contains_key(&order);
                 match r.status {
                     StatusCode::ACCEPTED => {
@@ -475,7 +493,12 @@ impl Driver {
                     )
                     .await;
                 let accepted = m.accepts_decision(order, reverse);
-                check("merchant decision", r.status, accepted, StatusCode::ACCEPTED)
+                check(
+                    "merchant decision",
+                    r.status,
+                    accepted,
+                    StatusCode::ACCEPTED,
+                )
             }
             Event::Review { order, approve } => {
                 let Some(pid) = w.purchases.get(&order) else {
@@ -588,7 +611,9 @@ impl Driver {
                 .unwrap_or_default();
             let want = m.wallet(s);
             if got != want {
-                diffs.push(format!("shopper {s}: wallet {got:?}, the model says {want:?}"));
+                diffs.push(format!(
+                    "shopper {s}: wallet {got:?}, the model says {want:?}"
+                ));
             }
         }
         let mut c = self.app.state.db.get().await.expect("pooled connection");
@@ -607,10 +632,14 @@ impl Driver {
             };
             let want = m.status(o).map(Status::as_str);
             if got.as_ref().map(|g| g.0.as_str()) != want {
-                diffs.push(format!("order {o}: status {got:?}, the model says {want:?}"));
+                diffs.push(format!(
+                    "order {o}: status {got:?}, the model says {want:?}"
+                ));
             }
         }
-        let breaches = ledger::reconcile(&mut *c).await.map_err(|e| e.to_string())?;
+        let breaches = ledger::reconcile(&mut *c)
+            .await
+            .map_err(|e| e.to_string())?;
         for b in breaches {
             diffs.push(format!("ledger invariant {}: {}", b.check, b.detail));
         }
@@ -722,8 +751,12 @@ impl Driver {
             loop {
                 let faulty = *fault != Fault::None;
                 let worker = if faulty {
-                    let n = std::sync::atomic::AtomicUsize::load(&self.runs, std::sync::atomic::Ordering::Relaxed);
-                    let w = WorkerContext::new(&format!("money-model-{fault:?}-{n}-{}", q.as_str()));
+                    let n = std::sync::atomic::AtomicUsize::load(
+                        &self.runs,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                    let w =
+                        WorkerContext::new(&format!("money-model-{fault:?}-{n}-{}", q.as_str()));
                     self.register(w.name()).await;
                     w
                 } else {

@@ -20,7 +20,7 @@
 //!   merchant's reversal, the admin's rejection, a flag without review, the
 //!   merchant's confirmation or the end of the hold period, pending;
 //! - the ledger of each shopper: pending, available, reserved, paid out and
-//!   receivable (what the shopper owes, never above zero), with the one rule
+//!   receivable (what the shopper owes), with the one rule
 //!   for credits into available (the receivable is settled first);
 //! - payouts: a request reserves (refused below the minimum or above what is
 //!   available), the provider's answer pays it out or releases it.
@@ -158,16 +158,16 @@ pub struct Wallet {
     pub available: i64,
     pub reserved: i64,
     pub paid_out: i64,
-    /// What the shopper owes: zero or below.
+    /// What the shopper owes (after a reversal of cashback already spent),
+    /// zero or more.
     pub receivable: i64,
 }
 
 impl Wallet {
     /// The credit rule for available: the receivable first, the rest.
     fn credit_available(&mut self, amount: i64) {
-        let owed = -self.receivable;
-        let settle = amount.min(owed);
-        self.receivable += settle;
+        let settle = amount.min(self.receivable);
+        self.receivable -= settle;
         self.available += amount - settle;
     }
 }
@@ -670,7 +670,7 @@ impl Model {
                 (Confirmed, Reversed) => {
                     let take = r.amount.min(w.available);
                     w.available -= take;
-                    w.receivable -= r.amount - take;
+                    w.receivable += r.amount - take;
                     Reversed
                 }
                 _ => break,
@@ -769,7 +769,7 @@ mod tests {
             m.wallet(0),
             Wallet {
                 reserved: 200,
-                receivable: -200,
+                receivable: 200,
                 ..Default::default()
             }
         );
@@ -801,7 +801,11 @@ mod tests {
         ] {
             m.apply(&e);
         }
-        assert_eq!(m.status(0), Some(Status::Received), "a wrong token links nothing");
+        assert_eq!(
+            m.status(0),
+            Some(Status::Received),
+            "a wrong token links nothing"
+        );
         m.apply(&Event::Decide {
             order: 0,
             reverse: true,
