@@ -396,3 +396,71 @@ async fn an_order_confirmed_from_two_browsers_is_attributed_through_lost_and_rep
     )
     .await;
 }
+
+/// A flagged reward an admin approved, then re-attributed to a later click a
+/// merge brought (the shopper signs in on a second browser), keeps the
+/// admin's approval: once the hold ends the cashback is available.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_reward_re_attributed_after_a_merge_keeps_its_approval() {
+    replay(
+        vec![Order {
+            merchant: 0,
+            amount_minor: 2_000,
+            odd_hour: true,
+        }],
+        vec![
+            (
+                Event::Identify {
+                    shopper: 0,
+                    browser: 0,
+                },
+                Fault::None,
+            ),
+            (
+                Event::Click {
+                    browser: 0,
+                    merchant: 0,
+                },
+                Fault::None,
+            ),
+            (
+                Event::Click {
+                    browser: 1,
+                    merchant: 0,
+                },
+                Fault::None,
+            ),
+            (
+                Event::Sdk {
+                    order: 0,
+                    browser: 0,
+                    right_token: true,
+                },
+                Fault::None,
+            ),
+            (
+                Event::Webhook {
+                    order: 0,
+                    replay: false,
+                },
+                Fault::None,
+            ),
+            (
+                Event::Review {
+                    order: 0,
+                    approve: true,
+                },
+                Fault::None,
+            ),
+            (
+                Event::Identify {
+                    shopper: 0,
+                    browser: 1,
+                },
+                Fault::None,
+            ),
+            (Event::HoldElapsed, Fault::None),
+        ],
+    )
+    .await;
+}
