@@ -637,9 +637,7 @@ impl Driver {
                 ));
             }
         }
-        let breaches = ledger::reconcile(&mut *c)
-            .await
-            .map_err(|e| e.to_string())?;
+        let breaches = ledger::reconcile(&mut c).await.map_err(|e| e.to_string())?;
         for b in breaches {
             diffs.push(format!("ledger invariant {}: {}", b.check, b.detail));
         }
@@ -692,7 +690,7 @@ impl Driver {
             }
             self.work(&queues, &mut fault).await?;
             let mut c = self.app.state.db.get().await.expect("pooled connection");
-            let swept = rewards::settle_due(&mut *c, Utc::now(), 1_000)
+            let swept = rewards::settle_due(&mut c, Utc::now(), 1_000)
                 .await
                 .map_err(|e| e.to_string())?;
             if swept.due == 0 && self.open_queues(&allowed).await.is_empty() {
