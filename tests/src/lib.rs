@@ -4,6 +4,8 @@
 
 pub mod db;
 pub mod http;
+pub mod money_driver;
+pub mod money_model;
 pub mod procs;
 pub mod shoppers;
 pub mod wallets;

@@ -365,7 +365,8 @@ async fn unattributed(
 /// still pending moves to the group's latest click if that changed. The old
 /// reward is voided (its money returned, its monthly cap usage released) and
 /// a new attribution is credited, in one transaction (attribution's own
-/// transaction nests as a savepoint). Confirmed, flagged or
+/// transaction nests as a savepoint); an admin's review of the old reward
+/// carries over to the new one. Confirmed, flagged or
 /// reversed rewards are never re-attributed.
 pub async fn reattribute(
     conn: &mut AsyncPgConnection,
@@ -422,7 +423,24 @@ pub async fn reattribute(
             // The new reward in the same transaction: a crash leaves either
             // the old reward or the new one, never none, and the cap the old
             // one freed cannot be taken in between.
-            attribute(conn, purchase_id, cfg, scorer, cache).await
+            let outcome = attribute(conn, purchase_id, cfg, scorer, cache).await?;
+            // The admin's review is a fact of the purchase, not of the click
+            // it was attributed to: a new reward flagged again keeps it, and
+            // is settled with it.
+            if let Outcome::Rewarded { reward_id, flagged: true, .. } = outcome
+                && old.review.is_some()
+            {
+                diesel::update(rewards::table.find(reward_id))
+                    .set((
+                        rewards::review.eq(old.review),
+                        rewards::reviewed_by.eq(old.reviewed_by),
+                        rewards::reviewed_at.eq(old.reviewed_at),
+                    ))
+                    .execute(conn)
+                    .await?;
+                reward_money::settle(conn, purchase_id).await?;
+            }
+            Ok(outcome)
         })
         .await
 }

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The model-based test of the money path, long: ./scripts/money-model.sh [CASES]
+#
+# Generates CASES sequences (default 2000; MONEY_MODEL_CASES works too) of
+# clicks, identifies, checkout confirmations, webhooks, merchant decisions,
+# reviews, ended holds, payouts and provider answers, with faults of the job
+# system, drives them through the api in-process and the jobs as the worker
+# runs them on real PostgreSQL and Redis, and compares every wallet and
+# purchase status with the reference model (docs/MONEY-MODEL.md). Release
+# build, so more sequences fit in the time.
+#
+# Environment: MONEY_MODEL_EXTRA_STEPS (default 16 here: events besides the
+# orders' own per sequence), PROPTEST_MAX_SHRINK_ITERS.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$ROOT"
+
+ensure_cargo
+ensure_postgres
+ensure_redis
+export TEST_DATABASE_URL="$PG_ADMIN_URL"
+export TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
+python3 -c 'import aiosmtpd' 2>/dev/null || {
+  log "installing aiosmtpd (SMTP server for the tests)"
+  python3 -m pip install -q --disable-pip-version-check aiosmtpd 2>/dev/null \
+    || python3 -m pip install -q --disable-pip-version-check --break-system-packages aiosmtpd
+}
+
+export MONEY_MODEL_CASES="${1:-${MONEY_MODEL_CASES:-2000}}"
+export MONEY_MODEL_EXTRA_STEPS="${MONEY_MODEL_EXTRA_STEPS:-16}"
+log "money model: $MONEY_MODEL_CASES sequences, up to $MONEY_MODEL_EXTRA_STEPS extra steps each"
+cargo test --release -p clicknback-tests --test money_model money_converges -- --nocapture
