@@ -38,6 +38,13 @@ async function act(path, method, msg) {
   catch (e) { toast("failed: " + e.message); }
 }
 
+// The pause or resume button of a queue.
+const queueToggle = (queue, verb) => el("button", {
+  onclick: () => act(`/queues/${queue}/${verb}`, "POST", `${queue} ${verb === "pause" ? "paused" : "resumed"}`) }, verb);
+
+// A table body's one row saying there is nothing (or what to do).
+const emptyRow = (cols, text) => el("tr", {}, el("td", { colspan: cols }, text));
+
 function renderQueues(queues) {
   const body = document.querySelector("#queues tbody");
   body.replaceChildren(...queues.map(q => {
@@ -52,9 +59,7 @@ function renderQueues(queues) {
     const tr = el("tr", { "data-queue": q.queue, class: selected && selected.queue === q.queue ? "sel" : "" },
       el("td", {}, q.queue), ...cells,
       el("td", {}, el("span", { class: "pill" + (q.paused ? " paused" : "") }, q.paused ? "paused" : "running")),
-      el("td", {}, q.paused
-        ? el("button", { onclick: () => act(`/queues/${q.queue}/resume`, "POST", `${q.queue} resumed`) }, "resume")
-        : el("button", { onclick: () => act(`/queues/${q.queue}/pause`, "POST", `${q.queue} paused`) }, "pause")));
+      el("td", {}, queueToggle(q.queue, q.paused ? "resume" : "pause")));
     return tr;
   }));
 }
@@ -69,7 +74,7 @@ function renderJobs(jobs) {
     ? el("button", { class: "primary", id: "requeue-all",
         onclick: () => act(`/queues/${selected.queue}/dead/requeue`, "POST", "dead jobs re-queued") }, "Re-queue all dead jobs")
     : "");
-  if (!jobs.length) { body.replaceChildren(el("tr", {}, el("td", { colspan: 7 }, "none"))); return; }
+  if (!jobs.length) { body.replaceChildren(emptyRow(7, "none")); return; }
   body.replaceChildren(...jobs.map(j => el("tr", { "data-task": j.task_id },
     el("td", {}, j.task_id),
     el("td", {}, j.job || ""),
@@ -89,7 +94,7 @@ function renderWorkers(workers) {
   const body = document.querySelector("#workers tbody");
   body.replaceChildren(...(workers.length ? workers.map(w => el("tr", {},
     el("td", {}, w.queue), el("td", {}, w.name), el("td", {}, w.last_heartbeat), el("td", { class: "num" }, String(w.in_flight))))
-    : [el("tr", {}, el("td", { colspan: 4 }, "no worker is alive"))]));
+    : [emptyRow(4, "no worker is alive")]));
 }
 
 async function refresh() {
