@@ -6,6 +6,7 @@ pub mod db;
 pub mod http;
 pub mod procs;
 pub mod shoppers;
+pub mod walk;
 pub mod wallets;
 pub mod webhook;
 
