@@ -40,7 +40,7 @@ pub struct Walk {
 pub const CASHBACK: i64 = 2_000;
 pub const PAYOUT: i64 = 1_500;
 /// The idempotency key the merchant reports the purchase under (twice).
-pub const WEBHOOK_KEY: &str = "order-T-1001-v1";
+pub const WEBHOOK_KEY: &str = "merchant-key-0001";
 
 async fn post(app: &TestApp, path: &str, headers: &[(&str, &str)], body: Value) -> Value {
     let mut h = vec![("content-type", "application/json")];

@@ -1,6 +1,9 @@
 //! The job board in a real headless Chromium (Debian's), driven by
 //! playwright-core: 401 without credentials; with them, real counts, a dead
-//! job's error, and a re-queue with a click that makes the job succeed.
+//! job's error and its chains of runs, a re-queue with a click that makes
+//! the job succeed in a second chain, and the purchase page showing the
+//! timeline of a purchase walked through webhook, review, confirmation and
+//! payout (`docs/screenshots/timeline.png` when SCREENSHOT_DIR is set).
 //!
 //! Runs when CLICKNBACK_BROWSER_TESTS=1 (the test command sets it after
 //! installing Chromium and playwright-core).
@@ -8,7 +11,7 @@
 use std::time::Duration;
 
 use clicknback_core::{jobs, models::user::Role, services::users};
-use clicknback_tests::{TestApp, procs::eventually};
+use clicknback_tests::{TestApp, procs::eventually, walk::walk};
 use diesel_async::RunQueryDsl;
 
 #[tokio::test]
@@ -19,12 +22,18 @@ async fn the_board_shows_a_dead_job_and_requeues_it_with_a_click() {
         );
         return;
     }
-    let app = TestApp::new().await;
+    let app = TestApp::with(&[("ATTRIBUTION_DELAY_SECS", "1")]).await;
     let mut c = app.db.conn().await;
     users::create(&mut c, "board@example.com", "board-password", Role::Admin)
         .await
         .unwrap();
-    let _worker = app.worker(&[("JOB_RETRY_CANARY", "attempts=1,base=1s,cap=1s")]);
+    // A purchase with a full timeline; its worker also runs the canary.
+    let walked = walk(
+        &app,
+        "A-1001",
+        &[("JOB_RETRY_CANARY", "attempts=1,base=1s,cap=1s")],
+    )
+    .await;
     let job = jobs::Canary {
         key: "board".into(),
         fail_times: 0,
@@ -59,6 +68,12 @@ async fn the_board_shows_a_dead_job_and_requeues_it_with_a_click() {
         .env("ADMIN_PASSWORD", "board-password")
         .env("QUEUE", "maintenance")
         .env("EXPECT_ERROR", "broken until fixed")
+        .env("TIMELINE_QUERY", &walked.order_id)
+        .envs(
+            std::env::var("SCREENSHOT_DIR")
+                .ok()
+                .map(|d| ("TIMELINE_SCREENSHOT_DIR", d)),
+        )
         .envs(
             std::env::var("BOARD_SCREENSHOT_DIR")
                 .ok()
