@@ -3,7 +3,8 @@
 //! job's error and its chains of runs, a re-queue with a click that makes
 //! the job succeed in a second chain, and the purchase page showing the
 //! timeline of a purchase walked through webhook, review, confirmation and
-//! payout (`docs/screenshots/timeline.png` when SCREENSHOT_DIR is set).
+//! payout (`docs/screenshots/timeline.png` when SCREENSHOT_DIR is set); and
+//! `/docs` rendered with every request to another origin aborted.
 //!
 //! Runs when CLICKNBACK_BROWSER_TESTS=1 (the test command sets it after
 //! installing Chromium and playwright-core).
@@ -101,4 +102,35 @@ async fn the_board_shows_a_dead_job_and_requeues_it_with_a_click() {
         },
     )
     .await;
+}
+
+#[tokio::test]
+async fn docs_render_with_every_other_origin_blocked() {
+    if std::env::var("CLICKNBACK_BROWSER_TESTS").as_deref() != Ok("1") {
+        eprintln!(
+            "skipped: set CLICKNBACK_BROWSER_TESTS=1 (./scripts/test.sh does) to run the browser test"
+        );
+        return;
+    }
+    let app = TestApp::new().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = app.router.clone();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
+    let out = tokio::process::Command::new("node")
+        .arg(dir.join("docs.mjs"))
+        .current_dir(&dir)
+        .env("DOCS_URL", format!("http://{addr}/docs"))
+        .output()
+        .await
+        .expect("node runs the browser script");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "docs browser test failed:\n{log}");
+    assert!(log.contains("none elsewhere"), "{log}");
+    eprintln!("{log}");
 }
