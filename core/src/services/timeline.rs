@@ -22,7 +22,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{ledger::AccountKind, ops, purchases::PurchaseView};
+use super::{ledger::AccountKind, ops, payouts::PayoutStatus, purchases::PurchaseView};
+use crate::jobs::SendEmail;
 use crate::{
     ids::{MerchantId, PurchaseId, UserId},
     models::{
@@ -230,9 +231,9 @@ struct TransferRow {
     #[diesel(sql_type = Text)]
     currency: String,
     #[diesel(sql_type = Text)]
-    debit: String,
+    debit: AccountKind,
     #[diesel(sql_type = Text)]
-    credit: String,
+    credit: AccountKind,
     #[diesel(sql_type = Nullable<SqlUuid>)]
     payout_id: Option<Uuid>,
     #[diesel(sql_type = Timestamptz)]
@@ -252,7 +253,7 @@ struct PayoutRow {
     #[diesel(sql_type = BigInt)]
     amount_minor: i64,
     #[diesel(sql_type = Text)]
-    status: String,
+    status: PayoutStatus,
     #[diesel(sql_type = Text)]
     destination_masked: String,
     #[diesel(sql_type = Timestamptz)]
@@ -322,13 +323,14 @@ pub async fn of_purchase(
     // the payout, so they are looked up by its prefix.
     let mut email_keys: Vec<String> = Vec::new();
     for r in &rewards {
-        email_keys.push(format!("reward:{}", r.id));
-        job_keys.push(format!("email:reward:{}", r.id));
+        let key = SendEmail::reward_key(r.id);
+        job_keys.push(SendEmail::job_key(&key));
+        email_keys.push(key);
     }
     for r in rewards.iter().filter(|r| r.status != RewardStatus::Voided) {
         for (payout, spent) in spending_payouts(conn, r.user_id, r.currency, &transfers).await? {
             job_keys.push(format!("payout:{}", payout.id));
-            email_keys.push(format!("payout:{}:%", payout.id));
+            email_keys.push(format!("{}%", SendEmail::payout_key(payout.id.into(), "")));
             entries.push(payout_entry(&payout, spent));
         }
     }
@@ -571,7 +573,7 @@ async fn spending_payouts(
     currency: Currency,
     own: &[TransferRow],
 ) -> Result<Vec<(PayoutRow, i64)>, diesel::result::Error> {
-    let available = AccountKind::Available.as_str();
+    let available = AccountKind::Available;
     let own_credits: Vec<&str> = own
         .iter()
         .filter(|t| t.credit == available)
@@ -582,12 +584,13 @@ async fn spending_payouts(
     }
     let moves: Vec<TransferRow> = diesel::sql_query(format!(
         "{TRANSFER_COLUMNS}
-          WHERE (d.user_id = $1 AND d.kind = 'available' AND d.currency = $2)
-             OR (c.user_id = $1 AND c.kind = 'available' AND c.currency = $2)
+          WHERE (d.user_id = $1 AND d.kind = $3 AND d.currency = $2)
+             OR (c.user_id = $1 AND c.kind = $3 AND c.currency = $2)
           ORDER BY t.created_at, t.id LIMIT 10000"
     ))
     .bind::<SqlUuid, _>(user.into_uuid())
     .bind::<Text, _>(currency.as_str())
+    .bind::<Text, _>(available)
     .load(conn)
     .await?;
     // Lots: (amount left, whether it is this purchase's).
