@@ -29,6 +29,12 @@ if [ -z "${CLICKNBACK_SKIP_BROWSER:-}" ]; then
   export CLICKNBACK_BROWSER_TESTS=1
 fi
 
+# A compose tool for the `docker compose config` check (Debian's
+# docker-compose; the check skips, saying so, when none can be installed).
+if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
+  (apt_install docker-compose) || log "no compose tool: the docker compose config check will skip"
+fi
+
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 log "cargo fmt --check"

@@ -45,7 +45,8 @@ board and its API also accept an admin's email and password as HTTP Basic creden
 page's `next_cursor`, opaque and signed) and answer `{data, next_cursor}`.
 
 **The board's API.** `/board/api/...` are the same handlers as `/v1/admin/queues`, \
-`/v1/admin/workers` and `/v1/admin/dead-jobs/...`, mounted a second time for the board \
+`/v1/admin/workers`, `/v1/admin/dead-jobs/...`, `/v1/admin/purchases/search` and the \
+timelines (`/v1/admin/purchases/{id}/timeline`, `/v1/admin/merchants/{id}/orders/{order_id}/timeline`), mounted a second time for the board \
 page; each is listed under both paths.
 
 **Not described here:** in development only (`PAYOUT_SANDBOX`), the api also serves a \

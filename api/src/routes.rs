@@ -133,11 +133,15 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(openapi::docs_file))
 }
 
-/// The job system's operator routes, mounted at [`JOBS_AT`] and `/board/api`
-/// (their `#[utoipa::path]`s name the path below the mount point).
+/// The operator routes (the job system, a purchase's timeline and the
+/// purchase search), mounted at [`JOBS_AT`] and `/board/api` (their
+/// `#[utoipa::path]`s name the path below the mount point).
 fn job_routes() -> OpenApiRouter<AppState> {
-    use admin::jobs;
+    use admin::{jobs, timeline};
     OpenApiRouter::default()
+        .routes(routes!(timeline::search))
+        .routes(routes!(timeline::purchase))
+        .routes(routes!(timeline::order))
         .routes(routes!(jobs::queues))
         .routes(routes!(jobs::jobs))
         .routes(routes!(jobs::job, jobs::delete))

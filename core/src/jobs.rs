@@ -151,13 +151,31 @@ pub struct SendEmail {
     pub dedupe_key: String,
 }
 
+impl SendEmail {
+    /// The sent-log key of a reward's "you earned" email.
+    pub fn reward_key(reward: crate::ids::RewardId) -> String {
+        format!("reward:{reward}")
+    }
+
+    /// The sent-log key of a payout's email (`suffix`: which one), and the
+    /// prefix every email of the payout shares (with an empty `suffix`).
+    pub fn payout_key(payout: crate::ids::PayoutId, suffix: &str) -> String {
+        format!("payout:{payout}:{suffix}")
+    }
+
+    /// The job key of the email with sent-log key `dedupe_key`.
+    pub fn job_key(dedupe_key: &str) -> String {
+        format!("email:{dedupe_key}")
+    }
+}
+
 impl Job for SendEmail {
     const NAME: &'static str = "SendEmail";
     const QUEUE: Queue = Queue::Emails;
     const RETRY: RetryPolicy =
         RetryPolicy::new(12, Duration::from_secs(10), Duration::from_secs(1_800), 0.2);
     fn key(&self) -> String {
-        format!("email:{}", self.dedupe_key)
+        Self::job_key(&self.dedupe_key)
     }
 }
 

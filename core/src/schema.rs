@@ -252,6 +252,17 @@ diesel::table! {
 }
 
 diesel::table! {
+    purchase_events (id) {
+        id -> Int8,
+        merchant_id -> Uuid,
+        order_id -> Text,
+        kind -> Text,
+        detail -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     purchases (id) {
         id -> Uuid,
         merchant_id -> Uuid,
@@ -358,6 +369,7 @@ diesel::joinable!(offer_activations -> merchants (merchant_id));
 diesel::joinable!(offer_activations -> offers (offer_id));
 diesel::joinable!(offers -> merchants (merchant_id));
 diesel::joinable!(payouts -> users (user_id));
+diesel::joinable!(purchase_events -> merchants (merchant_id));
 diesel::joinable!(purchases -> identity_groups (identity_group_id));
 diesel::joinable!(purchases -> merchants (merchant_id));
 diesel::joinable!(purchases -> users (user_id));
@@ -390,6 +402,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     offers,
     outbox,
     payouts,
+    purchase_events,
     purchases,
     rewards,
     touchpoints,

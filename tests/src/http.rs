@@ -167,6 +167,20 @@ impl TestApp {
             .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
+    /// Runs a query returning one `t TEXT` column (or no row) on the test database.
+    pub async fn scalar_text(&self, sql: &str) -> Option<String> {
+        #[derive(diesel::QueryableByName)]
+        struct T {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            t: String,
+        }
+        let mut c = self.db.conn().await;
+        diesel_async::RunQueryDsl::get_result::<T>(diesel::sql_query(sql), &mut c)
+            .await
+            .map(|r| r.t)
+            .ok()
+    }
+
     pub async fn admin_token(&self) -> String {
         let email = format!("admin-{}@example.com", uuid::Uuid::new_v4().simple());
         self.token_for(&email, Role::Admin).await

@@ -8,6 +8,7 @@ pub mod money_driver;
 pub mod money_model;
 pub mod procs;
 pub mod shoppers;
+pub mod walk;
 pub mod wallets;
 pub mod webhook;
 

@@ -1,7 +1,9 @@
 //! The operator's documents keep up with the code: every environment variable
 //! the configuration reads is in `docs/OPERATIONS.md` and `.env.example`, and
 //! every metric the programs record is in the metrics table of OPERATIONS,
-//! and the Docker image builds with a Rust every locked crate accepts.
+//! the Docker image builds with a Rust every locked crate accepts, and
+//! `docker compose config` accepts the stack (where a compose tool is
+//! installed) and refuses it without each of its secrets.
 
 use std::{fs, path::Path};
 
@@ -182,4 +184,97 @@ fn the_docker_image_s_rust_builds_every_locked_crate() {
         too_new.is_empty(),
         "rust {declared} cannot build: {too_new:?}"
     );
+}
+
+/// The compose tool here: the `docker compose` plugin, else the standalone
+/// `docker-compose`; `None` when neither runs.
+fn compose_command() -> Option<std::process::Command> {
+    let runs = |cmd: &mut std::process::Command| {
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if runs(std::process::Command::new("docker").args(["compose", "version"])) {
+        let mut c = std::process::Command::new("docker");
+        c.arg("compose");
+        return Some(c);
+    }
+    runs(std::process::Command::new("docker-compose").arg("version"))
+        .then(|| std::process::Command::new("docker-compose"))
+}
+
+#[test]
+fn docker_compose_config_accepts_the_stack_and_requires_its_secrets() {
+    let Some(_) = compose_command() else {
+        eprintln!(
+            "skipped: neither `docker compose` nor `docker-compose` is installed \
+             (./scripts/test.sh installs Debian's docker-compose when it can)"
+        );
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let secrets = [
+        ("POSTGRES_PASSWORD", "compose-check-password"),
+        ("JWT_SECRET", "compose-check-jwt-secret-0123456789abcdef"),
+        (
+            "DATA_ENCRYPTION_KEY",
+            "dGVzdC1rZXktdGVzdC1rZXktdGVzdC1rZXktdGVzdDE=",
+        ),
+        ("PAYOUT_PROVIDER_URL", "https://payouts.example"),
+        ("PAYOUT_PROVIDER_KEY", "compose-check-provider-key"),
+    ];
+    let empty = std::env::temp_dir().join(format!("clicknback-compose-{}.env", std::process::id()));
+    fs::write(&empty, "").unwrap();
+    let config = |env: &[(&str, &str)]| {
+        let mut cmd = compose_command().unwrap();
+        // No .env of the developer's, no variables of the shell's: only `env`.
+        cmd.current_dir(&root)
+            .args(["--project-directory", ".", "-f", "docker-compose.yml"])
+            .arg("--env-file")
+            .arg(&empty)
+            .arg("config")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().copied());
+        cmd.output().expect("the compose tool runs")
+    };
+    let out = config(&secrets);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The resolved file (YAML): every service, the app's two waits for
+    // healthy dependencies each, the secrets filled in.
+    for service in ["postgres", "redis", "mailpit", "api", "worker"] {
+        assert!(
+            text.contains(&format!("\n  {service}:\n")),
+            "{service}: {text}"
+        );
+    }
+    assert!(
+        text.matches("condition: service_healthy").count() >= 4,
+        "api and worker wait for healthy postgres and redis: {text}"
+    );
+    assert!(
+        text.contains("postgres://clicknback:compose-check-password@postgres:5432/clicknback"),
+        "{text}"
+    );
+    assert!(text.contains("healthcheck:"), "{text}");
+    // Each secret is required: without it, config stops and names it.
+    for (name, _) in secrets {
+        let without: Vec<_> = secrets
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != name)
+            .collect();
+        let out = config(&without);
+        assert!(!out.status.success(), "config without {name} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("set {name}")), "{name}: {err}");
+    }
+    let _ = fs::remove_file(&empty);
 }

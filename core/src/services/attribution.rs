@@ -329,7 +329,7 @@ pub async fn attribute(
                     "order_id": p.order_id,
                     "merchant": merchant,
                 }),
-                dedupe_key: format!("reward:{}", reward.id),
+                dedupe_key: SendEmail::reward_key(reward.id),
             };
             jobs::enqueue(conn, &job, now).await?;
         }

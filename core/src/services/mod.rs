@@ -21,6 +21,7 @@ pub mod purchases;
 pub mod rate_limit;
 pub mod rewards;
 pub mod stats;
+pub mod timeline;
 pub mod tracking;
 pub mod users;
 

@@ -10,12 +10,14 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 use super::{
     FieldError,
     idempotency::{self, IdempotencyError, IdempotencyKey, Outcome},
     identity::{self, NodeKind},
     pagination::{Cursor, newest_first},
+    timeline::{self, EntryKind},
 };
 use crate::{
     db,
@@ -285,9 +287,12 @@ pub async fn ingest(
     let delay = chrono::Duration::from_std(attribution_delay).unwrap_or_default();
     let outcome = conn
         .transaction::<Outcome, PurchaseError, _>(async move |conn| {
+            let seen = json!({"idempotency_key": key.key});
             if let Some(replay) = idempotency::begin::<PurchaseError>(conn, key).await? {
+                timeline::record(conn, merchant_id, &input.order_id, EntryKind::WebhookReplayed, seen).await?;
                 return Ok(replay);
             }
+            timeline::record(conn, merchant_id, &input.order_id, EntryKind::WebhookReceived, seen).await?;
             // Serialised with the checkout page's confirmation of this order
             // (see the identity module for the lock order): whichever of the
             // two commits second sees the other, so a matching pair is
@@ -309,6 +314,7 @@ pub async fn ingest(
                 let expected = validation.as_ref().and_then(|v| v["purchase_token"].as_str().map(str::to_owned));
                 let matched = expected.is_some() && expected.as_deref() == input.purchase_token.as_deref();
                 identity::count_link(conn, merchant_id, matched).await?;
+                timeline::record(conn, merchant_id, &input.order_id, EntryKind::TokenCheck, json!({"matched": matched})).await?;
                 if matched {
                     // When the customer's group belongs to another user than
                     // the browser that confirmed, the purchase follows the
@@ -402,7 +408,16 @@ pub async fn request_status(
     let merchant_id = merchant.id;
     let order_id = order_id.to_owned();
     conn.transaction::<Outcome, PurchaseError, _>(async move |conn| {
+        let seen = json!({"idempotency_key": key.key, "status": req.status, "reason": req.reason});
         if let Some(replay) = idempotency::begin::<PurchaseError>(conn, key).await? {
+            timeline::record(
+                conn,
+                merchant_id,
+                &order_id,
+                EntryKind::StatusReplayed,
+                seen,
+            )
+            .await?;
             return Ok(replay);
         }
         let purchase: Purchase = purchases::table
@@ -434,6 +449,14 @@ pub async fn request_status(
             .returning(Purchase::as_returning())
             .get_result(conn)
             .await?;
+        timeline::record(
+            conn,
+            merchant_id,
+            &order_id,
+            EntryKind::StatusReceived,
+            seen,
+        )
+        .await?;
         let job = ApplyRewardTransition {
             purchase_id: purchase.id,
             to,

@@ -488,7 +488,8 @@ pub async fn review(
             .set((
                 rewards::review.eq(decision),
                 rewards::reviewed_by.eq(actor.user_id),
-                rewards::reviewed_at.eq(Utc::now()),
+                // The database's clock, as the transfers it causes are stamped.
+                rewards::reviewed_at.eq(diesel::dsl::sql::<diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>>("now()")),
             ))
             .execute(conn)
             .await?;

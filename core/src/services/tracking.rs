@@ -244,19 +244,48 @@ pub async fn confirm_purchase(
         purchase_token.to_owned(),
     );
     conn.transaction::<LinkOutcome, TrackError, _>(async move |conn| {
+        let outcome = confirm_locked(conn, merchant_id, &anon, &order, &token).await?;
+        super::timeline::record(
+            conn,
+            merchant_id,
+            &order,
+            super::timeline::EntryKind::SdkConfirmation,
+            serde_json::json!({"outcome": outcome, "anon_id": anon}),
+        )
+        .await?;
+        Ok(outcome)
+    })
+    .await
+}
+
+/// [`confirm_purchase`] inside its transaction.
+async fn confirm_locked(
+    conn: &mut AsyncPgConnection,
+    merchant_id: MerchantId,
+    anon: &str,
+    order: &str,
+    token: &str,
+) -> Result<LinkOutcome, TrackError> {
+    let (anon, order, token) = (anon.to_owned(), order.to_owned(), token.to_owned());
+    {
         // Serialised with the webhook of this order (see the identity module
         // for the lock order): whichever of the two commits second sees the
         // other, so a matching pair is always linked.
         identity::lock_order(conn, merchant_id, &order).await?;
         let a = identity::ensure_node(conn, &NodeSpec::anon(&anon)).await?;
         // Not locked here: the purchase row is locked last, by the update.
-        let purchase: Option<(PurchaseId, Option<String>, Option<IdentityGroupId>)> = purchases::table
-            .filter(purchases::merchant_id.eq(merchant_id))
-            .filter(purchases::order_id.eq(&order))
-            .select((purchases::id, purchases::purchase_token, purchases::identity_group_id))
-            .first(conn)
-            .await
-            .optional()?;
+        let purchase: Option<(PurchaseId, Option<String>, Option<IdentityGroupId>)> =
+            purchases::table
+                .filter(purchases::merchant_id.eq(merchant_id))
+                .filter(purchases::order_id.eq(&order))
+                .select((
+                    purchases::id,
+                    purchases::purchase_token,
+                    purchases::identity_group_id,
+                ))
+                .first(conn)
+                .await
+                .optional()?;
         match purchase {
             Some((id, stored, group)) => {
                 let matched = stored.as_deref() == Some(token.as_str());
@@ -269,7 +298,9 @@ pub async fn confirm_purchase(
                 // purchase's group belongs to another user, the purchase
                 // follows the browser and the two users stay apart.
                 let target = match group {
-                    Some(g) => identity::merge(conn, g, a, "purchase_token").await?.or(|_, browser| browser),
+                    Some(g) => identity::merge(conn, g, a, "purchase_token")
+                        .await?
+                        .or(|_, browser| browser),
                     None => super::attribution::surviving_group(conn, a).await?,
                 };
                 diesel::update(purchases::table.find(id))
@@ -281,13 +312,14 @@ pub async fn confirm_purchase(
             }
             None => {
                 let key = identity::order_key(merchant_id, &order);
-                let pending: Option<(IdentityGroupId, Option<serde_json::Value>)> = identity_nodes::table
-                    .filter(identity_nodes::kind.eq(NodeKind::MerchantCustomer))
-                    .filter(identity_nodes::key.eq(&key))
-                    .select((identity_nodes::group_id, identity_nodes::validation_data))
-                    .first(conn)
-                    .await
-                    .optional()?;
+                let pending: Option<(IdentityGroupId, Option<serde_json::Value>)> =
+                    identity_nodes::table
+                        .filter(identity_nodes::kind.eq(NodeKind::MerchantCustomer))
+                        .filter(identity_nodes::key.eq(&key))
+                        .select((identity_nodes::group_id, identity_nodes::validation_data))
+                        .first(conn)
+                        .await
+                        .optional()?;
                 match pending {
                     // Confirmed again (a reload of the thank-you page, another
                     // tab): the same token joins the browser to the order's
@@ -295,7 +327,9 @@ pub async fn confirm_purchase(
                     // `pending`: until the webhook nobody can tell which token
                     // is right.
                     Some((existing, validation)) => {
-                        let first = validation.as_ref().and_then(|v| v["purchase_token"].as_str());
+                        let first = validation
+                            .as_ref()
+                            .and_then(|v| v["purchase_token"].as_str());
                         if first == Some(token.as_str()) {
                             identity::merge(conn, existing, a, "purchase_token_repeat").await?;
                         } else {
@@ -303,13 +337,16 @@ pub async fn confirm_purchase(
                         }
                     }
                     None => {
-                        let g = identity::ensure_node(conn, &NodeSpec::pending_order(merchant_id, &order, &token)).await?;
+                        let g = identity::ensure_node(
+                            conn,
+                            &NodeSpec::pending_order(merchant_id, &order, &token),
+                        )
+                        .await?;
                         identity::merge(conn, g, a, "purchase_confirmation").await?;
                     }
                 }
                 Ok(LinkOutcome::Pending)
             }
         }
-    })
-    .await
+    }
 }

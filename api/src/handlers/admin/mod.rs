@@ -6,3 +6,4 @@ pub mod jobs;
 pub mod merchants;
 pub mod offers;
 pub mod purchases;
+pub mod timeline;

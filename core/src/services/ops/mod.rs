@@ -17,6 +17,7 @@ use redis::aio::ConnectionLike;
 use serde::Serialize;
 
 pub use dead::{DeadJob, adopt_crashed, base_task_id, record, requeue_all_dead, requeue_dead};
+pub use outbox::chains;
 pub use queues::{delete_from_redis, is_paused, paused_key, prune_done, set_paused, workers};
 
 use crate::{jobs::Queue, queues as storage, text_enum::text_enum};

@@ -98,7 +98,7 @@ type RunRow = (
 
 /// Every chain of runs of the job `job_key` the outbox holds, oldest first,
 /// with the dead-job record of each run that died.
-pub(super) async fn chains(
+pub async fn chains(
     conn: &mut AsyncPgConnection,
     job_key: &str,
 ) -> Result<Vec<JobChain>, diesel::result::Error> {

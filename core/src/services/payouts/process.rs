@@ -291,7 +291,7 @@ async fn finish(
                     "destination": masked,
                     "reason": reason,
                 }),
-                dedupe_key: format!("payout:{id}:{suffix}"),
+                dedupe_key: SendEmail::payout_key(id, suffix),
             },
             Utc::now(),
         )

@@ -1,0 +1,2 @@
+DROP INDEX purchases_order_idx;
+DROP TABLE purchase_events;
