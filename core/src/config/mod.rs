@@ -8,6 +8,7 @@
 mod attribution;
 mod cache;
 mod env;
+mod explainer;
 mod http;
 mod payouts;
 mod relay;
@@ -20,6 +21,7 @@ use std::{net::SocketAddr, time::Duration};
 pub use attribution::AttributionConfig;
 pub use cache::CacheConfig;
 pub use env::{ConfigError, Env, UrlForm};
+pub use explainer::{ExplainerConfig, SANDBOX_MODEL};
 pub use http::HttpConfig;
 pub use payouts::PayoutConfig;
 pub use relay::RelayConfig;
@@ -78,6 +80,8 @@ pub struct Config {
     pub http: HttpConfig,
     pub sign_in: SignInConfig,
     pub payouts: PayoutConfig,
+    /// Explains flagged purchases to the admins who review them.
+    pub explainer: ExplainerConfig,
     pub relay: RelayConfig,
     pub worker: WorkerConfig,
     pub attribution: AttributionConfig,
@@ -154,6 +158,9 @@ impl Config {
         };
 
         let api_addr = addr("API_ADDR", "127.0.0.1:8080")?;
+        let explainer = explainer::read(&env, api_addr)?;
+        let mut attribution = attribution::read(&env)?;
+        attribution.explain_flagged = explainer.enabled();
         let config = Self {
             app_env,
             database_url,
@@ -210,9 +217,10 @@ impl Config {
             http: http::read(&env)?,
             sign_in: sign_in::read(&env)?,
             payouts: payouts::read(&env, api_addr)?,
+            explainer,
             relay: relay::read(&env)?,
             worker: worker::read(&env)?,
-            attribution: attribution::read(&env)?,
+            attribution,
         };
         // A webhook's idempotency record must outlive the window in which its
         // signature verifies, or a replay after the purge is accepted again.
