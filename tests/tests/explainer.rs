@@ -152,6 +152,11 @@ async fn a_flagged_purchase_is_explained_and_the_review_list_shows_it_as_text() 
     let view = explanations::state_of(&mut c, reward).await.unwrap();
     assert_eq!(view.status, Some(ExplanationStatus::Done));
     assert_eq!(view.text.as_deref(), Some(answer));
+    assert_eq!(
+        explanations::state_of_purchase(&mut c, pid).await.unwrap(),
+        Some(view),
+        "the same, found from the purchase"
+    );
 
     // Idempotent: an explained reward is not asked about again.
     let again = explanations::explain(&app.state.db, &explainer, reward)

@@ -110,6 +110,26 @@ pub async fn state_of(
     })
 }
 
+/// The explanation state of `purchase`'s live (not voided) reward; `None`
+/// when it has no reward. For a purchase's timeline.
+pub async fn state_of_purchase(
+    conn: &mut AsyncPgConnection,
+    purchase: crate::ids::PurchaseId,
+) -> Result<Option<ExplanationView>, diesel::result::Error> {
+    let reward: Option<RewardId> = rewards::table
+        .filter(rewards::purchase_id.eq(purchase))
+        .filter(rewards::status.ne(crate::models::reward::RewardStatus::Voided))
+        .order(rewards::attribution_seq.desc())
+        .select(rewards::id)
+        .first(conn)
+        .await
+        .optional()?;
+    match reward {
+        Some(r) => state_of(conn, r).await.map(Some),
+        None => Ok(None),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ExplainError {
     #[error("reward not found")]
