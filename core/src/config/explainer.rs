@@ -52,14 +52,10 @@ pub(super) fn read<F: Fn(&str) -> Option<String>>(
     env: &Env<F>,
     api_addr: SocketAddr,
 ) -> Result<ExplainerConfig, ConfigError> {
-    let sandbox = env.bool("FRAUD_EXPLAINER_SANDBOX", env.is_development())?;
-    if sandbox && !env.is_development() {
-        return Err(ConfigError {
-            var: "FRAUD_EXPLAINER_SANDBOX".into(),
-            problem: "is true outside APP_ENV=development".into(),
-            expected: "false in production (the sandbox's explanations are canned)".into(),
-        });
-    }
+    let sandbox = env.sandbox(
+        "FRAUD_EXPLAINER_SANDBOX",
+        "false in production (the sandbox's explanations are canned)",
+    )?;
     let explicit = env.raw("FRAUD_EXPLAINER_URL").is_some();
     let url = if explicit {
         Some(env.url("FRAUD_EXPLAINER_URL", &EXPLAINER_URL, None)?)
@@ -81,15 +77,10 @@ pub(super) fn read<F: Fn(&str) -> Option<String>>(
         .raw("FRAUD_EXPLAINER_KEY")
         .or_else(|| on_sandbox.then(|| DEV_EXPLAINER_KEY.to_owned()))
         .map(Secret::new);
-    let breaker_open = env.secs("FRAUD_EXPLAINER_BREAKER_OPEN_SECS", 30, 1..=3_600)?;
-    let breaker_open_max = env.secs("FRAUD_EXPLAINER_BREAKER_OPEN_MAX_SECS", 300, 1..=86_400)?;
-    if breaker_open_max < breaker_open {
-        return Err(ConfigError {
-            var: "FRAUD_EXPLAINER_BREAKER_OPEN_MAX_SECS".into(),
-            problem: "is below FRAUD_EXPLAINER_BREAKER_OPEN_SECS".into(),
-            expected: "at least FRAUD_EXPLAINER_BREAKER_OPEN_SECS".into(),
-        });
-    }
+    let (breaker_open, breaker_open_max) = env.breaker_open(
+        "FRAUD_EXPLAINER_BREAKER_OPEN_SECS",
+        "FRAUD_EXPLAINER_BREAKER_OPEN_MAX_SECS",
+    )?;
     Ok(ExplainerConfig {
         url: url.map(|u| u.trim_end_matches('/').to_owned()),
         model,

@@ -264,6 +264,47 @@ mod tests {
     }
 
     #[test]
+    fn the_explainer_is_the_sandbox_in_development_and_off_without_it() {
+        let dev = ("APP_ENV", "development");
+        let cfg = load(&[dev]).unwrap();
+        assert!(cfg.explainer.sandbox && cfg.attribution.explain_flagged);
+        assert_eq!(
+            cfg.explainer.url.as_deref(),
+            Some("http://127.0.0.1:8080/sandbox/explainer/v1")
+        );
+        assert_eq!(cfg.explainer.model, SANDBOX_MODEL);
+        let off = load(&[dev, ("FRAUD_EXPLAINER_SANDBOX", "false")]).unwrap();
+        assert!(!off.explainer.enabled() && !off.attribution.explain_flagged);
+        assert!(off.explainer.key.is_none());
+        let err = load(&[dev, ("FRAUD_EXPLAINER_URL", "http://127.0.0.1:11434/v1")]).unwrap_err();
+        assert_eq!(
+            err.var, "FRAUD_EXPLAINER_MODEL",
+            "a real API needs its model named"
+        );
+        let local = load(&[
+            dev,
+            ("FRAUD_EXPLAINER_URL", "http://127.0.0.1:11434/v1/"),
+            ("FRAUD_EXPLAINER_MODEL", "llama3.2"),
+        ])
+        .unwrap();
+        assert_eq!(
+            local.explainer.url.as_deref(),
+            Some("http://127.0.0.1:11434/v1")
+        );
+        assert!(
+            local.explainer.key.is_none(),
+            "no sandbox key for a real API"
+        );
+        let err = load(&[
+            dev,
+            ("FRAUD_EXPLAINER_BREAKER_OPEN_SECS", "60"),
+            ("FRAUD_EXPLAINER_BREAKER_OPEN_MAX_SECS", "10"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "FRAUD_EXPLAINER_BREAKER_OPEN_MAX_SECS");
+    }
+
+    #[test]
     fn production_requires_secrets_and_names_the_variable() {
         let err = load(&[
             ("DATABASE_URL", "postgres://x@h/db"),
