@@ -12,6 +12,7 @@ import argparse
 import random
 import sys
 import time
+import urllib.request
 import uuid
 
 import clicknback_client
@@ -23,6 +24,7 @@ p.add_argument("--admin-email", required=True)
 p.add_argument("--admin-password", required=True)
 p.add_argument("--shoppers", type=int, default=5)
 p.add_argument("--purchases", type=int, default=30)
+p.add_argument("--worker-metrics", default="http://127.0.0.1:8081/metrics")
 args = p.parse_args()
 API = args.api
 counts = {"clicks": 0, "purchases": 0, "confirmed": 0, "reversed": 0, "payouts": 0, "errors": 0}
@@ -54,6 +56,46 @@ def wait_for(what, check, timeout=120):
         time.sleep(1)
     print(f"    (gave up waiting for {what})")
     return None
+
+
+def explainer_tokens():
+    """The worker's fraud_explainer_tokens_total counters: the provider's own usage figures."""
+    try:
+        text = urllib.request.urlopen(args.worker_metrics, timeout=5).read().decode()
+    except OSError:
+        return None
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("fraud_explainer_tokens_total{"):
+            kind = line.split('kind="', 1)[1].split('"', 1)[0]
+            out[kind] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def explain_flagged(admin):
+    def flagged():
+        _, page = call("GET", "/v1/admin/purchases?status=flagged&limit=100", token=admin)
+        return page.get("data", []) if isinstance(page, dict) else []
+
+    items = flagged()
+    if not items:
+        print("    none flagged this time")
+        return
+    # Explanations are written off the attribution path: wait until none is pending.
+    wait_for("explanations", lambda: all(i.get("fraud_explanation_status") != "pending" for i in flagged()),
+             timeout=60)
+    items = flagged()
+    for i in items[:3]:
+        print(f"    {i['order_id']} {i['amount_minor'] / 100:.2f} {i['currency']}, score {i['fraud_score']:.2f}: "
+              f"{i.get('fraud_explanation_status')}")
+        if i.get("fraud_explanation"):
+            print(f"      {i['fraud_explanation']}")
+    tokens = explainer_tokens()
+    done = sum(1 for i in items if i.get("fraud_explanation_status") == "done")
+    if tokens and done:
+        print(f"    explainer usage: {tokens.get('prompt', 0) / done:.0f} prompt + "
+              f"{tokens.get('completion', 0) / done:.0f} completion tokens per flagged purchase "
+              f"(the sandbox estimates four characters a token)")
 
 
 def main():
@@ -119,6 +161,9 @@ def main():
 
     wait_for("attribution", lambda: credited() > 0, timeout=180)
     print(f"    {credited() / 100:.2f} EUR of cashback credited so far")
+
+    step("flagged purchases and what the fraud explainer says about them")
+    explain_flagged(admin)
 
     step("the merchant confirms most orders and reverses a few")
     for n, order in enumerate(orders):

@@ -20,4 +20,5 @@ CLICKNBACK_ADMIN_PASSWORD="$DEMO_ADMIN_PASSWORD" "$ROOT/target/release/clicknbac
   create-admin --email "$DEMO_ADMIN_EMAIL" >/dev/null 2>&1 || true
 
 exec python3 "$ROOT/scripts/demo.py" --api "$API" --admin-email "$DEMO_ADMIN_EMAIL" \
-  --admin-password "$DEMO_ADMIN_PASSWORD" "$@"
+  --admin-password "$DEMO_ADMIN_PASSWORD" \
+  --worker-metrics "http://${WORKER_ADDR:-127.0.0.1:8081}/metrics" "$@"

@@ -52,7 +52,8 @@ page; each is listed under both paths.
 **Not described here:** in development only (`PAYOUT_SANDBOX`), the api also serves a \
 sandbox payout provider under `/sandbox/provider/v1/payouts`. It speaks the external \
 provider's protocol with the provider's key, is called by the worker, and is not part \
-of this API.";
+of this API. Likewise (`FRAUD_EXPLAINER_SANDBOX`) a sandbox fraud explainer speaks the \
+chat-completions protocol under `/sandbox/explainer/v1/chat/completions`.";
 
 #[derive(OpenApi)]
 #[openapi(

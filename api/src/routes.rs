@@ -33,11 +33,13 @@ pub fn router(state: AppState) -> Router {
     let guard = crate::middleware::Guard::new(&state.config.http);
     let sdk = crate::security::sdk_cors(&state.config.http.sdk_allowed_origins);
     let described: Router<AppState> = api().into();
-    let sandbox = if state.config.payouts.sandbox {
-        crate::sandbox::routes()
-    } else {
-        Router::new()
-    };
+    let mut sandbox = Router::new();
+    if state.config.payouts.sandbox {
+        sandbox = sandbox.merge(crate::sandbox::routes());
+    }
+    if state.config.explainer.sandbox {
+        sandbox = sandbox.merge(crate::sandbox::explainer_routes());
+    }
     described
         .merge(sandbox)
         .fallback(not_found)

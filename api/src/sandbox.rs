@@ -1,3 +1,6 @@
+//! Sandboxes of outside services for development: the payout provider and
+//! the fraud explainer ([`explainer_routes`]).
+//!
 //! A sandbox payout provider for development (`PAYOUT_SANDBOX`, on by default
 //! with `APP_ENV=development`, refused in production). It speaks the same
 //! HTTP API as the real provider (see `clicknback_core::payout_provider`), so
@@ -130,4 +133,124 @@ async fn find(
         return error(StatusCode::UNAUTHORIZED, "invalid API key");
     }
     find_stored(&state, reference).await
+}
+
+/// The sandbox fraud explainer (`FRAUD_EXPLAINER_SANDBOX`, on by default with
+/// `APP_ENV=development`, refused in production): an OpenAI-compatible
+/// `POST /sandbox/explainer/v1/chat/completions` that answers without any
+/// language model, deterministically, from the facts in the prompt, so the
+/// worker's client, timeout and breaker run for real and the demo shows
+/// explanations offline. Its `usage` is an estimate (four characters a
+/// token), not a tokenizer's count.
+pub fn explainer_routes() -> Router<AppState> {
+    Router::new().route(
+        "/sandbox/explainer/v1/chat/completions",
+        post(chat_completions),
+    )
+}
+
+/// Tokens as a rough English-text tokenizer counts them: about four characters each.
+fn estimated_tokens(text: &str) -> u64 {
+    (text.chars().count() as u64).div_ceil(4)
+}
+
+fn money(minor: Option<i64>, currency: &str) -> String {
+    match minor {
+        Some(m) => format!("{}.{:02} {currency}", m / 100, (m % 100).abs()),
+        None => "nothing".into(),
+    }
+}
+
+/// The sandbox's explanation of the facts the worker sent.
+fn sandbox_explanation(facts: &serde_json::Value) -> String {
+    let p = &facts["purchase"];
+    let h = &facts["shopper_history"];
+    let currency = p["currency"].as_str().unwrap_or("");
+    let rules: Vec<&str> = facts["fraud"]["rules_fired"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|r| r.as_str()).collect())
+        .unwrap_or_default();
+    let score = facts["fraud"]["score"].as_f64().unwrap_or(0.0);
+    let earlier = h["earlier_purchases"].as_i64().unwrap_or(0);
+    let history = if earlier == 0 {
+        "It is the shopper's first purchase.".to_owned()
+    } else {
+        format!(
+            "The shopper made {earlier} earlier purchases at {} merchants, averaging {}; {} in the hour before.",
+            h["distinct_merchants"].as_i64().unwrap_or(0),
+            money(h["average_amount_minor"].as_i64(), currency),
+            h["purchases_in_the_hour_before"].as_i64().unwrap_or(0),
+        )
+    };
+    format!(
+        "Scored {score:.2} for: {}. The purchase is {} at {}, a merchant {} days old, at {} UTC. {history} \
+         (Sandbox explanation, written from the facts without a language model.)",
+        if rules.is_empty() {
+            "no rule".to_owned()
+        } else {
+            rules.join("; ")
+        },
+        money(p["amount_minor"].as_i64(), currency),
+        p["merchant"].as_str().unwrap_or("an unknown merchant"),
+        p["merchant_age_days"].as_i64().unwrap_or(0),
+        p["purchased_at"].as_str().unwrap_or("an unknown time"),
+    )
+}
+
+async fn chat_completions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(req): Json<serde_json::Value>,
+) -> Response {
+    let expected = state
+        .config
+        .explainer
+        .key
+        .as_ref()
+        .map(|k| format!("Bearer {}", k.expose()));
+    let given = headers.get("authorization").and_then(|v| v.to_str().ok());
+    if expected.is_some() && given != expected.as_deref() {
+        return error(StatusCode::UNAUTHORIZED, "invalid API key");
+    }
+    let messages = req["messages"].as_array().cloned().unwrap_or_default();
+    let content = |role: &str| {
+        messages
+            .iter()
+            .filter(|m| m["role"] == role)
+            .filter_map(|m| m["content"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let user = content("user");
+    let Ok(facts) = serde_json::from_str::<serde_json::Value>(&user) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the sandbox expects the purchase's facts as JSON",
+        );
+    };
+    let text = sandbox_explanation(&facts);
+    // Four tokens of framing per message, as chat formats add.
+    let prompt_tokens =
+        estimated_tokens(&content("system")) + estimated_tokens(&user) + 4 * messages.len() as u64;
+    let completion_tokens = estimated_tokens(&text);
+    let model = req["model"]
+        .as_str()
+        .unwrap_or(clicknback_core::config::SANDBOX_MODEL);
+    Json(serde_json::json!({
+        "id": format!("chatcmpl-sbx-{}", Uuid::new_v4().simple()),
+        "object": "chat.completion",
+        "created": chrono::Utc::now().timestamp(),
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": "stop",
+        }],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }))
+    .into_response()
 }

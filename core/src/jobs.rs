@@ -14,12 +14,13 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::{
-    ids::{PayoutId, PurchaseId, UserId},
+    ids::{PayoutId, PurchaseId, RewardId, UserId},
     retry::RetryPolicy,
     schema::outbox,
 };
 
-/// The queues of SPEC §4, plus `maintenance` for the cron schedules' work.
+/// The queues of SPEC §4, plus `maintenance` for the cron schedules' work and
+/// `explanations` for the fraud explainer's slow calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Queue {
@@ -29,16 +30,18 @@ pub enum Queue {
     Payouts,
     Stats,
     Maintenance,
+    Explanations,
 }
 
 impl Queue {
-    pub const ALL: [Queue; 6] = [
+    pub const ALL: [Queue; 7] = [
         Queue::Attribution,
         Queue::Rewards,
         Queue::Emails,
         Queue::Payouts,
         Queue::Stats,
         Queue::Maintenance,
+        Queue::Explanations,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -49,6 +52,7 @@ impl Queue {
             Queue::Payouts => "payouts",
             Queue::Stats => "stats",
             Queue::Maintenance => "maintenance",
+            Queue::Explanations => "explanations",
         }
     }
 
@@ -206,6 +210,24 @@ impl Job for RecomputeUserStats {
         RetryPolicy::new(5, Duration::from_secs(5), Duration::from_secs(300), 0.2);
     fn key(&self) -> String {
         format!("stats:{}", self.user_id)
+    }
+}
+
+/// Asks the fraud explainer about a flagged reward and stores its answer
+/// (`services::explanations`). Idempotent: a reward whose explanation is no
+/// longer pending is left alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExplainFlaggedPurchase {
+    pub reward_id: RewardId,
+}
+
+impl Job for ExplainFlaggedPurchase {
+    const NAME: &'static str = "ExplainFlaggedPurchase";
+    const QUEUE: Queue = Queue::Explanations;
+    const RETRY: RetryPolicy =
+        RetryPolicy::new(6, Duration::from_secs(10), Duration::from_secs(600), 0.2);
+    fn key(&self) -> String {
+        format!("explain:{}", self.reward_id)
     }
 }
 

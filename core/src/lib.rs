@@ -3,10 +3,12 @@
 //! the job payloads with how to enqueue them. It never serves HTTP and never
 //! runs jobs itself.
 
+pub mod breaker;
 pub mod cache;
 pub mod config;
 pub mod crypto;
 pub mod db;
+pub mod fraud_explainer;
 pub mod ids;
 pub mod jobs;
 pub mod models;

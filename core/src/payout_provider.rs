@@ -13,25 +13,14 @@
 //! - `GET {base}/v1/payouts/{reference}` → `200` with the payout, `404` when
 //!   the provider never received it.
 //!
-//! Every call has a timeout and goes through a circuit breaker (the
-//! `failsafe` crate: consecutive failures open it, calls fail fast while it is
-//! open, and after an exponentially growing pause calls are let through as
-//! probes; one success closes it). Its state is the
-//! `payout_provider_circuit_state` gauge (0 closed, 1 half-open, 2 open).
+//! Every call has a timeout and goes through a circuit breaker
+//! ([`crate::breaker`]). Its state is the `payout_provider_circuit_state`
+//! gauge (0 closed, 1 half-open, 2 open).
 //! The breaker is per process: each worker replica learns on its own that the
 //! provider is down, after `PAYOUT_BREAKER_FAILURES` calls.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU8, Ordering},
-    },
-    time::Duration,
-};
+use std::time::Duration;
 
-use failsafe::{
-    Config as BreakerConfig, StateMachine, backoff, failure_policy, futures::CircuitBreaker as _,
-};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
@@ -112,86 +101,26 @@ pub trait PayoutProvider: Send + Sync {
     ) -> BoxFuture<'_, Result<Option<ProviderPayout>, ProviderError>>;
 }
 
-/// The circuit breaker's state as a number, for the gauge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CircuitState {
-    Closed = 0,
-    HalfOpen = 1,
-    Open = 2,
-}
+pub use crate::breaker::CircuitState;
 
-#[derive(Debug, Clone, Default)]
-struct Instrument {
-    state: Arc<AtomicU8>,
-}
-
-impl Instrument {
-    fn set(&self, s: CircuitState) {
-        let before = self.state.swap(s as u8, Ordering::SeqCst);
-        metrics::gauge!("payout_provider_circuit_state").set(s as u8 as f64);
-        if before != s as u8 {
-            match s {
-                CircuitState::Open => tracing::error!(
-                    "payout provider circuit breaker opened; payouts wait until it recovers"
-                ),
-                CircuitState::HalfOpen => {
-                    tracing::warn!("payout provider circuit breaker half-open; probing")
-                }
-                CircuitState::Closed => {
-                    tracing::info!("payout provider circuit breaker closed; the provider answers")
-                }
-            }
-        }
-    }
-}
-
-impl failsafe::Instrument for Instrument {
-    fn on_call_rejected(&self) {
-        metrics::counter!("payout_provider_circuit_rejections_total").increment(1);
-    }
-    fn on_open(&self) {
-        self.set(CircuitState::Open);
-    }
-    fn on_half_open(&self) {
-        self.set(CircuitState::HalfOpen);
-    }
-    fn on_closed(&self) {
-        self.set(CircuitState::Closed);
-    }
-}
-
-type Machine = StateMachine<failure_policy::ConsecutiveFailures<backoff::Exponential>, Instrument>;
-
-/// A circuit breaker around provider calls.
+/// The circuit breaker around provider calls (see [`crate::breaker`]).
 #[derive(Clone)]
-pub struct Breaker {
-    machine: Machine,
-    instrument: Instrument,
-}
+pub struct Breaker(crate::breaker::Breaker);
 
 impl Breaker {
     pub fn new(failures: u32, open: Duration, open_max: Duration) -> Self {
-        let instrument = Instrument::default();
-        instrument.set(CircuitState::Closed);
-        let machine = BreakerConfig::new()
-            .failure_policy(failure_policy::consecutive_failures(
-                failures,
-                backoff::exponential(open, open_max.max(open)),
-            ))
-            .instrument(instrument.clone())
-            .build();
-        Self {
-            machine,
-            instrument,
-        }
+        let guarded = crate::breaker::Guarded {
+            name: "payout_provider",
+            what: "payout provider",
+            waiting: "payouts wait",
+        };
+        Self(crate::breaker::Breaker::new(
+            guarded, failures, open, open_max,
+        ))
     }
 
     pub fn state(&self) -> CircuitState {
-        match self.instrument.state.load(Ordering::SeqCst) {
-            0 => CircuitState::Closed,
-            1 => CircuitState::HalfOpen,
-            _ => CircuitState::Open,
-        }
+        self.0.state()
     }
 
     /// Runs `call` unless the breaker is open; outages count as failures.
@@ -199,15 +128,13 @@ impl Breaker {
     where
         F: std::future::Future<Output = Result<T, ProviderError>>,
     {
-        match self
-            .machine
-            .call_with(|e: &ProviderError| e.is_outage(), call)
+        self.0
+            .call(ProviderError::is_outage, call)
             .await
-        {
-            Ok(v) => Ok(v),
-            Err(failsafe::Error::Inner(e)) => Err(e),
-            Err(failsafe::Error::Rejected) => Err(ProviderError::CircuitOpen),
-        }
+            .map_err(|r| match r {
+                crate::breaker::Refused::Inner(e) => e,
+                crate::breaker::Refused::Open => ProviderError::CircuitOpen,
+            })
     }
 }
 

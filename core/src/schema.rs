@@ -313,6 +313,10 @@ diesel::table! {
         review -> Nullable<Text>,
         reviewed_by -> Nullable<Uuid>,
         reviewed_at -> Nullable<Timestamptz>,
+        fraud_explanation -> Nullable<Text>,
+        fraud_explanation_model -> Nullable<Text>,
+        fraud_explained_at -> Nullable<Timestamptz>,
+        fraud_explanation_status -> Nullable<Text>,
     }
 }
 

@@ -5,10 +5,10 @@
 use axum::http::{Method, StatusCode};
 use chrono::Utc;
 use clicknback_core::{
-    ids::{IdentityGroupId, IdentityNodeId, MerchantId, TouchpointId, UserId},
+    ids::{IdentityGroupId, IdentityNodeId, MerchantId, PurchaseId, TouchpointId, UserId},
     models::user::Role,
     schema::{identity_groups, identity_nodes, touchpoints},
-    services::users,
+    services::{attribution, fraud::RuleScorer, users},
 };
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -92,4 +92,33 @@ pub fn purchase_for(order: &str, amount: i64, customer_ref: &str) -> serde_json:
     let mut b = purchase_body(order, amount);
     b["customer_ref"] = json!(customer_ref);
     b
+}
+
+/// A flagged purchase (every score flags at threshold 0) of `order` by a
+/// shopper `order@example.com` linked as customer `order`, attributed as the
+/// worker does.
+pub async fn flagged_purchase(app: &TestApp, order: &str) -> (PurchaseId, UserId) {
+    let (mid, secret) =
+        merchant_with_offer(app, json!({"name": "5%", "rate_bps": 500, "active": true})).await;
+    let (user, _) = shopper_with_click(
+        app,
+        mid,
+        order,
+        &format!("{order}@example.com"),
+        chrono::Duration::minutes(1),
+    )
+    .await;
+    let body = purchase_for(order, 10_000, order);
+    let pid = app.report_purchase(mid, &secret, &body).await;
+    let mut cfg = app.config.attribution.clone();
+    cfg.fraud_threshold = 0.0;
+    let mut c = app.db.conn().await;
+    let out = attribution::attribute(&mut c, pid, &cfg, &RuleScorer::default(), app.cache())
+        .await
+        .unwrap();
+    assert!(
+        matches!(out, attribution::Outcome::Rewarded { flagged: true, .. }),
+        "{out:?}"
+    );
+    (pid, user)
 }

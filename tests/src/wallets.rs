@@ -21,26 +21,33 @@ pub async fn funded_user(app: &TestApp, email: &str, available: i64) -> (UserId,
     let user = users::create(&mut c, email, "password-123", Role::User)
         .await
         .unwrap();
+    drop(c);
     if available > 0 {
-        ledger::post(
-            &mut c,
-            &Transfer {
-                id: format!("test:fund:{}", user.id),
-                from: AccountRef::platform(AccountKind::CashbackExpense),
-                to: AccountRef::user(user.id, AccountKind::Available),
-                amount: Money::new(available, Currency::parse("EUR").unwrap()).unwrap(),
-                kind: "reward_credit",
-                user_id: Some(user.id),
-                purchase_id: None,
-                reward_id: None,
-                payout_id: None,
-            },
-        )
-        .await
-        .unwrap();
+        fund(app, user.id, available).await;
     }
     let token = app.state.tokens.issue(user.id, Role::User).access_token;
     (user.id, token)
+}
+
+/// Makes `amount` minor units of EUR available to `user` (once per user).
+pub async fn fund(app: &TestApp, user: UserId, amount: i64) {
+    let mut c = app.db.conn().await;
+    ledger::post(
+        &mut c,
+        &Transfer {
+            id: format!("test:fund:{user}"),
+            from: AccountRef::platform(AccountKind::CashbackExpense),
+            to: AccountRef::user(user, AccountKind::Available),
+            amount: Money::new(amount, Currency::parse("EUR").unwrap()).unwrap(),
+            kind: "reward_credit",
+            user_id: Some(user),
+            purchase_id: None,
+            reward_id: None,
+            payout_id: None,
+        },
+    )
+    .await
+    .unwrap();
 }
 
 /// `POST /v1/payouts` under `key`: (status, body, `Idempotent-Replayed`).

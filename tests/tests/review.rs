@@ -1,46 +1,11 @@
 //! Fraud review by an admin, link-quality statistics and the hourly alert.
 
 use axum::http::{Method, StatusCode};
-use clicknback_core::ids::{MerchantId, PurchaseId, UserId};
-use clicknback_core::{
-    schema::link_quality_daily,
-    services::{attribution, fraud::RuleScorer},
-};
-use clicknback_tests::{
-    TestApp,
-    procs::eventually,
-    shoppers::{merchant_with_offer, purchase_for, shopper_with_click},
-};
+use clicknback_core::ids::MerchantId;
+use clicknback_core::schema::link_quality_daily;
+use clicknback_tests::{TestApp, procs::eventually, shoppers::flagged_purchase};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use serde_json::json;
-
-/// A flagged purchase (every score flags at threshold 0) for a linked shopper.
-async fn flagged_purchase(app: &TestApp, order: &str) -> (PurchaseId, UserId) {
-    let (mid, secret) =
-        merchant_with_offer(app, json!({"name": "5%", "rate_bps": 500, "active": true})).await;
-    let (user, _) = shopper_with_click(
-        app,
-        mid,
-        order,
-        &format!("{order}@example.com"),
-        chrono::Duration::minutes(1),
-    )
-    .await;
-    let body = purchase_for(order, 10_000, order);
-    let pid = app.report_purchase(mid, &secret, &body).await;
-    let mut cfg = app.config.attribution.clone();
-    cfg.fraud_threshold = 0.0;
-    let mut c = app.db.conn().await;
-    let out = attribution::attribute(&mut c, pid, &cfg, &RuleScorer::default(), app.cache())
-        .await
-        .unwrap();
-    assert!(
-        matches!(out, attribution::Outcome::Rewarded { flagged: true, .. }),
-        "{out:?}"
-    );
-    (pid, user)
-}
 
 #[tokio::test]
 async fn flagged_rewards_move_no_money_until_approved_and_rejection_reverses_them() {

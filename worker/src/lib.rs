@@ -126,6 +126,8 @@ pub async fn run(config: Config, plan: Plan, shutdown: CancellationToken) -> any
         provider: Arc::new(clicknback_core::payout_provider::HttpProvider::new(
             &config.payouts,
         )?),
+        explainer: clicknback_core::fraud_explainer::OpenAiExplainer::new(&config.explainer)
+            .map(|e| Arc::new(e) as Arc<dyn clicknback_core::fraud_explainer::FraudExplainer>),
         keys: clicknback_core::crypto::Keyring::new(&config.data_encryption_keys),
         paused: Default::default(),
         jobs: plan.jobs,

@@ -106,6 +106,7 @@ mod tests {
                 "ApplyRewardTransition",
                 "AttributePurchase",
                 "Canary",
+                "ExplainFlaggedPurchase",
                 "ProcessPayout",
                 "RecomputeUserStats",
                 "RunSchedule",

@@ -46,6 +46,8 @@ pub struct Ctx {
     pub cache: clicknback_core::cache::Cache,
     /// Where payouts are sent.
     pub provider: Arc<dyn clicknback_core::payout_provider::PayoutProvider>,
+    /// Explains flagged purchases to their reviewers; `None` when none is configured.
+    pub explainer: Option<Arc<dyn clicknback_core::fraud_explainer::FraudExplainer>>,
     /// Opens destinations for the provider.
     pub keys: clicknback_core::crypto::Keyring,
     /// Paused flags per queue, read from Redis at most once a second.

@@ -20,6 +20,8 @@ pub struct AttributionConfig {
     /// Link-quality alert: mismatch rate above this over at least `link_min_attempts` in 24 h.
     pub link_mismatch_rate: f64,
     pub link_min_attempts: i64,
+    /// A flagged reward gets an explanation job (the fraud explainer is configured).
+    pub explain_flagged: bool,
 }
 
 pub(super) fn read<F: Fn(&str) -> Option<String>>(
@@ -33,5 +35,7 @@ pub(super) fn read<F: Fn(&str) -> Option<String>>(
         hold_period: env.secs("REWARD_HOLD_SECS", 30 * 86_400, 0..=365 * 86_400)?,
         link_mismatch_rate: env.parsed("LINK_MISMATCH_ALERT_RATE", 0.05, "a number from 0 to 1")?,
         link_min_attempts: env.int_in("LINK_MISMATCH_MIN_ATTEMPTS", 20, 1..=1_000_000)? as i64,
+        // Set from the explainer's configuration once it is read.
+        explain_flagged: false,
     })
 }

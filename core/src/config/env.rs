@@ -159,6 +159,39 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             }),
         }
     }
+
+    /// A sandbox switch (`var`): on by default in development, refused
+    /// outside it; `expected` says why.
+    pub fn sandbox(&self, var: &str, expected: &str) -> Result<bool, ConfigError> {
+        let on = self.bool(var, self.dev)?;
+        if on && !self.dev {
+            return Err(ConfigError {
+                var: var.into(),
+                problem: "is true outside APP_ENV=development".into(),
+                expected: expected.into(),
+            });
+        }
+        Ok(on)
+    }
+
+    /// A circuit breaker's pause when it opens (`open_var`, default 30 s) and
+    /// the most it doubles up to (`max_var`, default 300 s, not below the pause).
+    pub fn breaker_open(
+        &self,
+        open_var: &str,
+        max_var: &str,
+    ) -> Result<(Duration, Duration), ConfigError> {
+        let open = self.secs(open_var, 30, 1..=3_600)?;
+        let max = self.secs(max_var, 300, 1..=86_400)?;
+        if max < open {
+            return Err(ConfigError {
+                var: max_var.into(),
+                problem: format!("is below {open_var}"),
+                expected: format!("at least {open_var}"),
+            });
+        }
+        Ok((open, max))
+    }
 }
 
 /// What a URL variable must look like.

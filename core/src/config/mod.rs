@@ -8,6 +8,7 @@
 mod attribution;
 mod cache;
 mod env;
+mod explainer;
 mod http;
 mod payouts;
 mod relay;
@@ -20,6 +21,7 @@ use std::{net::SocketAddr, time::Duration};
 pub use attribution::AttributionConfig;
 pub use cache::CacheConfig;
 pub use env::{ConfigError, Env, UrlForm};
+pub use explainer::{ExplainerConfig, SANDBOX_MODEL};
 pub use http::HttpConfig;
 pub use payouts::PayoutConfig;
 pub use relay::RelayConfig;
@@ -78,6 +80,8 @@ pub struct Config {
     pub http: HttpConfig,
     pub sign_in: SignInConfig,
     pub payouts: PayoutConfig,
+    /// Explains flagged purchases to the admins who review them.
+    pub explainer: ExplainerConfig,
     pub relay: RelayConfig,
     pub worker: WorkerConfig,
     pub attribution: AttributionConfig,
@@ -154,6 +158,9 @@ impl Config {
         };
 
         let api_addr = addr("API_ADDR", "127.0.0.1:8080")?;
+        let explainer = explainer::read(&env, api_addr)?;
+        let mut attribution = attribution::read(&env)?;
+        attribution.explain_flagged = explainer.enabled();
         let config = Self {
             app_env,
             database_url,
@@ -210,9 +217,10 @@ impl Config {
             http: http::read(&env)?,
             sign_in: sign_in::read(&env)?,
             payouts: payouts::read(&env, api_addr)?,
+            explainer,
             relay: relay::read(&env)?,
             worker: worker::read(&env)?,
-            attribution: attribution::read(&env)?,
+            attribution,
         };
         // A webhook's idempotency record must outlive the window in which its
         // signature verifies, or a replay after the purge is accepted again.
@@ -253,6 +261,47 @@ mod tests {
         let cfg = load(&[("APP_ENV", "development")]).unwrap();
         assert_eq!(cfg.api_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(cfg.attribution_delay, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn the_explainer_is_the_sandbox_in_development_and_off_without_it() {
+        let dev = ("APP_ENV", "development");
+        let cfg = load(&[dev]).unwrap();
+        assert!(cfg.explainer.sandbox && cfg.attribution.explain_flagged);
+        assert_eq!(
+            cfg.explainer.url.as_deref(),
+            Some("http://127.0.0.1:8080/sandbox/explainer/v1")
+        );
+        assert_eq!(cfg.explainer.model, SANDBOX_MODEL);
+        let off = load(&[dev, ("FRAUD_EXPLAINER_SANDBOX", "false")]).unwrap();
+        assert!(!off.explainer.enabled() && !off.attribution.explain_flagged);
+        assert!(off.explainer.key.is_none());
+        let err = load(&[dev, ("FRAUD_EXPLAINER_URL", "http://127.0.0.1:11434/v1")]).unwrap_err();
+        assert_eq!(
+            err.var, "FRAUD_EXPLAINER_MODEL",
+            "a real API needs its model named"
+        );
+        let local = load(&[
+            dev,
+            ("FRAUD_EXPLAINER_URL", "http://127.0.0.1:11434/v1/"),
+            ("FRAUD_EXPLAINER_MODEL", "llama3.2"),
+        ])
+        .unwrap();
+        assert_eq!(
+            local.explainer.url.as_deref(),
+            Some("http://127.0.0.1:11434/v1")
+        );
+        assert!(
+            local.explainer.key.is_none(),
+            "no sandbox key for a real API"
+        );
+        let err = load(&[
+            dev,
+            ("FRAUD_EXPLAINER_BREAKER_OPEN_SECS", "60"),
+            ("FRAUD_EXPLAINER_BREAKER_OPEN_MAX_SECS", "10"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "FRAUD_EXPLAINER_BREAKER_OPEN_MAX_SECS");
     }
 
     #[test]

@@ -41,14 +41,10 @@ pub(super) fn read<F: Fn(&str) -> Option<String>>(
     env: &Env<F>,
     api_addr: SocketAddr,
 ) -> Result<PayoutConfig, ConfigError> {
-    let sandbox = env.bool("PAYOUT_SANDBOX", env.is_development())?;
-    if sandbox && !env.is_development() {
-        return Err(ConfigError {
-            var: "PAYOUT_SANDBOX".into(),
-            problem: "is true outside APP_ENV=development".into(),
-            expected: "false in production (the sandbox sends no money)".into(),
-        });
-    }
+    let sandbox = env.sandbox(
+        "PAYOUT_SANDBOX",
+        "false in production (the sandbox sends no money)",
+    )?;
     let sandbox_url = format!("http://{api_addr}/sandbox/provider");
     let provider_url = env.url("PAYOUT_PROVIDER_URL", &PROVIDER_URL, Some(&sandbox_url))?;
     let provider_key = env.required(
@@ -56,15 +52,8 @@ pub(super) fn read<F: Fn(&str) -> Option<String>>(
         "the API key the payout provider issued",
         Some(DEV_PAYOUT_PROVIDER_KEY),
     )?;
-    let breaker_open = env.secs("PAYOUT_BREAKER_OPEN_SECS", 30, 1..=3_600)?;
-    let breaker_open_max = env.secs("PAYOUT_BREAKER_OPEN_MAX_SECS", 300, 1..=86_400)?;
-    if breaker_open_max < breaker_open {
-        return Err(ConfigError {
-            var: "PAYOUT_BREAKER_OPEN_MAX_SECS".into(),
-            problem: "is below PAYOUT_BREAKER_OPEN_SECS".into(),
-            expected: "at least PAYOUT_BREAKER_OPEN_SECS".into(),
-        });
-    }
+    let (breaker_open, breaker_open_max) =
+        env.breaker_open("PAYOUT_BREAKER_OPEN_SECS", "PAYOUT_BREAKER_OPEN_MAX_SECS")?;
     Ok(PayoutConfig {
         min_amount_minor: env.int_in("PAYOUT_MIN_AMOUNT_MINOR", 1_000, 1..=1_000_000_000_000)?
             as i64,

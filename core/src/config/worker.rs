@@ -53,6 +53,11 @@ const DEFAULT_CONCURRENCY: &[(crate::jobs::Queue, &str, u64)] = &[
         "QUEUE_CONCURRENCY_MAINTENANCE",
         2,
     ),
+    (
+        crate::jobs::Queue::Explanations,
+        "QUEUE_CONCURRENCY_EXPLANATIONS",
+        2,
+    ),
 ];
 
 pub(super) fn read<F: Fn(&str) -> Option<String>>(

@@ -16,6 +16,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use super::{
+    explanations,
     fraud::{FraudInput, FraudScorer},
     identity, offers,
     rewards::{self as reward_money, RewardError},
@@ -293,6 +294,9 @@ pub async fn attribute(
             .get_result(conn)
             .await?;
         reward_money::credit(conn, &reward).await?;
+        if flagged {
+            explanations::request(conn, reward.id, cfg.explain_flagged, now).await?;
+        }
         diesel::update(purchases::table.find(p.id))
             .set((
                 purchases::status.eq(p.status.becoming(if flagged {

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod canary;
 pub mod cron;
 pub mod emails;
+pub mod explanations;
 pub mod fraud;
 pub mod idempotency;
 pub mod identity;

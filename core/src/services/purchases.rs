@@ -14,6 +14,7 @@ use serde_json::json;
 
 use super::{
     FieldError,
+    explanations::ExplanationStatus,
     idempotency::{self, IdempotencyError, IdempotencyKey, Outcome},
     identity::{self, NodeKind},
     pagination::{Cursor, newest_first},
@@ -61,6 +62,16 @@ pub struct ReviewItem {
     pub fraud_score: Option<f64>,
     pub fraud_reasons: Option<serde_json::Value>,
     pub created_at: DateTime<Utc>,
+    /// The fraud explainer's reading of a flagged reward: plain text, to be
+    /// shown as text, never as HTML. `None` until `fraud_explanation_status` is `done`.
+    pub fraud_explanation: Option<String>,
+    /// `done`, or why there is no explanation: `disabled` (no explainer is
+    /// configured), `pending` (asked, not answered yet), `failed` (it gave up).
+    /// `None` for a reward that was never flagged.
+    pub fraud_explanation_status: Option<ExplanationStatus>,
+    /// The model that wrote the explanation.
+    pub fraud_explanation_model: Option<String>,
+    pub fraud_explained_at: Option<DateTime<Utc>>,
 }
 
 /// Purchases in `status`, newest first, at most `limit`.
@@ -89,6 +100,10 @@ pub async fn list_by_status(
             rewards::fraud_score.nullable(),
             rewards::fraud_reasons.nullable(),
             purchases::created_at,
+            rewards::fraud_explanation.nullable(),
+            rewards::fraud_explanation_status.nullable(),
+            rewards::fraud_explanation_model.nullable(),
+            rewards::fraud_explained_at.nullable(),
         ))
         .into_boxed();
     let q = newest_first!(q, purchases, after.map(Cursor::key));

@@ -7,6 +7,7 @@
 pub mod apply_reward_transition;
 pub mod attribute_purchase;
 pub mod canary;
+pub mod explain_flagged_purchase;
 pub mod process_payout;
 pub mod recompute_user_stats;
 pub mod run_schedule;
@@ -15,8 +16,8 @@ pub mod send_email;
 use std::future::Future;
 
 use clicknback_core::jobs::{
-    ApplyRewardTransition, AttributePurchase, Canary, Job, ProcessPayout, RecomputeUserStats,
-    RunSchedule, SendEmail,
+    ApplyRewardTransition, AttributePurchase, Canary, ExplainFlaggedPurchase, Job, ProcessPayout,
+    RecomputeUserStats, RunSchedule, SendEmail,
 };
 
 use crate::{registry::Registry, runtime::SharedCtx};
@@ -31,6 +32,7 @@ pub fn registry() -> Registry {
         .register::<RecomputeUserStats>()
         .register::<RunSchedule>()
         .register::<Canary>()
+        .register::<ExplainFlaggedPurchase>()
 }
 
 /// What a job does when it runs.
