@@ -853,25 +853,27 @@ def rolling_deploy(stack, life, rnd_round):
         stack.fault(f"rolling deploy, round {rnd_round}: SIGTERM worker {name} (grace {GRACE_SECS} s; "
                     f"canaries sleeping {CANARY_SLEEP_MS / 1000:g} s running)")
         old_pid = stack.procs["worker-" + name].pid
-        code, secs, offset = stack.sigterm_worker(name)
-        exited = time.time()
-        # The canaries the stopped process was running when it exited (its
-        # instance name carries its pid): cut at the grace, handed back.
+        # The canaries the process is running as it is told to stop (its
+        # instance name carries its pid): they outlast the grace, so they are
+        # cut and handed back; the other worker may take them before this
+        # one has even exited.
         held = {k: r["runs"] for k, r in canary_rows(stack, keys).items()
                 if r["done"] is None and f"-{old_pid}-" in (r["worker"] or "")}
+        code, secs, offset = stack.sigterm_worker(name)
+        exited = time.time()
         stack.start_worker(name)
         restarted = None
         deadline = time.time() + 60
         while held and time.time() < deadline:
             rows = canary_rows(stack, list(held))
             if all(rows[k]["runs"] > n or rows[k]["done"] is not None for k, n in held.items()):
-                restarted = time.time() - exited
+                restarted = max(0.0, time.time() - exited)
                 break
-            time.sleep(0.2)
+            time.sleep(0.1)
         handed, cut = parse_handback(stack.worker_log_since(name, offset))
         log(f"worker {name} exited {code} after {secs:.1f} s ({handed} job(s) handed back, {cut} of them runs cut "
             f"at the grace); its replacement started"
-            + (f"; the {len(held)} canaries it was running started again {restarted:.1f} s after the exit"
+            + (f"; the {len(held)} canaries it was running started again within {restarted:.1f} s of the exit"
                if restarted is not None else f"; of the {len(held)} canaries it was running, not all started again"
                if held else ""))
         life.deploys.append(dict(worker=name, round=rnd_round, at=at, exit=code, secs=secs, handed_back=handed,
@@ -1516,7 +1518,8 @@ def lifecycle_checks(stack, traffic, life, ck, dead_all):
            f"{sum(d['handed_back'] for d in life.deploys)} jobs handed back at shutdown in all "
            f"({sum(d['cut'] for d in life.deploys)} of them runs cut at the grace, the others fetched and not started); "
            f"the canaries a stopped worker was running ({sum(d['held'] for d in life.deploys)} in all) started again "
-           f"{min(restarts, default=0):.1f}–{max(restarts, default=0):.1f} s after its exit"
+           f"within {max(restarts, default=0):.1f} s of its exit (each deploy: "
+           f"{', '.join(f'{x:.1f} s' for x in restarts)})"
            + (f" (NOT within 60 s: {not_restarted})" if not_restarted else "")
            + f"; {len(keys)} canaries sleeping "
            f"{CANARY_SLEEP_MS / 1000:g} s: {len(keys) - len(lost)} done, {len(rerun)} cut and run again, "
@@ -1588,7 +1591,7 @@ def lifecycle_rows(stack, life):
                     f"{d['exit']} after {d['secs']:.1f} s; {d['handed_back']} jobs handed back at shutdown "
                     f"({d['cut']} of them runs cut at the grace); "
                     + (f"the {d['held']} canaries it was running started again "
-                       + (f"{d['restarted']:.1f} s after its exit; " if d["restarted"] is not None else "NEVER; ")
+                       + (f"within {d['restarted']:.1f} s of its exit; " if d["restarted"] is not None else "NEVER; ")
                        if d["held"] else "")
                     + f"its {len(d['canaries'])} canaries all done "
                     + (f"{after:.1f} s after the SIGTERM" if after is not None else "NEVER")
