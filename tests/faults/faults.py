@@ -1454,8 +1454,12 @@ def check(stack, traffic, life, settle_started):
                    known=True)
 
     # 6. No job stuck.
+    # The cron schedules keep enqueueing maintenance jobs every few seconds:
+    # those of the last 30 s are on their way.
     outbox = stack.sql("""SELECT queue, count(*) AS n, min(run_at) AS oldest FROM outbox
-                           WHERE sent_at IS NULL GROUP BY queue""")
+                           WHERE sent_at IS NULL
+                             AND (queue <> 'maintenance' OR created_at < now() - interval '30 seconds')
+                           GROUP BY queue""")
     qs = queues(stack, traffic) or []
     busy = {x["queue"]: {k: x[k] for k in ("scheduled", "ready", "running", "retrying")} for x in qs}
     busy_bad = {q: v for q, v in busy.items() if q != "maintenance" and any(v.values())}
@@ -1470,7 +1474,7 @@ def check(stack, traffic, life, settle_started):
                               AND (queue <> 'maintenance' OR created_at < now() - interval '30 seconds')
                             GROUP BY queue""")
     ck.add("no job stuck", not outbox and not open_rows and not busy_bad and not stale_cron and qs != [],
-           f"outbox rows not relayed: {sum(r['n'] for r in outbox)}; jobs open in PostgreSQL (no outcome "
+           f"outbox rows not relayed (maintenance: older than 30 s): {sum(r['n'] for r in outbox)}; jobs open in PostgreSQL (no outcome "
            f"recorded; maintenance: older than 30 s): {sum(r['n'] for r in open_rows)}"
            + (f" {open_rows}" if open_rows else "") + "; Redis, per queue other than maintenance, "
            f"scheduled+ready+running+retrying: {sum(sum(v.values()) for q, v in busy.items() if q != 'maintenance')}"
