@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # The fault suite: the release binaries under steady traffic (signed purchase
-# webhooks, SDK calls, merchant confirmations, payouts) while workers are
-# SIGKILLed, Redis and PostgreSQL restart, and the SMTP server and the payout
-# provider fail; then the checks that nothing was lost or done twice. Starts
-# its own PostgreSQL cluster, Redis, SMTP sink and payout provider on free
-# loopback ports (never touches the ones on 5432/6379) and removes them on
-# exit or Ctrl-C. Takes about 5 minutes; writes docs/faults/REPORT.md.
-#   ./scripts/faults.sh [--rate N] [--shoppers N] [--settle-timeout S] [--report PATH]
+# webhooks, SDK calls, merchant confirmations and reversals, admin reviews of
+# flagged purchases, payouts) while workers are SIGKILLed, Redis and
+# PostgreSQL restart, the SMTP server and the payout provider fail; then an
+# operator's everyday events: Redis back empty, the dead set re-queued while
+# Redis is down, a queue paused for minutes, rolling deploys (SIGTERM) with
+# jobs outlasting the grace. Then the checks that nothing was lost, done
+# twice or left stuck, and that each wallet is what the merchant and the
+# admin decided. Starts its own PostgreSQL cluster, Redis, SMTP sink and
+# payout provider on free loopback ports (never touches the ones on
+# 5432/6379) and removes them on exit or Ctrl-C. Takes about 8 minutes on 2
+# cores (the pause lasts --pause-secs, 120 by default; each extra minute of
+# pause adds one to the run); writes docs/faults/REPORT.md.
+#   ./scripts/faults.sh [--rate N] [--shoppers N] [--settle-timeout S] [--pause-secs S]
+#                       [--recovery-secs S] [--report PATH]
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"

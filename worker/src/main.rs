@@ -55,6 +55,10 @@ enum Command {
         /// Fail for good (goes dead at once).
         #[arg(long)]
         permanent: bool,
+        /// Fail (retryably) on every run until its `canary_runs` row is
+        /// marked fixed, however often it is re-queued.
+        #[arg(long)]
+        fail_until_fixed: bool,
         #[arg(long, default_value_t = 0)]
         sleep_ms: u64,
     },
@@ -198,6 +202,7 @@ async fn ops(command: Command, config: clicknback_core::config::Config) -> anyho
             key,
             fail_times,
             permanent,
+            fail_until_fixed,
             sleep_ms,
         } => {
             let job = jobs::Canary {
@@ -205,7 +210,7 @@ async fn ops(command: Command, config: clicknback_core::config::Config) -> anyho
                 fail_times,
                 permanent,
                 sleep_ms,
-                fail_until_fixed: false,
+                fail_until_fixed,
                 noop: false,
             };
             jobs::enqueue(&mut conn, &job, chrono::Utc::now()).await?;
