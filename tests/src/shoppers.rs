@@ -5,10 +5,14 @@
 use axum::http::{Method, StatusCode};
 use chrono::Utc;
 use clicknback_core::{
-    ids::{IdentityGroupId, IdentityNodeId, MerchantId, TouchpointId, UserId},
+    ids::{IdentityGroupId, IdentityNodeId, MerchantId, PurchaseId, TouchpointId, UserId},
     models::user::Role,
     schema::{identity_groups, identity_nodes, touchpoints},
-    services::users,
+    services::{
+        attribution::{self, Outcome},
+        fraud::RuleScorer,
+        users,
+    },
 };
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -92,4 +96,18 @@ pub fn purchase_for(order: &str, amount: i64, customer_ref: &str) -> serde_json:
     let mut b = purchase_body(order, amount);
     b["customer_ref"] = json!(customer_ref);
     b
+}
+
+/// Attribution of one purchase as the worker runs it, with the app's settings.
+pub async fn attribute(app: &TestApp, purchase: PurchaseId) -> Outcome {
+    let mut c = app.db.conn().await;
+    attribution::attribute(
+        &mut c,
+        purchase,
+        &app.config.attribution,
+        &RuleScorer::default(),
+        app.cache(),
+    )
+    .await
+    .unwrap()
 }
