@@ -94,6 +94,48 @@ ensure_redis() {
   fi
 }
 
+# A throwaway Redis Cluster on loopback: three primaries with a replica each,
+# on free ports from $1 (default 7300), data under a temp dir. Prints its
+# REDIS_URL (redis+cluster://…); stop_redis_cluster removes it.
+start_redis_cluster() {
+  local base="${1:-7300}" dir ports=() p
+  command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+  command -v redis-cli >/dev/null 2>&1 || apt_install redis-tools
+  dir="$(mktemp -d "${TMPDIR:-/tmp}/clicknback-cluster-XXXXXX")"
+  for i in 0 1 2 3 4 5; do
+    p=$((base + i))
+    mkdir -p "$dir/$p"
+    redis-server --bind 127.0.0.1 --port "$p" --cluster-enabled yes --cluster-node-timeout 2000 \
+      --cluster-config-file "$dir/$p/nodes.conf" --dir "$dir/$p" --appendonly yes --save "" \
+      --daemonize yes --pidfile "$dir/$p.pid" --logfile "$dir/$p/redis.log" >/dev/null
+    ports+=("127.0.0.1:$p")
+  done
+  for p in "${ports[@]}"; do
+    for _ in $(seq 1 50); do
+      redis-cli -h 127.0.0.1 -p "${p#*:}" ping 2>/dev/null | grep -q PONG && break
+      sleep 0.1
+    done
+  done
+  redis-cli --cluster create "${ports[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1 \
+    || { cat "$dir/create.log" >&2; die "redis-cli --cluster create failed"; }
+  for _ in $(seq 1 100); do
+    redis-cli -p "$base" cluster info 2>/dev/null | grep -q 'cluster_state:ok' && break
+    sleep 0.2
+  done
+  CLUSTER_DIR="$dir"
+  local IFS=,
+  REDIS_CLUSTER_URL="redis+cluster://${ports[*]}"
+}
+
+stop_redis_cluster() {
+  [ -n "${CLUSTER_DIR:-}" ] || return 0
+  for f in "$CLUSTER_DIR"/*.pid; do
+    [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null || true
+  done
+  rm -rf "$CLUSTER_DIR"
+  CLUSTER_DIR=""
+}
+
 # An SMTP catcher with a web inbox for development (MailDev): uses whatever
 # already listens on the SMTP port, else installs MailDev under .local/.
 ensure_smtp_catcher() {

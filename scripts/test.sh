@@ -44,4 +44,17 @@ cargo clippy --locked --workspace --all-targets -q -- -D warnings
 log "building the binaries the end-to-end tests start"
 cargo build --locked --workspace --bins -q
 log "tests"
-cargo test --locked --workspace --no-fail-fast "$@"
+status=0
+cargo test --locked --workspace --no-fail-fast "$@" || status=$?
+
+# The job, relay, rate-limit and cache tests once more, on a real Redis
+# Cluster (tests/tests/cluster.rs, in the run above, starts clusters of its
+# own for failover and slot checks).
+if [ -z "${CLICKNBACK_SKIP_CLUSTER:-}" ] && [ "$#" -eq 0 ]; then
+  log "tests on a Redis Cluster"
+  start_redis_cluster "${CLICKNBACK_CLUSTER_PORT:-7300}"
+  trap stop_redis_cluster EXIT
+  TEST_REDIS_URL="$REDIS_CLUSTER_URL" cargo test --locked -p clicknback-tests --no-fail-fast \
+    --test worker --test relay --test durability --test hot_paths --test stats_burst || status=$?
+fi
+exit "$status"

@@ -93,18 +93,21 @@ impl Cache {
         self.redis.is_some()
     }
 
-    /// The Redis key of an entry: `<namespace>:cache:<kind>:<id>` (apart
-    /// from the queues, which live under `<namespace>:<queue>:`). Its
+    /// The Redis key of an entry: `<namespace>:cache:{<kind>:<id>}` (apart
+    /// from the queues, which live under `<namespace>:<queue>{…}:`). Its
     /// generation counter lives apart, under `<namespace>:cache-gen:`, so
     /// that no id makes an entry's key another entry's counter; an id other
     /// than letters, digits, `-` and `_` (a uuid, a publishable key) is
     /// written as `=` and its hex, so that no id reaches into another kind.
+    /// The braces are a Redis Cluster hash tag: an entry and its counter
+    /// (which one script reads together) share a slot, and entries spread
+    /// over the cluster by kind and id.
     pub fn key(&self, kind: &str, id: &str) -> String {
-        format!("{}:cache:{kind}:{}", self.namespace, key_part(id))
+        format!("{}:cache:{{{kind}:{}}}", self.namespace, key_part(id))
     }
 
     fn generation_key(&self, kind: &str, id: &str) -> String {
-        format!("{}:cache-gen:{kind}:{}", self.namespace, key_part(id))
+        format!("{}:cache-gen:{{{kind}:{}}}", self.namespace, key_part(id))
     }
 
     /// The cached value of `kind:id`, or what `load` returns (then cached for `ttl`).
@@ -231,7 +234,13 @@ mod tests {
         };
         assert_eq!(
             c.key("merchant:pk", "pk_abc-1"),
-            "ns:cache:merchant:pk:pk_abc-1"
+            "ns:cache:{merchant:pk:pk_abc-1}"
+        );
+        // An entry and its counter share a cluster hash tag.
+        let tag = |k: &str| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_owned();
+        assert_eq!(
+            tag(&c.key("offer:active", "m-1")),
+            tag(&c.generation_key("offer:active", "m-1"))
         );
         let ids = ["pk_a", "pk_a:gen", "pk:pk_a", "=706b5f61", "", "a b"];
         let mut keys: Vec<String> = Vec::new();

@@ -15,9 +15,20 @@ use redis::aio::ConnectionLike;
 
 use crate::jobs::{JobEnvelope, Queue};
 
-/// `<namespace>:<queue>`: the prefix of every key apalis keeps for the queue.
+/// The Redis Cluster hash tag of every queue's keys. apalis-redis 1.0's
+/// worker registration script also writes one key it does not declare,
+/// `core:apalis:queues:list`, and a cluster node refuses a script that
+/// touches a key of a slot it does not hold; so every queue's keys hash to
+/// that key's slot (its whole name is the tag) and each script runs on the
+/// node that holds all it touches. Queues thus share one primary (each holds
+/// at most `QUEUE_MAX_IN_REDIS` jobs, the outbox the rest); rate limits and
+/// caches spread over the cluster.
+pub const QUEUE_HASH_TAG: &str = "{core:apalis:queues:list}";
+
+/// `<namespace>:<queue>{core:apalis:queues:list}`: the prefix of every key
+/// apalis keeps for the queue (see [`QUEUE_HASH_TAG`]).
 pub fn queue_name(namespace: &str, queue: Queue) -> String {
-    format!("{namespace}:{}", queue.as_str())
+    format!("{namespace}:{}{QUEUE_HASH_TAG}", queue.as_str())
 }
 
 /// Storage settings shared by pushers and workers of a queue.

@@ -144,50 +144,112 @@ impl Drop for TestDb {
     }
 }
 
-/// A Redis key namespace of this test's own, deleted when dropped.
+/// A Redis key namespace of this test's own, deleted when dropped. Works
+/// against one Redis server or a cluster (`TEST_REDIS_URL=redis+cluster://…`).
 pub struct TestRedis {
     pub namespace: String,
     pub url: String,
 }
 
-impl TestRedis {
-    pub fn new() -> Self {
-        Self {
-            namespace: format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
-            url: redis_url(),
-        }
-    }
+/// The servers to scan for keys: the one server, or every primary of a
+/// cluster (as `CLUSTER NODES` on its first node lists them).
+fn scan_targets(url: &str) -> Vec<String> {
+    let Some(nodes) = clicknback_core::redis_conn::cluster_nodes(url) else {
+        return vec![url.to_owned()];
+    };
+    // Any node that answers (one may have been killed by the test).
+    let Some((scheme, listing)) = nodes.iter().find_map(|node| {
+        let mut c = redis::Client::open(node.as_str())
+            .ok()?
+            .get_connection()
+            .ok()?;
+        let listing: String = redis::cmd("CLUSTER").arg("NODES").query(&mut c).ok()?;
+        Some((node.split_once("://")?.0.to_owned(), listing))
+    }) else {
+        return Vec::new();
+    };
+    listing
+        .lines()
+        .filter(|l| {
+            l.split(' ')
+                .nth(2)
+                .is_some_and(|f| f.contains("master") && !f.contains("fail"))
+        })
+        .filter_map(|l| l.split(' ').nth(1))
+        .map(|addr| format!("{scheme}://{}", addr.split('@').next().unwrap()))
+        .collect()
+}
 
-    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis")
-    }
-
-    /// Every key under this namespace.
-    pub async fn keys(&self) -> Vec<String> {
-        let mut c = self.conn().await;
-        let mut out = Vec::new();
+/// Every key matching `pattern` on every server of `url` (blocking).
+fn keys_blocking(url: &str, pattern: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for server in scan_targets(url) {
+        let Ok(mut c) = redis::Client::open(server.as_str()).and_then(|c| c.get_connection())
+        else {
+            continue;
+        };
         let mut cursor: u64 = 0;
         loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            let Ok((next, batch)) = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
-                .arg(format!("{}:*", self.namespace))
+                .arg(pattern)
                 .arg("COUNT")
                 .arg(1000)
-                .query_async(&mut c)
-                .await
-                .expect("scan");
-            out.extend(batch);
+                .query::<(u64, Vec<String>)>(&mut c)
+            else {
+                break;
+            };
+            out.extend(batch.into_iter().map(|k| (server.clone(), k)));
             if next == 0 {
                 break;
             }
             cursor = next;
         }
-        out
+    }
+    out
+}
+
+impl TestRedis {
+    pub fn new() -> Self {
+        Self::at(&redis_url())
+    }
+
+    /// A namespace of its own on the Redis (or cluster) at `url`.
+    pub fn at(url: &str) -> Self {
+        Self {
+            namespace: format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            url: url.to_owned(),
+        }
+    }
+
+    /// Whether the tests run against a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        clicknback_core::redis_conn::cluster_nodes(&self.url).is_some()
+    }
+
+    pub async fn conn(&self) -> clicknback_core::redis_conn::RedisConn {
+        clicknback_core::redis_conn::RedisHandle::new(&self.url)
+            .expect("TEST_REDIS_URL")
+            .open()
+            .await
+            .expect("redis")
+    }
+
+    /// Every key under this namespace: `<ns>:…` and the queues' `{<ns>:<queue>}:…`.
+    pub async fn keys(&self) -> Vec<String> {
+        self.keys_matching(&format!("*{}:*", self.namespace)).await
+    }
+
+    /// Every key matching the SCAN pattern, on every server.
+    pub async fn keys_matching(&self, pattern: &str) -> Vec<String> {
+        let (url, pattern) = (self.url.clone(), pattern.to_owned());
+        tokio::task::spawn_blocking(move || keys_blocking(&url, &pattern))
+            .await
+            .expect("scan")
+            .into_iter()
+            .map(|(_, k)| k)
+            .collect()
     }
 }
 
@@ -199,21 +261,26 @@ impl Default for TestRedis {
 
 impl Drop for TestRedis {
     fn drop(&mut self) {
-        let ns = self.namespace.clone();
+        let pattern = format!("*{}:*", self.namespace);
         let url = self.url.clone();
         let _ = std::thread::spawn(move || {
-            let Ok(client) = redis::Client::open(url.as_str()) else {
-                return;
-            };
-            let Ok(mut c) = client.get_connection() else {
-                return;
-            };
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{ns}:*"))
-                .query(&mut c)
-                .unwrap_or_default();
-            for chunk in keys.chunks(500) {
-                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(&mut c);
+            // One key per DEL: a cluster refuses keys of several slots in one.
+            let keys = keys_blocking(&url, &pattern);
+            let mut by_server: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+            for (server, key) in keys {
+                by_server.entry(server).or_default().push(key);
+            }
+            for (server, keys) in by_server {
+                let Ok(mut c) =
+                    redis::Client::open(server.as_str()).and_then(|c| c.get_connection())
+                else {
+                    continue;
+                };
+                let mut pipe = redis::pipe();
+                for k in &keys {
+                    pipe.del(k).ignore();
+                }
+                let _: redis::RedisResult<()> = pipe.query(&mut c);
             }
         })
         .join();

@@ -63,8 +63,16 @@ impl TestApp {
     }
 
     pub async fn with(overrides: &[(&str, &str)]) -> Self {
+        Self::on(TestRedis::new(), overrides).await
+    }
+
+    /// An app on the Redis (or Redis Cluster) at `redis_url`.
+    pub async fn on_redis(redis_url: &str, overrides: &[(&str, &str)]) -> Self {
+        Self::on(TestRedis::at(redis_url), overrides).await
+    }
+
+    async fn on(redis: TestRedis, overrides: &[(&str, &str)]) -> Self {
         let db = TestDb::new().await;
-        let redis = TestRedis::new();
         let config = test_config(&db.url, &redis, overrides);
         let state = clicknback_api::build_state(config.clone(), None).expect("state");
         let router = clicknback_api::router(state.clone());

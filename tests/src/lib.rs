@@ -2,6 +2,8 @@
 //! template and a Redis key namespace, so tests run in parallel and leave
 //! nothing behind. Real PostgreSQL and Redis, never mocks of them.
 
+pub mod canaries;
+pub mod cluster;
 pub mod db;
 pub mod http;
 pub mod money_driver;

@@ -8,7 +8,11 @@ use clicknback_core::{
     ids::{IdentityGroupId, IdentityNodeId, MerchantId, PurchaseId, TouchpointId, UserId},
     models::user::Role,
     schema::{identity_groups, identity_nodes, touchpoints},
-    services::{attribution, fraud::RuleScorer, users},
+    services::{
+        attribution::{self, Outcome},
+        fraud::RuleScorer,
+        users,
+    },
 };
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -117,8 +121,22 @@ pub async fn flagged_purchase(app: &TestApp, order: &str) -> (PurchaseId, UserId
         .await
         .unwrap();
     assert!(
-        matches!(out, attribution::Outcome::Rewarded { flagged: true, .. }),
+        matches!(out, Outcome::Rewarded { flagged: true, .. }),
         "{out:?}"
     );
     (pid, user)
+}
+
+/// Attribution of one purchase as the worker runs it, with the app's settings.
+pub async fn attribute(app: &TestApp, purchase: PurchaseId) -> Outcome {
+    let mut c = app.db.conn().await;
+    attribution::attribute(
+        &mut c,
+        purchase,
+        &app.config.attribution,
+        &RuleScorer::default(),
+        app.cache(),
+    )
+    .await
+    .unwrap()
 }

@@ -10,84 +10,27 @@ use axum::http::{Method, StatusCode};
 use clicknback_core::{
     config::RelayConfig,
     db,
-    jobs::{self, Canary},
+    jobs::{Canary, Queue},
     redis_conn::RedisHandle,
 };
-use clicknback_tests::{TestApp, procs::eventually};
+use clicknback_tests::{
+    TestApp,
+    canaries::{canaries, canary, enqueue},
+    procs::eventually,
+};
 use clicknback_worker::relay::Relay;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-
-#[derive(Debug, QueryableByName)]
-struct CanaryRow {
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    key: String,
-    #[diesel(sql_type = diesel::sql_types::Integer)]
-    runs: i32,
-    #[diesel(sql_type = diesel::sql_types::Integer)]
-    effects: i32,
-    #[diesel(sql_type = diesel::sql_types::Bool)]
-    completed: bool,
-}
-
-async fn canaries(app: &TestApp) -> Vec<CanaryRow> {
-    let mut c = app.db.conn().await;
-    diesel::sql_query(
-        "SELECT key, runs, effects, completed_at IS NOT NULL AS completed FROM canary_runs ORDER BY key",
-    )
-    .load(&mut c)
-    .await
-    .unwrap()
-}
-
-fn canary(key: &str) -> Canary {
-    Canary {
-        key: key.into(),
-        fail_times: 0,
-        permanent: false,
-        sleep_ms: 0,
-        fail_until_fixed: false,
-        noop: false,
-    }
-}
-
-async fn enqueue(app: &TestApp, job: Canary) {
-    let mut c = app.db.conn().await;
-    assert!(
-        jobs::enqueue(&mut c, &job, chrono::Utc::now())
-            .await
-            .unwrap()
-    );
-}
-
-/// Every key of this test's namespace matching `pattern` (after the namespace).
-async fn keys(app: &TestApp, pattern: &str) -> Vec<String> {
-    let mut c = app.redis.conn().await;
-    let mut out = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{}:{pattern}", app.redis.namespace))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        out.extend(batch);
-        if next == 0 {
-            return out;
-        }
-        cursor = next;
-    }
-}
 
 /// How many jobs the maintenance queue's in-flight sets hold, per set.
 async fn in_flight(app: &TestApp) -> Vec<(String, u64)> {
     let mut c = app.redis.conn().await;
     let mut out = Vec::new();
-    for k in keys(app, "maintenance:inflight:*").await {
+    let inflight =
+        clicknback_core::queues::storage_config(&app.redis.namespace, Queue::Maintenance)
+            .inflight_jobs_set()
+            .to_owned();
+    for k in app.redis.keys_matching(&format!("{inflight}:*")).await {
         let n: u64 = redis::cmd("SCARD")
             .arg(&k)
             .query_async(&mut c)
@@ -140,9 +83,7 @@ async fn a_graceful_restart_hands_running_and_buffered_jobs_to_the_next_worker()
     );
     for (set, _) in &old_sets {
         assert!(
-            !keys(&app, &set[app.redis.namespace.len() + 1..])
-                .await
-                .contains(set),
+            !app.redis.keys_matching(set).await.contains(set),
             "{set} was handed back"
         );
     }
@@ -344,17 +285,17 @@ async fn jobs_relayed_before_redis_is_flushed_still_run() {
     );
 
     // Redis forgets everything of this deployment (only this test's keys).
-    let all = keys(&app, "*").await;
+    let all = app.redis.keys().await;
     assert!(!all.is_empty());
     let mut c = app.redis.conn().await;
-    for chunk in all.chunks(500) {
+    for key in &all {
         let _: () = redis::cmd("DEL")
-            .arg(chunk)
+            .arg(key)
             .query_async(&mut c)
             .await
             .unwrap();
     }
-    assert!(keys(&app, "*").await.is_empty());
+    assert!(app.redis.keys().await.is_empty());
 
     let started = Instant::now();
     let w = app.worker(&[("JOB_RECOVERY_AFTER_SECS", "2")]);

@@ -27,10 +27,9 @@ use clicknback_core::{
     db,
     jobs::{JobEnvelope, Queue},
     queues,
-    redis_conn::{self, RedisHandle},
+    redis_conn::{RedisConn, RedisHandle},
 };
 use lettre::{AsyncSmtpTransport, Tokio1Executor};
-use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
 /// A name unique to this process start: host, pid and start time. apalis-redis
@@ -48,14 +47,10 @@ pub fn instance_name() -> String {
     )
 }
 
-async fn connect_redis(
-    client: &redis::Client,
-    shutdown: &CancellationToken,
-) -> Option<ConnectionManager> {
+async fn connect_redis(redis: &RedisHandle, shutdown: &CancellationToken) -> Option<RedisConn> {
     let mut wait = Duration::from_millis(500);
     loop {
-        match ConnectionManager::new_with_config(client.clone(), redis_conn::manager_config()).await
-        {
+        match redis.open().await {
             Ok(c) => return Some(c),
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "redis unreachable; waiting");
@@ -149,14 +144,14 @@ pub async fn run(config: Config, plan: Plan, shutdown: CancellationToken) -> any
         shutdown.clone(),
     ));
 
-    let Some(conn) = connect_redis(redis.client(), &shutdown).await else {
+    let Some(conn) = connect_redis(&redis, &shutdown).await else {
         background.join_all().await;
         return Ok(());
     };
     let w = &config.worker;
     let mut monitor = Monitor::new();
     for q in Queue::ALL {
-        let storage = RedisStorage::<JobEnvelope>::new(conn.clone()).with_config(
+        let storage = RedisStorage::<JobEnvelope, RedisConn>::new(conn.clone()).with_config(
             queues::storage_config(&config.redis_namespace, q)
                 .batch_size(w.fetch_batch)
                 .heartbeat_interval(w.heartbeat)
@@ -239,22 +234,21 @@ pub async fn run(config: Config, plan: Plan, shutdown: CancellationToken) -> any
 /// process's in-flight sets, which nothing recovers once the name is
 /// deregistered. A job whose hand-back fails stays open in PostgreSQL, and
 /// the relay's reconciler relays it again.
-async fn handback(conn: &ConnectionManager, namespace: &str, instance: &str) {
+async fn handback(conn: &RedisConn, namespace: &str, instance: &str) {
     let mut c = conn.clone();
     for q in Queue::ALL {
         let cfg = queues::storage_config(namespace, q);
-        let pattern = format!("{}:*{instance}*", cfg.inflight_jobs_set());
-        let sets: Vec<String> = match scan(&mut c, &pattern).await {
-            Ok(sets) => sets,
+        // This process's workers of the queue (one per restart), by name:
+        // still registered, since deregistering comes after.
+        let workers = match own_workers(&mut c, &cfg, instance).await {
+            Ok(names) => names,
             Err(e) => {
                 tracing::warn!(error = %e, queue = q.as_str(), "could not list this worker's in-flight jobs; the reconciler relays them again");
                 continue;
             }
         };
-        let prefix = format!("{}:", cfg.inflight_jobs_set());
-        for set in sets {
-            let worker = set.strip_prefix(&prefix).unwrap_or(&set);
-            match queues::hand_back(&mut c, &cfg, worker).await {
+        for worker in workers {
+            match queues::hand_back(&mut c, &cfg, &worker).await {
                 Ok(0) => {}
                 Ok(n) => {
                     tracing::info!(
@@ -271,40 +265,31 @@ async fn handback(conn: &ConnectionManager, namespace: &str, instance: &str) {
     }
 }
 
-async fn scan(c: &mut ConnectionManager, pattern: &str) -> redis::RedisResult<Vec<String>> {
-    let mut cursor: u64 = 0;
-    let mut out = Vec::new();
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1_000)
-            .query_async(c)
-            .await?;
-        out.extend(keys);
-        if next == 0 {
-            return Ok(out);
-        }
-        cursor = next;
-    }
+/// The names under which this process registered its workers of a queue.
+async fn own_workers(
+    c: &mut RedisConn,
+    cfg: &apalis_redis::Config,
+    instance: &str,
+) -> redis::RedisResult<Vec<String>> {
+    let names: Vec<String> = redis::cmd("ZRANGE")
+        .arg(cfg.workers_set())
+        .arg(0)
+        .arg(-1)
+        .query_async(c)
+        .await?;
+    Ok(names.into_iter().filter(|n| n.contains(instance)).collect())
 }
 
 /// apalis-redis leaves a stopped worker's name registered; remove ours so the
 /// board shows only live workers.
-async fn deregister(conn: &ConnectionManager, namespace: &str, instance: &str) {
+async fn deregister(conn: &RedisConn, namespace: &str, instance: &str) {
     let mut c = conn.clone();
     for q in Queue::ALL {
         let cfg = queues::storage_config(namespace, q);
-        let names: Vec<String> = redis::cmd("ZRANGE")
-            .arg(cfg.workers_set())
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut c)
+        let names = own_workers(&mut c, &cfg, instance)
             .await
             .unwrap_or_default();
-        for name in names.into_iter().filter(|n| n.contains(instance)) {
+        for name in names {
             let _: redis::RedisResult<()> = redis::pipe()
                 .zrem(cfg.workers_set(), &name)
                 .del(format!("{}:workers:metadata:{name}", cfg.queue.as_ref()))

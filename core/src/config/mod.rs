@@ -95,8 +95,13 @@ const DATABASE_URL: UrlForm<'static> = UrlForm {
 };
 
 const REDIS_URL: UrlForm<'static> = UrlForm {
-    expected: "a Redis URL like redis://127.0.0.1:6379/0",
-    schemes: &["redis://", "rediss://"],
+    expected: "a Redis URL like redis://127.0.0.1:6379/0, or a cluster's nodes like redis+cluster://10.0.0.1:7000,10.0.0.2:7000",
+    schemes: &[
+        "redis://",
+        "rediss://",
+        "redis+cluster://",
+        "rediss+cluster://",
+    ],
     aliases: &[],
     expected_scheme: None,
 };
@@ -341,7 +346,11 @@ mod tests {
         assert_eq!(err.problem, "does not start with postgres://");
         assert!(load(&[dev, ("DATABASE_URL", "postgresql://h/db")]).is_ok());
         let err = load(&[dev, ("REDIS_URL", "http://h")]).unwrap_err();
-        assert_eq!(err.problem, "does not start with redis:// or rediss://");
+        assert_eq!(
+            err.problem,
+            "does not start with redis:// or rediss:// or redis+cluster:// or rediss+cluster://"
+        );
+        assert!(load(&[dev, ("REDIS_URL", "redis+cluster://h1:7000,h2:7000")]).is_ok());
         let err = load(&[dev, ("SMTP_URL", "mail://h")]).unwrap_err();
         assert_eq!(err.problem, "does not start with smtp:// or smtps://");
         assert_eq!(err.expected, "an SMTP URL like smtp://127.0.0.1:1025");

@@ -38,7 +38,7 @@ impl From<OpsError> for ApiError {
     }
 }
 
-async fn redis(state: &AppState) -> ApiResult<redis::aio::ConnectionManager> {
+async fn redis(state: &AppState) -> ApiResult<clicknback_core::redis_conn::RedisConn> {
     state
         .redis
         .get()
