@@ -66,7 +66,7 @@ pub struct Driver {
     pub app: TestApp,
     ctx: runtime::SharedCtx,
     relay: Relay,
-    redis: redis::aio::MultiplexedConnection,
+    redis: clicknback_core::redis_conn::RedisConn,
     worker: WorkerContext,
     answers: Answers,
     admin: String,
@@ -220,6 +220,7 @@ impl Driver {
                 clicknback_core::payout_provider::HttpProvider::new(&config.payouts)
                     .expect("provider"),
             ),
+            explainer: None,
             keys: app.state.keys.clone(),
             paused: Default::default(),
             jobs: clicknback_worker::jobs::registry(),
