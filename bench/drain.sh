@@ -5,6 +5,12 @@
 #            relayed under the Redis bound); time until the worker finished
 #            all of them, jobs/s, and the worker's peak memory. Beside it, raw
 #            Redis LPUSH/RPOP throughput measured in the same run.
+#            Run with the benchmark's tuned settings and with the worker's
+#            defaults; the Redis memory the finished jobs hold at the end is
+#            recorded (retention by count lifted for the run).
+#   idle     a worker with default settings left idle: its CPU use over
+#            IDLE_SECONDS (10), then the pickup latency of one job at a time
+#            (outbox insert to finished), IDLE_JOBS (5) times.
 #   backlog  a backlog of BACKLOG_JOBS due jobs plus BURST_JOBS jobs that fail
 #            once and whose retries fall due together: everything drains.
 
@@ -21,10 +27,20 @@ done_count() { redis-cli -p "$REDIS_PORT" scard "$1:maintenance:done"; }
 # Runs a worker until the maintenance queue's done set reaches $2; prints
 # "seconds peak_kib", timed from the first finished job (process start-up
 # excluded) to the last.
-run_worker_until() { # namespace target
-  local ns="$1" target="$2" start end pid peak=0 hwm
-  REDIS_NAMESPACE="$ns" RUST_LOG=error QUEUE_CONCURRENCY_MAINTENANCE="${DRAIN_CONCURRENCY:-64}" \
-    JOB_FETCH_BATCH="${DRAIN_BATCH:-100}" JOB_POLL_INTERVAL_MS=50 OUTBOX_POLL_INTERVAL_MS=20 \
+used_memory() { redis-cli -p "$REDIS_PORT" info memory | awk -F: '/^used_memory:/ {print $2+0}'; }
+
+# The benchmark's tuned worker settings; `default` runs with none of them.
+TUNED=(QUEUE_CONCURRENCY_MAINTENANCE="${DRAIN_CONCURRENCY:-64}" JOB_FETCH_BATCH="${DRAIN_BATCH:-100}"
+  JOB_POLL_INTERVAL_MS=50 OUTBOX_POLL_INTERVAL_MS=20)
+
+# Prints "seconds peak_kib redis_bytes" (redis_bytes: what Redis holds at the
+# end beyond what it held before the worker started).
+run_worker_until() { # namespace target [tuned|default]
+  local ns="$1" target="$2" start end pid peak=0 hwm mem0 mem1
+  local settings=("${TUNED[@]}")
+  [ "${3:-tuned}" = default ] && settings=()
+  mem0=$(used_memory)
+  env "${settings[@]}" REDIS_NAMESPACE="$ns" RUST_LOG=error JOB_RETENTION_COUNT=10000000 \
     JOB_RETRY_CANARY="attempts=3,base=1s,cap=2s,jitter=0" WORKER_ADDR="127.0.0.1:0" \
     "$BIN/clicknback-worker" run >"$WORK/worker.log" 2>&1 &
   pid=$!
@@ -43,9 +59,10 @@ run_worker_until() { # namespace target
   done
   end=$(date +%s.%N)
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  mem1=$(used_memory)
   redis-cli -p "$REDIS_PORT" --scan --pattern "$ns:*" | xargs -r -n 500 redis-cli -p "$REDIS_PORT" del >/dev/null
   # The jobs finished before the first observation are credited at the same rate.
-  echo "$(python3 -c "d=$end-$start; print(round(d * $target / ($target - $first), 3))") $peak"
+  echo "$(python3 -c "d=$end-$start; print(round(d * $target / ($target - $first), 3))") $peak $(( mem1 - mem0 ))"
 }
 
 bench_drain() {
@@ -54,11 +71,14 @@ bench_drain() {
     log "drain: run $i/$RUNS ($n no-op jobs)"
     psql "$DB_URL" -qc "TRUNCATE outbox" >/dev/null
     fill_noop "$n" 0
-    read -r secs peak < <(run_worker_until "drain$$-$i" "$n")
+    read -r secs peak redis_bytes < <(run_worker_until "drain$$-$i" "$n")
+    psql "$DB_URL" -qc "TRUNCATE outbox" >/dev/null
+    fill_noop "$n" 0
+    read -r dsecs dpeak _ < <(run_worker_until "drain$$-$i-default" "$n" default)
     local raw
     raw=$(redis-benchmark -p "$REDIS_PORT" -n 100000 -t lpush,rpop --csv 2>/dev/null \
       | awk -F'","' '/^"LPUSH/ {p=$2} /^"RPOP/ {q=$2} END {print p, q}')
-    echo "{\"jobs\": $n, \"seconds\": $secs, \"per_second\": $(python3 -c "print(round($n / $secs, 1))"), \"peak_kib\": $peak, \"redis_lpush\": ${raw% *}, \"redis_rpop\": ${raw#* }}" >>"$WORK/drain.jsonl"
+    echo "{\"jobs\": $n, \"seconds\": $secs, \"per_second\": $(python3 -c "print(round($n / $secs, 1))"), \"peak_kib\": $peak, \"redis_lpush\": ${raw% *}, \"redis_rpop\": ${raw#* }, \"redis_bytes_finished\": $redis_bytes, \"default_seconds\": $dsecs, \"default_per_second\": $(python3 -c "print(round($n / $dsecs, 1))"), \"default_peak_kib\": $dpeak}" >>"$WORK/drain.jsonl"
   done
 }
 
@@ -69,9 +89,40 @@ bench_backlog() {
   fill_noop "$n" 0
   fill_noop "$burst" 1
   # Every run of every job ends in the done set: n + 2 × burst.
-  read -r secs peak < <(run_worker_until "backlog$$" $(( n + 2 * burst )))
+  read -r secs peak _ < <(run_worker_until "backlog$$" $(( n + 2 * burst )))
   local dead unsent
   dead=$(psql "$DB_URL" -tAc "SELECT count(*) FROM dead_jobs")
   unsent=$(psql "$DB_URL" -tAc "SELECT count(*) FROM outbox WHERE sent_at IS NULL")
   echo "{\"jobs\": $n, \"burst\": $burst, \"runs\": $(( n + 2 * burst )), \"seconds\": $secs, \"per_second\": $(python3 -c "print(round(($n + 2 * $burst) / $secs, 1))"), \"peak_kib\": $peak, \"dead\": $dead, \"left_in_outbox\": $unsent}" >"$WORK/backlog.json"
+}
+
+bench_idle() {
+  local ns="idle$$" secs="${IDLE_SECONDS:-10}" jobs="${IDLE_JOBS:-5}" pid t0 t1 hz
+  psql "$DB_URL" -qc "TRUNCATE outbox" >/dev/null
+  REDIS_NAMESPACE="$ns" RUST_LOG=error WORKER_ADDR="127.0.0.1:0" \
+    "$BIN/clicknback-worker" run >"$WORK/worker-idle.log" 2>&1 &
+  pid=$!
+  PIDS+=("$pid")
+  sleep 3
+  hz=$(getconf CLK_TCK)
+  t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  sleep "$secs"
+  t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  local cpu
+  cpu=$(python3 -c "print(round(100 * ($t1 - $t0) / $hz / $secs, 2))")
+  local lat=()
+  for i in $(seq 1 "$jobs"); do
+    local start end
+    start=$(date +%s.%N)
+    psql "$DB_URL" -qc "INSERT INTO outbox (queue, task_id, payload, run_at)
+      VALUES ('maintenance', 'canary:lone-$$-$i', jsonb_build_object('job', 'Canary', 'data',
+              jsonb_build_object('key', 'lone$i', 'noop', true, 'fail_times', 0)), now())" >/dev/null
+    while [ "$(done_count "$ns")" -lt "$i" ]; do sleep 0.005; done
+    end=$(date +%s.%N)
+    lat+=("$(python3 -c "print(round(($end - $start) * 1000, 1))")")
+    sleep 1
+  done
+  stop_recording "$pid" "worker, idle"
+  redis-cli -p "$REDIS_PORT" --scan --pattern "$ns:*" | xargs -r -n 500 redis-cli -p "$REDIS_PORT" del >/dev/null
+  echo "{\"idle_seconds\": $secs, \"idle_cpu_percent\": $cpu, \"pickup_ms\": [$(IFS=,; echo "${lat[*]}")]}" >"$WORK/idle.json"
 }

@@ -51,15 +51,30 @@ if api and sql:
     table.append(("api / direct SQL", f"{w['ratio_api_over_sql']:.2f} x", ""))
     table.append(("failed webhook requests", str(w["errors"]), ""))
 if drain:
-    d = {k: summary(drain, k) for k in ("per_second", "seconds", "peak_kib", "redis_lpush", "redis_rpop")}
+    d = {k: summary(drain, k) for k in ("per_second", "seconds", "peak_kib", "redis_lpush", "redis_rpop",
+                                        "default_per_second", "default_peak_kib", "redis_bytes_finished")}
     d["jobs"] = drain[0]["jobs"]
     d["ratio_worker_over_redis_rpop"] = d["per_second"]["median"] / d["redis_rpop"]["median"]
     result["drain"] = d
-    line(f"worker drain of {d['jobs']} jobs", d["per_second"], "jobs/s", path=("drain", "per_second"))
+    line(f"worker drain of {d['jobs']} jobs, tuned settings", d["per_second"], "jobs/s", path=("drain", "per_second"))
+    line(f"worker drain of {d['jobs']} jobs, default settings", d["default_per_second"], "jobs/s", path=("drain", "default_per_second"))
+    if d["default_per_second"]:
+        table.append(("drain default / tuned", f"{d['default_per_second']['median'] / d['per_second']['median']:.2f} x", ""))
+        line("worker peak memory, default settings", {k: v / 1024 for k, v in d["default_peak_kib"].items()}, "MiB")
+    if d["redis_bytes_finished"]:
+        per_million = {k: v / d["jobs"] * 1_000_000 / 2**20 for k, v in d["redis_bytes_finished"].items()}
+        d["redis_mib_per_million_finished"] = per_million
+        line(f"Redis per million finished jobs (from {d['jobs']:,}, extrapolated)", per_million, "MiB")
     line("worker peak memory", {k: v / 1024 for k, v in d["peak_kib"].items()}, "MiB")
     line("raw Redis LPUSH", d["redis_lpush"], "ops/s", "{:.0f}")
     line("raw Redis RPOP", d["redis_rpop"], "ops/s", "{:.0f}")
     table.append(("worker / raw RPOP", f"{d['ratio_worker_over_redis_rpop']:.3f} x", ""))
+idle = json.load(open(os.path.join(work, "idle.json"))) if os.path.exists(os.path.join(work, "idle.json")) else {}
+if idle:
+    result["idle"] = idle
+    table.append((f"idle worker CPU over {idle['idle_seconds']} s (defaults)", f"{idle['idle_cpu_percent']:.2f} %", "of one core"))
+    p = sorted(idle["pickup_ms"])
+    table.append((f"lone job pickup, enqueue to finished ({len(p)} jobs)", f"{statistics.median(p):.0f} ms", f"({p[0]:.0f}–{p[-1]:.0f})"))
 if backlog:
     result["backlog"] = backlog
     table.append((f"backlog {backlog['jobs']} due + {backlog['burst']} failing once",
@@ -76,6 +91,10 @@ if e2e:
     line(f"ingestion to credit, {e['purchases']} purchases of {e['shoppers']} shoppers", e["per_second"], "purchases/s", path=("e2e", "per_second"))
     line("ingestion to credit p50", e["p50_ms"], "ms", path=("e2e", "p50_ms"))
     line("ingestion to credit p99", e["p99_ms"], "ms", path=("e2e", "p99_ms"))
+    if "webhooks" in result:
+        ratio = e["per_second"]["median"] / result["webhooks"]["api"]["per_second"]["median"]
+        result["ratio_e2e_over_ingestion"] = ratio
+        table.append(("end to end / webhook ingestion", f"{ratio:.2f} x", ""))
 
 hot_on, hot_off = rows("hot_on.jsonl"), rows("hot_off.jsonl")
 if hot_on and hot_off:
@@ -124,6 +143,16 @@ if sweeper:
         ratio = sizes[-1]["median_ms"] / sizes[0]["median_ms"]
         result["sweeper_ratio_largest_over_smallest"] = ratio
         table.append((f"sweeper {sizes[-1]['purchases']:,} / {sizes[0]['purchases']:,} rows", f"{ratio:.2f} x", ""))
+recon = rows("reconcile.jsonl")
+if recon:
+    result["reconcile"] = recon[0]["sizes"]
+    for size in recon[0]["sizes"]:
+        n = size["transfers"]
+        table.append((f"ledger of {n:,} transfers generated", f"{size['generate_s']:.1f} s", "INSERT … SELECT generate_series"))
+        table.append((f"  reconciliation from scratch", f"{size['full_ms']:.1f} ms", ""))
+        line(f"  reconciliation since its point (1,000 new) at {n:,}",
+             {"median": size["incremental_median_ms"], "min": size["incremental_min_ms"], "max": size["incremental_max_ms"]},
+             "ms", "{:.2f}")
 abuse = rows("abuse.jsonl")
 if abuse:
     result["abuse"] = abuse

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Benchmarks: ./scripts/bench.sh [webhooks] [drain] [backlog] [e2e] [hotpaths]
-# [sweeper] [abuse] (default: all).
+# Benchmarks: ./scripts/bench.sh [webhooks] [drain] [idle] [backlog] [e2e] [hotpaths]
+# [sweeper] [reconcile] [abuse] (default: all).
 # Each figure is the median of BENCH_RUNS runs (default 3) with its min–max;
 # results are printed as one table and written as JSON under bench-results/
 # so a later run can be compared.
@@ -18,6 +18,9 @@
 #             computed from 1,000 rewards on every request.
 #   sweeper   the sweeper's due-attribution query at 10 thousand and at 1
 #             million purchases (and without its index, for comparison).
+#   reconcile the hourly ledger reconciliation at ${RECONCILE_SIZES:-100000,10000000}
+#             transfers: from scratch, and since its last verified point
+#             with 1,000 transfers written since.
 #   abuse     signed webhooks at a steady ABUSE_RATE per second (50) for
 #             ABUSE_SECONDS (20), alone, then while ABUSE_FLOOD (200) clients
 #             send logins of random emails from one address at full speed,
@@ -31,7 +34,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
-SECTIONS="${*:-webhooks drain backlog e2e hotpaths sweeper abuse}"
+SECTIONS="${*:-webhooks drain idle backlog e2e hotpaths sweeper reconcile abuse}"
 want() { case " $SECTIONS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 RUNS="${BENCH_RUNS:-3}"
 REQUESTS="${BENCH_REQUESTS:-4000}"
@@ -108,9 +111,11 @@ export DATABASE_URL="$DB_URL"
 source "$ROOT/bench/drain.sh"
 touch "$WORK/api.jsonl" "$WORK/sql.jsonl" "$WORK/drain.jsonl" "$WORK/e2e.jsonl" \
   "$WORK/hot_on.jsonl" "$WORK/hot_off.jsonl" "$WORK/stats_cache.jsonl" "$WORK/stats_table.jsonl" \
-  "$WORK/stats_computed.jsonl" "$WORK/memory.jsonl" "$WORK/sweeper.jsonl" "$WORK/abuse.jsonl"
+  "$WORK/stats_computed.jsonl" "$WORK/memory.jsonl" "$WORK/sweeper.jsonl" "$WORK/abuse.jsonl" "$WORK/reconcile.jsonl"
 echo '{}' >"$WORK/backlog.json"
+echo '{}' >"$WORK/idle.json"
 want drain && bench_drain
+want idle && bench_idle
 want backlog && bench_backlog
 
 if want webhooks; then
@@ -197,6 +202,15 @@ if want sweeper; then
   "$BIN/loadgen" sweeper --database-url "$SWEEP_URL" --sizes "${SWEEPER_SIZES:-10000,1000000}" \
     --runs "${SWEEPER_RUNS:-25}" >>"$WORK/sweeper.jsonl"
   psql "$PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS $SWEEP_DB WITH (FORCE)" >/dev/null
+fi
+
+if want reconcile; then
+  RECON_DB="${DB}_reconcile"
+  log "reconciliation: a ledger grown to ${RECONCILE_SIZES:-100000,10000000} transfers"
+  RECON_URL="$(fresh_db "$RECON_DB")"
+  "$BIN/loadgen" reconcile --database-url "$RECON_URL" --sizes "${RECONCILE_SIZES:-100000,10000000}" \
+    --runs "${RECONCILE_RUNS:-5}" >>"$WORK/reconcile.jsonl"
+  psql "$PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS $RECON_DB WITH (FORCE)" >/dev/null
 fi
 
 if want abuse; then

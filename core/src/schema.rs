@@ -123,6 +123,7 @@ diesel::table! {
         balance_minor -> Int8,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        stripe -> Int2,
     }
 }
 

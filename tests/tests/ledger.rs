@@ -398,3 +398,160 @@ async fn the_reconciliation_cron_logs_and_counts_a_breach() {
     let log = worker.log_text();
     assert!(log.contains("ledger invariant broken"), "{log}");
 }
+
+/// Credits for many users at once, each in its own transaction on its own
+/// connection: they land on several platform stripes, every user holds
+/// exactly their credit, the platform balance (summed over its stripes) is
+/// the negative of their total, and reconciliation finds nothing.
+#[tokio::test]
+async fn concurrent_credits_spread_over_platform_stripes_and_reconcile_exactly() {
+    let app = TestApp::new().await;
+    let mut conn = app.db.conn().await;
+    let mut worlds = Vec::new();
+    for _ in 0..24 {
+        worlds.push(world(&mut conn, 2).await);
+    }
+    let worlds = std::sync::Arc::new(worlds);
+    let mut tasks = Vec::new();
+    for i in 0..worlds.len() {
+        let (worlds, db) = (worlds.clone(), app.db.url.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = AsyncPgConnection::establish(&db).await.unwrap();
+            let w = &worlds[i];
+            for (n, p) in w.purchases.iter().enumerate() {
+                let amount = 100 + i as i64 + n as i64;
+                c.transaction::<(), RewardError, _>(async |c| attribute(c, w, *p, 1, amount).await)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut total = 0;
+    for (i, w) in worlds.iter().enumerate() {
+        let want = (100 + i as i64) + (101 + i as i64);
+        let wallet = ledger::wallet(&mut conn, w.user).await.unwrap();
+        assert_eq!(wallet[0].pending_minor, want);
+        total += want;
+    }
+    let expense = ledger::balance(
+        &mut conn,
+        AccountRef::platform(AccountKind::CashbackExpense),
+        eur(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(expense, -total);
+    let stripes = app
+        .scalar("SELECT count(*) AS n FROM ledger_accounts WHERE kind = 'cashback_expense' AND balance_minor <> 0")
+        .await;
+    assert!(stripes > 1, "credits used {stripes} stripe(s)");
+    assert_eq!(
+        app.scalar(
+            "SELECT count(*) AS n FROM ledger_accounts WHERE user_id IS NOT NULL AND stripe <> 0"
+        )
+        .await,
+        0
+    );
+    assert!(ledger::reconcile(&mut conn).await.unwrap().is_empty());
+    assert!(ledger::reconcile_all(&mut conn).await.unwrap().is_empty());
+}
+
+/// A transfer whose transaction is still open when a reconciliation takes
+/// its verified point is counted by the next one: the point is a snapshot,
+/// not a time or a sequence number.
+#[tokio::test]
+async fn a_transfer_committed_after_the_verified_point_is_counted_next_time() {
+    let app = TestApp::new().await;
+    let mut conn = app.db.conn().await;
+    let w = world(&mut conn, 3).await;
+    attribute(&mut conn, &w, w.purchases[0], 1, 300)
+        .await
+        .unwrap();
+    assert!(ledger::reconcile(&mut conn).await.unwrap().is_empty());
+
+    let mut open = app.db.conn().await;
+    diesel::sql_query("BEGIN").execute(&mut open).await.unwrap();
+    attribute(&mut open, &w, w.purchases[1], 1, 400)
+        .await
+        .unwrap();
+    // Taken while the credit above is uncommitted.
+    assert!(ledger::reconcile(&mut conn).await.unwrap().is_empty());
+    diesel::sql_query("COMMIT")
+        .execute(&mut open)
+        .await
+        .unwrap();
+    attribute(&mut conn, &w, w.purchases[2], 1, 500)
+        .await
+        .unwrap();
+    assert!(ledger::reconcile(&mut conn).await.unwrap().is_empty());
+    let sums = app
+        .scalar("SELECT sum(sum_minor)::bigint AS n FROM ledger_verified_sums s JOIN ledger_accounts a ON a.id = s.account_id WHERE a.kind = 'pending'")
+        .await;
+    assert_eq!(sums, 1_200);
+
+    // A transfer written since the point without its balance is found.
+    diesel::sql_query(
+        "INSERT INTO ledger_transfers (id, debit_account_id, credit_account_id, amount_minor, currency, kind)
+         SELECT 'forged', d.id, c.id, 5, 'EUR', 'forged'
+           FROM ledger_accounts d, ledger_accounts c
+          WHERE d.kind = 'cashback_expense' AND c.kind = 'pending' LIMIT 1",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let breaches = ledger::reconcile(&mut conn).await.unwrap();
+    assert!(
+        breaches
+            .iter()
+            .any(|b| b.check == "balance_matches_transfers"),
+        "{breaches:?}"
+    );
+    // A broken ledger does not become the verified point: still reported.
+    let again = ledger::reconcile(&mut conn).await.unwrap();
+    assert_eq!(again, breaches);
+    assert_eq!(ledger::reconcile_all(&mut conn).await.unwrap(), breaches);
+}
+
+/// A reward written after the verified point as credited but without its
+/// credit transfer is found by the incremental check.
+#[tokio::test]
+async fn a_credited_reward_without_its_transfer_is_found_after_the_point() {
+    let app = TestApp::new().await;
+    let mut conn = app.db.conn().await;
+    let w = world(&mut conn, 2).await;
+    attribute(&mut conn, &w, w.purchases[0], 1, 300)
+        .await
+        .unwrap();
+    assert!(ledger::reconcile(&mut conn).await.unwrap().is_empty());
+    let id = RewardId::new();
+    diesel::insert_into(rewards::table)
+        .values(NewReward {
+            id,
+            purchase_id: w.purchases[1],
+            attribution_seq: 1,
+            user_id: w.user,
+            offer_id: w.offer,
+            touchpoint_id: None,
+            identity_group_id: None,
+            amount_minor: 200,
+            currency: eur(),
+            status: RewardStatus::Pending,
+            fraud_score: 0.0,
+            fraud_reasons: serde_json::json!([]),
+            flagged: false,
+            hold_until: chrono::Utc::now(),
+        })
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let breaches = ledger::reconcile(&mut conn).await.unwrap();
+    assert_eq!(
+        breaches.iter().map(|b| b.check).collect::<Vec<_>>(),
+        ["processed_purchases_have_transfers"],
+        "{breaches:?}"
+    );
+    assert_eq!(ledger::reconcile_all(&mut conn).await.unwrap(), breaches);
+}

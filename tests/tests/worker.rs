@@ -676,6 +676,7 @@ async fn finished_jobs_leave_redis_after_the_retention_period() {
         jobs::Queue::Maintenance,
         chrono::Utc::now() - chrono::Duration::hours(1),
         1_000,
+        1_000,
     )
     .await
     .unwrap();
@@ -685,6 +686,7 @@ async fn finished_jobs_leave_redis_after_the_retention_period() {
         &app.redis.namespace,
         jobs::Queue::Maintenance,
         chrono::Utc::now() + chrono::Duration::seconds(5),
+        1_000,
         1_000,
     )
     .await
@@ -697,4 +699,41 @@ async fn finished_jobs_leave_redis_after_the_retention_period() {
         .await
         .unwrap();
     assert_eq!((data, done), (0, 0));
+}
+
+/// However young, finished jobs beyond the newest `JOB_RETENTION_COUNT` of a
+/// queue leave Redis at the next maintenance round.
+#[tokio::test]
+async fn finished_jobs_stay_under_the_count_bound() {
+    let app = TestApp::new().await;
+    let _w = app.worker(&[("JOB_RETENTION_COUNT", "3")]);
+    for i in 0..12 {
+        enqueue(&app, canary(&format!("c{i}"))).await;
+    }
+    let cfg =
+        clicknback_core::queues::storage_config(&app.redis.namespace, jobs::Queue::Maintenance);
+    let redis = app.redis.conn().await;
+    // All twelve ran (each records its run) and at most three stay in Redis.
+    eventually(
+        Duration::from_secs(60),
+        "twelve finished jobs, three kept",
+        || {
+            let mut redis = redis.clone();
+            let (done, data) = (cfg.done_jobs_set(), cfg.job_data_hash());
+            let app = &app;
+            async move {
+                let finished = app
+                    .scalar("SELECT count(*) AS n FROM canary_runs WHERE completed_at IS NOT NULL")
+                    .await;
+                let (kept, payloads): (u64, u64) = redis::pipe()
+                    .scard(done)
+                    .hlen(data)
+                    .query_async(&mut redis)
+                    .await
+                    .unwrap();
+                (finished >= 12 && kept <= 3 && payloads <= 3).then_some(())
+            }
+        },
+    )
+    .await;
 }

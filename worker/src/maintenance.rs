@@ -1,5 +1,6 @@
 //! Housekeeping that keeps Redis and the outbox bounded: finished jobs leave
-//! Redis after `JOB_RETENTION_SECS`, finished outbox rows leave PostgreSQL after
+//! Redis after `JOB_RETENTION_SECS` or beyond the newest `JOB_RETENTION_COUNT`
+//! of their queue, finished outbox rows leave PostgreSQL after
 //! `OUTBOX_RETENTION_SECS`, old cron claims are dropped, and jobs apalis put in
 //! its own dead set (a handler that panicked) are recorded as dead jobs so
 //! operators see and can re-queue them. One replica at a time does a round.
@@ -45,7 +46,15 @@ async fn work(ctx: &SharedCtx, conn: &mut diesel_async::AsyncPgConnection) -> an
     let cutoff = Utc::now() - chrono::Duration::from_std(ctx.config.worker.job_retention)?;
     let mut pruned = 0;
     for q in Queue::ALL {
-        pruned += ops::prune_done(&mut redis, &ctx.namespace, q, cutoff, 20_000).await?;
+        pruned += ops::prune_done(
+            &mut redis,
+            &ctx.namespace,
+            q,
+            cutoff,
+            ctx.config.worker.job_retention_count,
+            100_000,
+        )
+        .await?;
         ops::adopt_crashed(conn, &mut redis, &ctx.namespace, q).await?;
     }
     let outbox_cutoff =

@@ -23,6 +23,8 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// Completed jobs are removed from Redis after this long.
     pub job_retention: Duration,
+    /// And beyond the newest this many of each queue, whatever their age.
+    pub job_retention_count: usize,
     /// Finished outbox rows are deleted after this long (open ones stay).
     pub outbox_retention: Duration,
 }
@@ -51,7 +53,7 @@ const DEFAULT_CONCURRENCY: &[(crate::jobs::Queue, &str, u64)] = &[
     (
         crate::jobs::Queue::Maintenance,
         "QUEUE_CONCURRENCY_MAINTENANCE",
-        2,
+        16,
     ),
     (
         crate::jobs::Queue::Explanations,
@@ -71,10 +73,11 @@ pub(super) fn read<F: Fn(&str) -> Option<String>>(
         heartbeat: env.secs("JOB_HEARTBEAT_SECS", 5, 1..=300)?,
         missed_heartbeats: env.int_in("JOB_MISSED_HEARTBEATS", 3, 2..=100)? as usize,
         poll_interval: env.millis("JOB_POLL_INTERVAL_MS", 200, 10..=30_000)?,
-        fetch_batch: env.int_in("JOB_FETCH_BATCH", 20, 1..=500)? as usize,
+        fetch_batch: env.int_in("JOB_FETCH_BATCH", 100, 1..=500)? as usize,
         concurrency,
         shutdown_grace: env.secs("SHUTDOWN_GRACE_SECS", 30, 0..=3_600)?,
         job_retention: env.secs("JOB_RETENTION_SECS", 3_600, 10..=2_592_000)?,
+        job_retention_count: env.int_in("JOB_RETENTION_COUNT", 5_000, 0..=10_000_000)? as usize,
         outbox_retention: env.secs("OUTBOX_RETENTION_SECS", 86_400, 60..=2_592_000)?,
     })
 }

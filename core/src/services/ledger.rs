@@ -80,13 +80,41 @@ impl AccountRef {
     }
 }
 
-/// The id of an account, created on first use.
+/// How many sub-accounts each platform account is split into.
+pub const PLATFORM_STRIPES: i16 = 16;
+
+/// The stripe a transfer uses on a platform account: one per user, so the
+/// transfers of one transaction (one user's) share it; user accounts have
+/// only stripe 0.
+fn stripe_for(account: AccountRef, t: &Transfer) -> i16 {
+    use std::hash::{Hash, Hasher};
+    if !account.kind.is_platform() {
+        return 0;
+    }
+    let mut h = std::hash::DefaultHasher::new();
+    match t.user_id {
+        Some(u) => u.hash(&mut h),
+        None => t.id.hash(&mut h),
+    }
+    (h.finish() % PLATFORM_STRIPES as u64) as i16
+}
+
+/// The id of an account (stripe 0 of a platform account), created on first use.
 pub async fn account_id(
     conn: &mut AsyncPgConnection,
     account: AccountRef,
     currency: Currency,
 ) -> Result<LedgerAccountId, diesel::result::Error> {
-    if let Some(id) = find_account(conn, account, currency).await? {
+    stripe_id(conn, account, currency, 0).await
+}
+
+async fn stripe_id(
+    conn: &mut AsyncPgConnection,
+    account: AccountRef,
+    currency: Currency,
+    stripe: i16,
+) -> Result<LedgerAccountId, diesel::result::Error> {
+    if let Some(id) = find_account(conn, account, currency, stripe).await? {
         return Ok(id);
     }
     diesel::insert_into(ledger_accounts::table)
@@ -95,11 +123,12 @@ pub async fn account_id(
             ledger_accounts::user_id.eq(account.user),
             ledger_accounts::kind.eq(account.kind),
             ledger_accounts::currency.eq(currency),
+            ledger_accounts::stripe.eq(stripe),
         ))
         .on_conflict_do_nothing()
         .execute(conn)
         .await?;
-    find_account(conn, account, currency)
+    find_account(conn, account, currency, stripe)
         .await?
         .ok_or(diesel::result::Error::NotFound)
 }
@@ -108,10 +137,12 @@ async fn find_account(
     conn: &mut AsyncPgConnection,
     account: AccountRef,
     currency: Currency,
+    stripe: i16,
 ) -> Result<Option<LedgerAccountId>, diesel::result::Error> {
     let mut q = ledger_accounts::table
         .filter(ledger_accounts::kind.eq(account.kind))
         .filter(ledger_accounts::currency.eq(currency))
+        .filter(ledger_accounts::stripe.eq(stripe))
         .select(ledger_accounts::id)
         .into_boxed();
     q = match account.user {
@@ -121,12 +152,29 @@ async fn find_account(
     q.first(conn).await.optional()
 }
 
-/// A balance (credits minus debits); zero for an account never used.
+/// A balance (credits minus debits); zero for an account never used. A
+/// platform account's is the sum of its stripes.
 pub async fn balance(
     conn: &mut AsyncPgConnection,
     account: AccountRef,
     currency: Currency,
 ) -> Result<i64, diesel::result::Error> {
+    if account.kind.is_platform() {
+        #[derive(QueryableByName)]
+        struct Sum {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let sum: Sum = diesel::sql_query(
+            "SELECT COALESCE(sum(balance_minor), 0)::bigint AS n FROM ledger_accounts
+              WHERE user_id IS NULL AND kind = $1 AND currency = $2",
+        )
+        .bind::<diesel::sql_types::Text, _>(account.kind.as_str())
+        .bind::<diesel::sql_types::Text, _>(currency.as_str())
+        .get_result(conn)
+        .await?;
+        return Ok(sum.n);
+    }
     let id = account_id(conn, account, currency).await?;
     ledger_accounts::table
         .find(id)
@@ -160,8 +208,8 @@ pub enum Posted {
 /// Posts a transfer inside the caller's transaction. Idempotent by id.
 pub async fn post(conn: &mut AsyncPgConnection, t: &Transfer) -> Result<Posted, LedgerError> {
     let (amount, currency) = (t.amount.amount_minor(), t.amount.currency());
-    let debit = account_id(conn, t.from, currency).await?;
-    let credit = account_id(conn, t.to, currency).await?;
+    let debit = stripe_id(conn, t.from, currency, stripe_for(t.from, t)).await?;
+    let credit = stripe_id(conn, t.to, currency, stripe_for(t.to, t)).await?;
     let inserted = diesel::insert_into(ledger_transfers::table)
         .values((
             ledger_transfers::id.eq(&t.id),
@@ -376,14 +424,108 @@ struct Detail {
     detail: String,
 }
 
+#[derive(QueryableByName)]
+struct Point {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    snapshot: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    xmin: String,
+}
+
+/// The transfers (`t`) and rewards (`r`) a reconciliation looks at: those
+/// written since the verified point, or all of them.
+fn since(point: Option<&Point>, alias: &str) -> String {
+    match point {
+        // The snapshot's text form is digits and colons only: read from the
+        // database, never from outside.
+        Some(p) => format!(
+            "{alias}.xact >= '{}'::xid8 AND NOT pg_visible_in_snapshot({alias}.xact, '{}'::pg_snapshot)",
+            p.xmin, p.snapshot
+        ),
+        None => "true".to_owned(),
+    }
+}
+
 /// Checks every ledger invariant; returns what is broken (empty when sound).
+///
+/// Incremental: balances are checked against the transfer sums verified at
+/// the last point plus the transfers written since, and only rewards written
+/// since are checked for their credit. When nothing is broken this becomes
+/// the new verified point. Runs in its own repeatable-read transaction (one
+/// snapshot for every check); two runs at once cannot both advance the point
+/// (the loser fails with a serialization error and moves nothing).
 pub async fn reconcile(conn: &mut AsyncPgConnection) -> Result<Vec<Breach>, diesel::result::Error> {
+    conn.build_transaction()
+        .repeatable_read()
+        .run(async |conn| {
+            let point: Option<Point> = diesel::sql_query(
+                "SELECT snapshot::text AS snapshot, pg_snapshot_xmin(snapshot)::text AS xmin
+                   FROM ledger_verified_point",
+            )
+            .get_result(conn)
+            .await
+            .optional()?;
+            let breaches = checks(conn, point.as_ref()).await?;
+            if breaches.is_empty() {
+                advance(conn, point.as_ref()).await?;
+            }
+            Ok(breaches)
+        })
+        .await
+}
+
+/// Checks every invariant over the whole ledger, ignoring (and not moving)
+/// the verified point: for an operator who suspects a stored transfer.
+pub async fn reconcile_all(
+    conn: &mut AsyncPgConnection,
+) -> Result<Vec<Breach>, diesel::result::Error> {
+    conn.build_transaction()
+        .repeatable_read()
+        .read_only()
+        .run(async |conn| checks(conn, None).await)
+        .await
+}
+
+/// Per account: what its transfers in scope add up to (credits minus debits).
+fn deltas(point: Option<&Point>) -> String {
+    format!(
+        "SELECT id, sum(delta) AS delta FROM (
+                SELECT credit_account_id AS id, amount_minor AS delta FROM ledger_transfers t WHERE {w}
+                UNION ALL
+                SELECT debit_account_id, -amount_minor FROM ledger_transfers t WHERE {w}) x
+          GROUP BY id",
+        w = since(point, "t")
+    )
+}
+
+async fn checks(
+    conn: &mut AsyncPgConnection,
+    point: Option<&Point>,
+) -> Result<Vec<Breach>, diesel::result::Error> {
+    // Without a point nothing was verified: every sum starts at zero.
+    let verified = if point.is_some() {
+        "COALESCE(v.sum_minor, 0)"
+    } else {
+        "0"
+    };
+    let matches = format!(
+        "WITH d AS ({deltas})
+         SELECT a.id::text || ' (' || a.kind || ') holds ' || a.balance_minor || ' but its transfers give '
+                || ({verified} + COALESCE(d.delta, 0)) AS detail
+           FROM ledger_accounts a
+           LEFT JOIN ledger_verified_sums v ON v.account_id = a.id
+           LEFT JOIN d ON d.id = a.id
+          WHERE a.balance_minor <> {verified} + COALESCE(d.delta, 0)",
+        deltas = deltas(point)
+    );
     let no_credit = format!(
         "SELECT 'purchase ' || r.purchase_id::text || ' reward ' || r.id::text || ' has no credit transfer' AS detail
            FROM rewards r
-          WHERE r.status IN ({}) AND r.amount_minor > 0
-            AND NOT EXISTS (SELECT 1 FROM ledger_transfers t WHERE t.reward_id = r.id AND t.kind = 'reward_credit')",
-        RewardStatus::sql_list(&RewardStatus::CREDITED)
+          WHERE {since} AND r.status IN ({}) AND r.amount_minor > 0
+            AND NOT EXISTS (SELECT 1 FROM ledger_transfers t
+                             WHERE t.purchase_id = r.purchase_id AND t.reward_id = r.id AND t.kind = 'reward_credit')",
+        RewardStatus::sql_list(&RewardStatus::CREDITED),
+        since = since(point, "r"),
     );
     let checks: [(&'static str, &str); 4] = [
         (
@@ -391,15 +533,7 @@ pub async fn reconcile(conn: &mut AsyncPgConnection) -> Result<Vec<Breach>, dies
             "SELECT currency || ': accounts sum to ' || sum(balance_minor) AS detail
                FROM ledger_accounts GROUP BY currency HAVING sum(balance_minor) <> 0",
         ),
-        (
-            "balance_matches_transfers",
-            "SELECT a.id::text || ' (' || a.kind || ') holds ' || a.balance_minor || ' but its transfers give '
-                    || (COALESCE(c.s, 0) - COALESCE(d.s, 0)) AS detail
-               FROM ledger_accounts a
-               LEFT JOIN (SELECT credit_account_id AS id, sum(amount_minor) AS s FROM ledger_transfers GROUP BY 1) c ON c.id = a.id
-               LEFT JOIN (SELECT debit_account_id AS id, sum(amount_minor) AS s FROM ledger_transfers GROUP BY 1) d ON d.id = a.id
-              WHERE a.balance_minor <> COALESCE(c.s, 0) - COALESCE(d.s, 0)",
-        ),
+        ("balance_matches_transfers", &matches),
         (
             "user_balances_not_negative",
             "SELECT id::text || ' (' || kind || ') is ' || balance_minor AS detail FROM ledger_accounts
@@ -417,4 +551,40 @@ pub async fn reconcile(conn: &mut AsyncPgConnection) -> Result<Vec<Breach>, dies
         }));
     }
     Ok(out)
+}
+
+/// Makes this transaction's snapshot the verified point, adding the
+/// transfers written since the previous one to the verified sums. The point
+/// row is written first: a concurrent run that already moved it makes this
+/// one fail (repeatable read) before anything is counted twice.
+async fn advance(
+    conn: &mut AsyncPgConnection,
+    point: Option<&Point>,
+) -> Result<(), diesel::result::Error> {
+    let moved = match point {
+        Some(p) => diesel::sql_query(
+            "UPDATE ledger_verified_point SET snapshot = pg_current_snapshot(), verified_at = now()
+                  WHERE snapshot::text = $1",
+        )
+        .bind::<diesel::sql_types::Text, _>(&p.snapshot)
+        .execute(conn)
+        .await?,
+        None => diesel::sql_query(
+            "INSERT INTO ledger_verified_point (id, snapshot) VALUES (true, pg_current_snapshot())",
+        )
+        .execute(conn)
+        .await?,
+    };
+    if moved != 1 {
+        return Err(diesel::result::Error::NotFound);
+    }
+    diesel::sql_query(format!(
+        "INSERT INTO ledger_verified_sums (account_id, sum_minor)
+         SELECT id, delta FROM ({}) d
+         ON CONFLICT (account_id) DO UPDATE SET sum_minor = ledger_verified_sums.sum_minor + EXCLUDED.sum_minor",
+        deltas(point)
+    ))
+    .execute(conn)
+    .await?;
+    Ok(())
 }

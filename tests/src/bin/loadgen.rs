@@ -13,6 +13,11 @@
 //! `loadgen sweeper --database-url DB --sizes 10000,1000000 --runs R` (the
 //! sweeper's due-attribution query, timed at each table size; grows the table
 //! of a migrated database in place)
+//! `loadgen reconcile --database-url DB --sizes 100000,10000000 --runs R` (the
+//! ledger reconciliation timed at each ledger size, from scratch and since
+//! its last verified point with 1,000 transfers written since; grows the
+//! ledger of a migrated database in place, one `INSERT … SELECT
+//! generate_series` per million transfers)
 
 use std::{
     sync::{
@@ -50,8 +55,9 @@ async fn main() -> anyhow::Result<()> {
         "stats" => stats().await,
         "sweeper" => sweeper().await,
         "abuse" => abuse().await,
+        "reconcile" => reconcile().await,
         other => anyhow::bail!(
-            "unknown mode {other:?}; expected `webhooks`, `e2e`, `stats`, `abuse` or `sweeper`"
+            "unknown mode {other:?}; expected `webhooks`, `e2e`, `stats`, `abuse`, `sweeper` or `reconcile`"
         ),
     }
 }
@@ -688,6 +694,113 @@ async fn sweeper() -> anyhow::Result<()> {
             "purchases": size, "batch": found, "runs": runs, "uses_index": uses_index,
             "median_ms": percentile(&ms, 0.5), "min_ms": ms[0], "max_ms": ms[ms.len() - 1],
             "without_index_ms": without_index,
+        }));
+    }
+    println!("{}", json!({ "sizes": out }));
+    Ok(())
+}
+
+/// The ledger reconciliation timed at growing ledger sizes (see the module doc).
+async fn reconcile() -> anyhow::Result<()> {
+    use clicknback_core::{
+        models::user::Role,
+        money::{Currency, Money},
+        services::{
+            ledger::{self, AccountKind, AccountRef, Transfer},
+            users,
+        },
+    };
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    let database = arg("--database-url", "");
+    let runs: usize = arg("--runs", "5").parse::<usize>()?.max(1);
+    let sizes: Vec<i64> = arg("--sizes", "100000,10000000")
+        .split(',')
+        .map(|s| s.trim().parse())
+        .collect::<Result<_, _>>()?;
+    let mut conn = AsyncPgConnection::establish(&database).await?;
+    let eur = Currency::parse("EUR")?;
+    let user = users::create(
+        &mut conn,
+        "ledger-bench@example.com",
+        "password-123",
+        Role::User,
+    )
+    .await?
+    .id;
+    // One credit through the ledger creates both accounts.
+    ledger::post(
+        &mut conn,
+        &Transfer {
+            id: "bench:first".into(),
+            from: AccountRef::platform(AccountKind::CashbackExpense),
+            to: AccountRef::user(user, AccountKind::Pending),
+            amount: Money::new(1, eur)?,
+            kind: "bench",
+            user_id: Some(user),
+            purchase_id: None,
+            reward_id: None,
+            payout_id: None,
+        },
+    )
+    .await?;
+    // Transfers between the two accounts the first credit used, their
+    // balances moved in the same statement's transaction.
+    let grow = |from: i64, n: i64| {
+        format!(
+            "WITH d AS (SELECT debit_account_id AS debit, credit_account_id AS credit
+                          FROM ledger_transfers WHERE id = 'bench:first'),
+                  ins AS (INSERT INTO ledger_transfers (id, debit_account_id, credit_account_id, amount_minor, currency, kind, user_id)
+                          SELECT 'bench:' || ({from} + g), d.debit, d.credit, 1 + g % 7, 'EUR', 'bench', '{user}'
+                            FROM d, generate_series(1, {n}) g
+                          RETURNING debit_account_id, credit_account_id, amount_minor),
+                  s AS (SELECT debit_account_id AS debit, credit_account_id AS credit, sum(amount_minor) AS total
+                          FROM ins GROUP BY 1, 2)
+             UPDATE ledger_accounts a SET balance_minor = a.balance_minor
+                    + CASE WHEN a.id = s.credit THEN s.total ELSE -s.total END
+               FROM s WHERE a.id IN (s.debit, s.credit)"
+        )
+    };
+    let mut filled: i64 = 1;
+    let mut out = Vec::new();
+    for size in sizes {
+        let started = Instant::now();
+        while filled < size {
+            let chunk = (size - filled).min(1_000_000);
+            diesel::sql_query(grow(filled, chunk))
+                .execute(&mut conn)
+                .await?;
+            filled += chunk;
+            eprintln!("    reconcile: {filled}/{size} transfers in the ledger");
+        }
+        let generate_s = started.elapsed().as_secs_f64();
+        diesel::sql_query("VACUUM ANALYZE ledger_transfers")
+            .execute(&mut conn)
+            .await?;
+        let t = Instant::now();
+        let full = ledger::reconcile_all(&mut conn).await?;
+        let full_ms = t.elapsed().as_secs_f64() * 1_000.0;
+        anyhow::ensure!(full.is_empty(), "the bench ledger is broken: {full:?}");
+        // Verifies everything once and takes the point.
+        let t = Instant::now();
+        ledger::reconcile(&mut conn).await?;
+        let first_ms = t.elapsed().as_secs_f64() * 1_000.0;
+        let mut ms = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            diesel::sql_query(grow(filled, 1_000))
+                .execute(&mut conn)
+                .await?;
+            filled += 1_000;
+            let t = Instant::now();
+            let breaches = ledger::reconcile(&mut conn).await?;
+            ms.push(t.elapsed().as_secs_f64() * 1_000.0);
+            anyhow::ensure!(breaches.is_empty(), "breaches: {breaches:?}");
+        }
+        ms.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        out.push(json!({
+            "transfers": size, "generate_s": generate_s, "full_ms": full_ms,
+            "first_incremental_ms": first_ms, "runs": runs,
+            "incremental_median_ms": percentile(&ms, 0.5), "incremental_min_ms": ms[0],
+            "incremental_max_ms": ms[ms.len() - 1],
         }));
     }
     println!("{}", json!({ "sizes": out }));

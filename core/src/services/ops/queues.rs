@@ -292,42 +292,66 @@ pub async fn delete_from_redis<C: ConnectionLike>(
     Ok(removed > 0)
 }
 
-/// Removes finished jobs older than `before` from Redis, at most `max` per call.
+/// Removes finished jobs from Redis: those that finished before `before`,
+/// and beyond the newest `keep` of the queue whatever their age; at most
+/// `max` per call. Returns how many went.
 pub async fn prune_done<C: ConnectionLike>(
     redis: &mut C,
     namespace: &str,
     queue: Queue,
     before: DateTime<Utc>,
+    keep: usize,
     max: usize,
 ) -> Result<usize, OpsError> {
     let cfg = queues::storage_config(namespace, queue);
+    // Every finished id with when it finished (none: taken as oldest).
+    let mut done: Vec<(i64, String)> = Vec::new();
     let mut cursor: u64 = 0;
-    let mut pruned = 0;
     loop {
         let (next, ids): (u64, Vec<String>) = redis::cmd("SSCAN")
             .arg(cfg.done_jobs_set())
             .arg(cursor)
             .arg("COUNT")
-            .arg(500)
+            .arg(1_000)
             .query_async(redis)
             .await?;
-        for id in ids {
-            let done_at: Option<i64> = redis::cmd("HGET")
-                .arg(format!("{}:{id}", cfg.job_meta_hash()))
-                .arg("done_at")
-                .query_async(redis)
-                .await?;
-            if done_at.is_none_or(|t| t < before.timestamp()) {
-                delete_from_redis(redis, namespace, queue, &id).await?;
-                pruned += 1;
-                if pruned >= max {
-                    return Ok(pruned);
-                }
+        if !ids.is_empty() {
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                pipe.hget(format!("{}:{id}", cfg.job_meta_hash()), "done_at");
             }
+            let at: Vec<Option<i64>> = pipe.query_async(redis).await?;
+            done.extend(ids.into_iter().zip(at).map(|(id, t)| (t.unwrap_or(0), id)));
         }
         if next == 0 {
-            return Ok(pruned);
+            break;
         }
         cursor = next;
     }
+    // Newest first: the first `keep` young enough stay.
+    done.sort_unstable_by(|a, b| b.cmp(a));
+    let doomed: Vec<String> = done
+        .into_iter()
+        .enumerate()
+        .filter(|(i, (at, _))| *i >= keep || *at < before.timestamp())
+        .map(|(_, (_, id))| id)
+        .take(max)
+        .collect();
+    for chunk in doomed.chunks(500) {
+        let mut pipe = redis::pipe();
+        for id in chunk {
+            pipe.cmd("EVAL")
+                .arg(DELETE_JOB)
+                .arg(5)
+                .arg(cfg.scheduled_jobs_set())
+                .arg(cfg.active_jobs_list())
+                .arg(cfg.done_jobs_set())
+                .arg(cfg.dead_jobs_set())
+                .arg(cfg.job_data_hash())
+                .arg(format!("{}:{id}", cfg.job_meta_hash()))
+                .arg(id);
+        }
+        let _: Vec<i64> = pipe.query_async(redis).await?;
+    }
+    Ok(doomed.len())
 }
