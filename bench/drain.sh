@@ -11,6 +11,9 @@
 #   idle     a worker with default settings left idle: its CPU use over
 #            IDLE_SECONDS (10), then the pickup latency of one job at a time
 #            (outbox insert to finished), IDLE_JOBS (5) times.
+#   cluster  the drain (tuned settings) on a real 3-primary Redis Cluster
+#            started from the installed redis-server, beside the single-Redis
+#            drain of the same run.
 #   backlog  a backlog of BACKLOG_JOBS due jobs plus BURST_JOBS jobs that fail
 #            once and whose retries fall due together: everything drains.
 
@@ -22,12 +25,16 @@ fill_noop() { # count fail_times
       FROM generate_series(1, $1) g" >/dev/null
 }
 
-done_count() { redis-cli -p "$REDIS_PORT" scard "$1:maintenance:done"; }
+# redis-cli for the Redis under test: REDIS_CLI_ARGS ("-c -p PORT" on a cluster).
+rcli() { redis-cli ${REDIS_CLI_ARGS:--p "$REDIS_PORT"} "$@"; }
+
+# A queue's keys carry the hash tag of core/src/queues.rs (QUEUE_HASH_TAG).
+done_count() { rcli scard "$1:maintenance{core:apalis:queues:list}:done"; }
 
 # Runs a worker until the maintenance queue's done set reaches $2; prints
 # "seconds peak_kib", timed from the first finished job (process start-up
 # excluded) to the last.
-used_memory() { redis-cli -p "$REDIS_PORT" info memory | awk -F: '/^used_memory:/ {print $2+0}'; }
+used_memory() { rcli info memory | awk -F: '/^used_memory:/ {print $2+0}'; }
 
 # The benchmark's tuned worker settings; `default` runs with none of them.
 TUNED=(QUEUE_CONCURRENCY_MAINTENANCE="${DRAIN_CONCURRENCY:-64}" JOB_FETCH_BATCH="${DRAIN_BATCH:-100}"
@@ -60,7 +67,8 @@ run_worker_until() { # namespace target [tuned|default]
   end=$(date +%s.%N)
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
   mem1=$(used_memory)
-  redis-cli -p "$REDIS_PORT" --scan --pattern "$ns:*" | xargs -r -n 500 redis-cli -p "$REDIS_PORT" del >/dev/null
+  [ -z "${REDIS_CLI_ARGS:-}" ] &&
+    redis-cli -p "$REDIS_PORT" --scan --pattern "$ns:*" | xargs -r -n 500 redis-cli -p "$REDIS_PORT" del >/dev/null
   # The jobs finished before the first observation are credited at the same rate.
   echo "$(python3 -c "d=$end-$start; print(round(d * $target / ($target - $first), 3))") $peak $(( mem1 - mem0 ))"
 }
@@ -80,6 +88,20 @@ bench_drain() {
       | awk -F'","' '/^"LPUSH/ {p=$2} /^"RPOP/ {q=$2} END {print p, q}')
     echo "{\"jobs\": $n, \"seconds\": $secs, \"per_second\": $(python3 -c "print(round($n / $secs, 1))"), \"peak_kib\": $peak, \"redis_lpush\": ${raw% *}, \"redis_rpop\": ${raw#* }, \"redis_bytes_finished\": $redis_bytes, \"default_seconds\": $dsecs, \"default_per_second\": $(python3 -c "print(round($n / $dsecs, 1))"), \"default_peak_kib\": $dpeak}" >>"$WORK/drain.jsonl"
   done
+}
+
+bench_drain_cluster() {
+  local n="${DRAIN_JOBS:-20000}" port="${BENCH_CLUSTER_PORT:-7350}"
+  start_redis_cluster "$port"
+  for i in $(seq 1 "$RUNS"); do
+    log "drain on a Redis Cluster: run $i/$RUNS ($n no-op jobs)"
+    psql "$DB_URL" -qc "TRUNCATE outbox" >/dev/null
+    fill_noop "$n" 0
+    read -r secs peak _ < <(REDIS_CLI_ARGS="-c -p $port" REDIS_URL="$REDIS_CLUSTER_URL" \
+      run_worker_until "cdrain$$-$i" "$n")
+    echo "{\"jobs\": $n, \"seconds\": $secs, \"per_second\": $(python3 -c "print(round($n / $secs, 1))"), \"peak_kib\": $peak}" >>"$WORK/drain_cluster.jsonl"
+  done
+  stop_redis_cluster
 }
 
 bench_backlog() {
@@ -123,6 +145,7 @@ bench_idle() {
     sleep 1
   done
   stop_recording "$pid" "worker, idle"
-  redis-cli -p "$REDIS_PORT" --scan --pattern "$ns:*" | xargs -r -n 500 redis-cli -p "$REDIS_PORT" del >/dev/null
+  [ -z "${REDIS_CLI_ARGS:-}" ] &&
+    redis-cli -p "$REDIS_PORT" --scan --pattern "$ns:*" | xargs -r -n 500 redis-cli -p "$REDIS_PORT" del >/dev/null
   echo "{\"idle_seconds\": $secs, \"idle_cpu_percent\": $cpu, \"pickup_ms\": [$(IFS=,; echo "${lat[*]}")]}" >"$WORK/idle.json"
 }

@@ -67,6 +67,16 @@ if drain:
         line(f"Redis per million finished jobs (from {d['jobs']:,}, extrapolated)", per_million, "MiB")
     line("worker peak memory", {k: v / 1024 for k, v in d["peak_kib"].items()}, "MiB")
     line("raw Redis LPUSH", d["redis_lpush"], "ops/s", "{:.0f}")
+cluster_drain = rows("drain_cluster.jsonl")
+if cluster_drain:
+    c = {k: summary(cluster_drain, k) for k in ("per_second", "seconds", "peak_kib")}
+    c["jobs"] = cluster_drain[0]["jobs"]
+    result["drain_cluster"] = c
+    line(f"worker drain of {c['jobs']} jobs on a 3-primary Redis Cluster, tuned", c["per_second"], "jobs/s",
+         path=("drain_cluster", "per_second"))
+    if drain:
+        table.append(("drain cluster / single Redis",
+                      f"{c['per_second']['median'] / result['drain']['per_second']['median']:.2f} x", ""))
     line("raw Redis RPOP", d["redis_rpop"], "ops/s", "{:.0f}")
     table.append(("worker / raw RPOP", f"{d['ratio_worker_over_redis_rpop']:.3f} x", ""))
 idle = json.load(open(os.path.join(work, "idle.json"))) if os.path.exists(os.path.join(work, "idle.json")) else {}

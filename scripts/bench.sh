@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Benchmarks: ./scripts/bench.sh [webhooks] [drain] [idle] [backlog] [e2e] [hotpaths]
-# [sweeper] [reconcile] [abuse] (default: all).
+# Benchmarks: ./scripts/bench.sh [webhooks] [drain] [cluster] [idle] [backlog] [e2e]
+# [hotpaths] [sweeper] [reconcile] [abuse] (default: all).
 # Each figure is the median of BENCH_RUNS runs (default 3) with its min–max;
 # results are printed as one table and written as JSON under bench-results/
 # so a later run can be compared.
@@ -9,6 +9,8 @@
 #             p50/p99), beside the same SQL statements run directly by pgbench.
 #   drain     20,000 small jobs drained by one worker (jobs/s, peak memory),
 #             beside raw Redis push/pop throughput.
+#   cluster   the tuned drain on a real 3-primary Redis Cluster (ports from
+#             BENCH_CLUSTER_PORT, 7350), beside the single-Redis drain.
 #   backlog   100,000 due jobs plus 20,000 failing once, retries due together.
 #   e2e       purchases of E2E_SHOPPERS shoppers ingested with
 #             ATTRIBUTION_DELAY_SECS=0 until all are credited by a worker
@@ -34,7 +36,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
-SECTIONS="${*:-webhooks drain idle backlog e2e hotpaths sweeper reconcile abuse}"
+SECTIONS="${*:-webhooks drain cluster idle backlog e2e hotpaths sweeper reconcile abuse}"
 want() { case " $SECTIONS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 RUNS="${BENCH_RUNS:-3}"
 REQUESTS="${BENCH_REQUESTS:-4000}"
@@ -115,6 +117,7 @@ touch "$WORK/api.jsonl" "$WORK/sql.jsonl" "$WORK/drain.jsonl" "$WORK/e2e.jsonl" 
 echo '{}' >"$WORK/backlog.json"
 echo '{}' >"$WORK/idle.json"
 want drain && bench_drain
+want cluster && bench_drain_cluster
 want idle && bench_idle
 want backlog && bench_backlog
 

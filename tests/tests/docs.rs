@@ -278,3 +278,18 @@ fn docker_compose_config_accepts_the_stack_and_requires_its_secrets() {
     }
     let _ = fs::remove_file(&empty);
 }
+
+#[test]
+fn scripts_and_the_readme_name_the_queue_keys_the_product_writes() {
+    use clicknback_core::{jobs::Queue, queues::storage_config};
+    let done = storage_config("$1", Queue::Maintenance).done_jobs_set();
+    assert!(
+        workspace_file("bench/drain.sh").contains(&format!("\"{done}\"")),
+        "bench/drain.sh counts finished jobs in {done}"
+    );
+    let scheduled = storage_config("clicknback", Queue::Attribution).scheduled_jobs_set();
+    assert!(
+        workspace_file("README.md").contains(&scheduled),
+        "the README shows {scheduled}"
+    );
+}
