@@ -89,6 +89,11 @@ async fn a_purchase_timeline_lists_everything_that_happened_to_it_in_order() {
     let reviewed = position(&entries, "reviewed", |d| {
         d["review"] == "approved" && d["reviewer"] == w.admin_email
     });
+    // The reviewer's explanation, or why there is none yet.
+    let explained = position(&entries, "fraud_explained", |d| {
+        ["pending", "done", "failed", "disabled"].contains(&d["status"].as_str().unwrap_or(""))
+    });
+    assert!(explained > scored, "explained after it was flagged");
     let credit = position(&entries, "ledger_transfer", |d| {
         d["kind"] == "reward_credit" && d["to"] == "pending" && d["amount_minor"] == CASHBACK
     });

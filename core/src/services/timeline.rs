@@ -63,6 +63,10 @@ text_enum! {
         JobRun = "job_run",
         /// A reward written by attribution, with its fraud score and reasons.
         FraudScored = "fraud_scored",
+        /// The explanation of a flagged reward for its reviewer (`status`:
+        /// `done` with `text` and `model`, or why there is none: `pending`,
+        /// `failed`, `disabled`).
+        FraudExplained = "fraud_explained",
         /// An admin's review of a flagged reward (`review`, `reviewer`).
         Reviewed = "reviewed",
         /// A ledger transfer of the purchase's money.
@@ -504,6 +508,21 @@ async fn rewards_and_reviews(
                    "fraud_score": r.fraud_score, "fraud_reasons": r.fraud_reasons,
                    "flagged": r.flagged, "status": r.status}),
         ));
+        if r.flagged {
+            let e = super::explanations::state_of(conn, r.id).await?;
+            if let Some(status) = e.status {
+                out.push(entry(
+                    e.explained_at.unwrap_or(r.created_at),
+                    EntryKind::FraudExplained,
+                    match &e.text {
+                        Some(text) => format!("fraud explanation: {text}"),
+                        None => format!("fraud explanation: {status}"),
+                    },
+                    json!({"reward_id": r.id, "status": status, "text": e.text,
+                           "model": e.model, "explained_at": e.explained_at}),
+                ));
+            }
+        }
         if let (Some(review), Some(at)) = (r.review, r.reviewed_at) {
             let reviewer: Option<String> = match r.reviewed_by {
                 Some(u) => users::table
