@@ -67,6 +67,8 @@ if drain:
         line(f"Redis per million finished jobs (from {d['jobs']:,}, extrapolated)", per_million, "MiB")
     line("worker peak memory", {k: v / 1024 for k, v in d["peak_kib"].items()}, "MiB")
     line("raw Redis LPUSH", d["redis_lpush"], "ops/s", "{:.0f}")
+    line("raw Redis RPOP", d["redis_rpop"], "ops/s", "{:.0f}")
+    table.append(("worker / raw RPOP", f"{d['ratio_worker_over_redis_rpop']:.3f} x", ""))
 cluster_drain = rows("drain_cluster.jsonl")
 if cluster_drain:
     c = {k: summary(cluster_drain, k) for k in ("per_second", "seconds", "peak_kib")}
@@ -77,8 +79,6 @@ if cluster_drain:
     if drain:
         table.append(("drain cluster / single Redis",
                       f"{c['per_second']['median'] / result['drain']['per_second']['median']:.2f} x", ""))
-    line("raw Redis RPOP", d["redis_rpop"], "ops/s", "{:.0f}")
-    table.append(("worker / raw RPOP", f"{d['ratio_worker_over_redis_rpop']:.3f} x", ""))
 idle = json.load(open(os.path.join(work, "idle.json"))) if os.path.exists(os.path.join(work, "idle.json")) else {}
 if idle:
     result["idle"] = idle
