@@ -110,9 +110,12 @@ def main():
     step("merchant and offer")
     _, m = call("POST", "/v1/admin/merchants", {"name": f"Demo Outdoor Store {run}"}, admin)
     mid, secret, pk = m["id"], m["webhook_secret"], m["publishable_key"]
-    call("POST", f"/v1/admin/merchants/{mid}/offers",
-         {"name": "8% back", "rate_bps": 800, "max_cashback_minor": 4000, "active": True}, admin)
-    print(f"    merchant {mid} with an 8% offer")
+    status, offer = call("POST", f"/v1/admin/merchants/{mid}/offers",
+                         {"name": "8% back", "rate_bps": 800, "max_cashback_minor": 4000,
+                          "currency": "EUR", "active": True}, admin)
+    if status != 201:
+        sys.exit(f"creating the offer failed: {status} {offer}")
+    print(f"    merchant {mid} with an 8% offer (at most 40.00 EUR a purchase)")
     time.sleep(1.1)  # purchases are stamped to the second; start after the offer
 
     step(f"{args.shoppers} shoppers register, click a referral link and sign in")
