@@ -544,7 +544,10 @@ async fn checks(
     ];
     let mut out = Vec::new();
     for (check, sql) in checks {
-        let rows: Vec<Detail> = diesel::sql_query(sql).load(conn).await?;
+        let mut rows: Vec<Detail> = diesel::sql_query(sql).load(conn).await?;
+        // One order for one ledger, whatever plan PostgreSQL picks: reports
+        // of two runs compare line by line.
+        rows.sort_by(|a, b| a.detail.cmp(&b.detail));
         out.extend(rows.into_iter().map(|r| Breach {
             check,
             detail: r.detail,
