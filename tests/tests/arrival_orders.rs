@@ -73,7 +73,7 @@ async fn scene() -> Scene {
     let api = app.api_process(&[("ATTRIBUTION_DELAY_SECS", "3")]).await;
     let worker = app.worker(&[]);
     let client = Client {
-        http: reqwest::Client::new(),
+        http: clicknback_tests::procs::http_client(),
         base: api.base.clone(),
     };
     Scene {

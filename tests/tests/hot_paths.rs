@@ -129,7 +129,7 @@ async fn a_read_that_raced_an_invalidation_does_not_store_the_old_value() {
 
 /// Sends `n` signed purchases to `base`; returns the responses.
 async fn blast(base: &str, mid: &str, secret: &str, n: usize, tag: &str) -> Vec<reqwest::Response> {
-    let client = reqwest::Client::new();
+    let client = clicknback_tests::procs::http_client();
     let mut out = Vec::new();
     for i in 0..n {
         let body = serde_json::to_vec(&purchase_body(&format!("{tag}-{i}"), 1_000)).unwrap();

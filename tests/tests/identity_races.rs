@@ -51,7 +51,7 @@ async fn scene() -> Scene {
     ]);
     Scene {
         app,
-        http: reqwest::Client::new(),
+        http: clicknback_tests::procs::http_client(),
         base: api.base.clone(),
         mid,
         secret,

@@ -60,7 +60,7 @@ async fn scene() -> Scene {
         .await;
     let s = Scene {
         app,
-        http: reqwest::Client::new(),
+        http: clicknback_tests::procs::http_client(),
         api,
         mid,
         secret,

@@ -583,7 +583,7 @@ async fn a_full_hash_queue_answers_503_at_once() {
             ("METRICS_ADDR", "off"),
         ])
         .await;
-    let client = reqwest::Client::new();
+    let client = clicknback_tests::procs::http_client();
     let calls = (0..24).map(|i| {
         let (client, base) = (client.clone(), api.base.clone());
         async move {
@@ -1285,7 +1285,7 @@ async fn metrics_are_bounded_and_served_apart_from_the_api() {
     let api = app
         .api_process(&[("METRICS_GAUGE_REFRESH_SECS", "3600")])
         .await;
-    let client = reqwest::Client::new();
+    let client = clicknback_tests::procs::http_client();
     let on_api = client
         .get(format!("{}/metrics", api.base))
         .send()
@@ -1426,7 +1426,7 @@ async fn slow_clients_and_floods_hold_nothing_for_long() {
         stuck.push(s);
     }
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let client = reqwest::Client::new();
+    let client = clicknback_tests::procs::http_client();
     let t = std::time::Instant::now();
     let shed = client
         .get(format!("{}/v1/me", api.base))

@@ -101,7 +101,7 @@ async fn a_shopper_goes_from_a_referral_link_to_cashback_in_the_wallet() {
     let api_process = app.api_process(&immediate).await;
     let _worker = app.worker(&[("ATTRIBUTION_DELAY_SECS", "0"), ("SMTP_URL", &smtp.url())]);
     let api = Api {
-        http: reqwest::Client::new(),
+        http: clicknback_tests::procs::http_client(),
         base: api_process.base.clone(),
     };
 
