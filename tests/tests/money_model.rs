@@ -171,15 +171,23 @@ fn case(max_extra: usize) -> impl Strategy<Value = Case> {
 }
 
 /// Runs `cases` generated sequences on a database and a `TestApp` of their
-/// own, each sequence with merchants, shoppers and orders of its own.
-fn run_sequences(cases: u32) {
+/// own, each sequence with merchants, shoppers and orders of its own; with
+/// `binaries`, against the `clicknback-api` and `clicknback-worker` binaries
+/// as child processes, the faults real process kills and restarts.
+fn run_sequences(cases: u32, binaries: bool) {
     let max_extra = env_usize(&["MONEY_MODEL_EXTRA_STEPS"], 8);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    let driver = rt.block_on(Driver::new());
+    let driver = rt.block_on(async {
+        if binaries {
+            Driver::with_binaries().await
+        } else {
+            Driver::new().await
+        }
+    });
     let mut runner = TestRunner::new(Config {
         cases,
         max_shrink_iters: 150,
@@ -217,6 +225,13 @@ fn run_sequences(cases: u32) {
         "money model: purchases by final status {:?}",
         seen.into_inner().expect("tally")
     );
+    if let Some(t) = driver.tally() {
+        eprintln!(
+            "money model: workers killed {} ({} with a job of the step unfinished in Redis), \
+             stopped {}, jobs lost {}, queues flushed {}, jobs relayed again {}",
+            t.kills, t.kills_with_open_jobs, t.stops, t.lost_jobs, t.flushes, t.rerelayed
+        );
+    }
     rt.block_on(async move { drop(driver) });
     if let Err(e) = result {
         panic!("{e}");
@@ -235,12 +250,25 @@ const DEFAULT_CASES: usize = 200;
 
 #[test]
 fn money_converges_to_what_the_model_says() {
-    run_sequences(cases_per_test());
+    run_sequences(cases_per_test(), false);
 }
 
 #[test]
 fn money_converges_to_what_the_model_says_in_parallel() {
-    run_sequences(cases_per_test());
+    run_sequences(cases_per_test(), false);
+}
+
+/// The same sequences against the binaries built next to this test (the
+/// release ones under `cargo test --release`): `MONEY_MODEL_CASES`
+/// sequences (default 100), the faults real SIGKILLs, SIGTERMs and Redis
+/// losses. `./scripts/money-model.sh --binaries N` runs it.
+#[test]
+#[ignore = "long: ./scripts/money-model.sh --binaries N"]
+fn money_converges_against_the_binaries() {
+    run_sequences(
+        env_usize(&["MONEY_MODEL_CASES", "PROPTEST_CASES"], 100) as u32,
+        true,
+    );
 }
 
 /// Replays one sequence through the driver on a database of its own.
