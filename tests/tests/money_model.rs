@@ -273,7 +273,11 @@ fn money_converges_against_the_binaries() {
 
 /// Replays one sequence through the driver on a database of its own.
 async fn replay(orders: Vec<Order>, steps: Vec<(Event, Fault)>) {
-    let driver = Driver::new().await;
+    replay_on(Driver::new().await, orders, steps).await;
+}
+
+/// Replays one sequence through `driver`.
+async fn replay_on(driver: Driver, orders: Vec<Order>, steps: Vec<(Event, Fault)>) {
     let steps = steps
         .into_iter()
         .map(|(event, fault)| Step { event, fault })
@@ -362,7 +366,23 @@ async fn a_reversal_while_the_payout_is_reserved_leaves_the_shopper_owing() {
 /// and every job of the way lost, run twice or handed back: attributed once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_confirmed_from_two_browsers_is_attributed_through_lost_and_repeated_jobs() {
-    replay(
+    let (orders, steps) = two_browsers_every_fault();
+    replay(orders, steps).await;
+}
+
+/// The same sequence against the binaries built next to this test: every
+/// fault once as a real SIGKILL, SIGTERM, Redis loss or second relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binaries_survive_every_fault_of_an_order_confirmed_from_two_browsers() {
+    let (orders, steps) = two_browsers_every_fault();
+    let driver = Driver::with_binaries().await;
+    replay_on(driver, orders, steps).await;
+}
+
+/// One order confirmed from two browsers with the same token, its shopper
+/// signing in last, every fault on the way.
+fn two_browsers_every_fault() -> (Vec<Order>, Vec<(Event, Fault)>) {
+    (
         vec![Order {
             merchant: 0,
             amount_minor: 1_045,
@@ -422,7 +442,6 @@ async fn an_order_confirmed_from_two_browsers_is_attributed_through_lost_and_rep
             ),
         ],
     )
-    .await;
 }
 
 /// A flagged reward an admin approved, then re-attributed to a later click a
