@@ -120,6 +120,8 @@ pub struct FaultTally {
     pub flushes: usize,
     /// Finished jobs relayed again.
     pub rerelayed: usize,
+    /// Email claims of killed runs aged past their staleness.
+    pub stale_claims: usize,
 }
 
 /// One case's own merchants, shoppers, browsers and orders.
@@ -1197,6 +1199,20 @@ impl Driver {
                 ),
             )
             .await;
+            // An email claim a killed run left goes stale after two minutes
+            // (`CLAIM_STALE_AFTER`), and the job defers until then: those
+            // minutes pass at once too. A live run holds its claim for
+            // milliseconds.
+            let aged = self
+                .count(
+                    "WITH aged AS (
+                        UPDATE email_log SET claimed_at = now() - interval '1 day'
+                         WHERE status = 'sending' AND claimed_at > now() - interval '1 hour'
+                           AND claimed_at < now() - interval '2 seconds' RETURNING 1)
+                     SELECT count(*) AS n FROM aged",
+                )
+                .await;
+            p.tally.lock().expect("tally").stale_claims += aged as usize;
             let open = self
                 .count(&format!(
                     "SELECT count(*) AS n FROM outbox WHERE finished_at IS NULL AND queue IN ({names})"

@@ -228,8 +228,15 @@ fn run_sequences(cases: u32, binaries: bool) {
     if let Some(t) = driver.tally() {
         eprintln!(
             "money model: workers killed {} ({} with a job of the step unfinished in Redis), \
-             stopped {}, jobs lost {}, queues flushed {}, jobs relayed again {}",
-            t.kills, t.kills_with_open_jobs, t.stops, t.lost_jobs, t.flushes, t.rerelayed
+             stopped {}, jobs lost {}, queues flushed {}, jobs relayed again {}, \
+             email claims of killed runs aged {}",
+            t.kills,
+            t.kills_with_open_jobs,
+            t.stops,
+            t.lost_jobs,
+            t.flushes,
+            t.rerelayed,
+            t.stale_claims
         );
     }
     rt.block_on(async move { drop(driver) });
