@@ -1,5 +1,6 @@
 //! `TestApp`: the real router over a test database and Redis namespace,
-//! called in-process with `oneshot`.
+//! called in-process with `oneshot`, or, once [`TestApp::send_to`] names a
+//! running `clicknback-api`, over HTTP to it.
 
 use axum::{
     Router,
@@ -19,6 +20,19 @@ pub struct TestApp {
     pub config: Config,
     pub router: Router,
     pub state: clicknback_api::AppState,
+    /// A running api's base URL and the client that calls it: requests go
+    /// there instead of the in-process router.
+    remote: std::sync::OnceLock<(String, reqwest::Client)>,
+}
+
+/// A client for a running api: its idle connections close before the api's
+/// idle timeout (`HTTP_HEADER_READ_TIMEOUT_SECS`, 10 s) closes them.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_idle_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .expect("http client")
 }
 
 pub struct TestResponse {
@@ -82,7 +96,16 @@ impl TestApp {
             config,
             router,
             state,
+            remote: Default::default(),
         }
+    }
+
+    /// From now on every request goes over HTTP to the api at `base` (a
+    /// `clicknback-api` serving this test's database and Redis namespace).
+    pub fn send_to(&self, base: &str) {
+        self.remote
+            .set((base.to_owned(), http_client()))
+            .expect("requests are sent to one api");
     }
 
     pub async fn request(
@@ -92,6 +115,27 @@ impl TestApp {
         headers: &[(&str, &str)],
         body: Option<Vec<u8>>,
     ) -> TestResponse {
+        if let Some((base, client)) = self.remote.get() {
+            let mut req = client.request(method, format!("{base}{uri}"));
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            if let Some(b) = body {
+                req = req.body(b);
+            }
+            let res = req.send().await.unwrap_or_else(|e| panic!("{uri}: {e}"));
+            let status = res.status();
+            let headers = res.headers().clone();
+            let bytes = res.bytes().await.unwrap_or_default();
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            return TestResponse {
+                status,
+                headers,
+                body,
+                text,
+            };
+        }
         let mut req = Request::builder().method(method).uri(uri);
         for (k, v) in headers {
             req = req.header(*k, *v);

@@ -17,6 +17,16 @@
 //! One database, one Redis namespace and one `TestApp` serve many cases;
 //! each case has merchants, shoppers, browsers and orders of its own, and
 //! only its own are compared with the model.
+//!
+//! [`Driver::with_binaries`] runs the same cases against the release
+//! binaries instead: `clicknback-api` and `clicknback-worker` as child
+//! processes, every event over HTTP, and the faults real — the worker
+//! SIGKILLed or SIGTERMed at a random moment after the step's jobs were
+//! enqueued and a new one started, the step's jobs deleted from Redis after
+//! the relay marked them sent, the queues' keys deleted, a finished job
+//! relayed again. Settling is waiting (bounded, polling) until the outbox has
+//! nothing open and no purchase is due for the settle sweep; the comparison
+//! is the same.
 
 use std::{
     collections::HashMap,
@@ -47,9 +57,9 @@ use crate::{
     TestApp,
     money_model::{
         BROWSERS, Case, Event, Fault, MERCHANTS, MIN_PAYOUT, Model, Order, Provider, RATE_BPS,
-        SHOPPERS, Status, Wallet,
+        SHOPPERS, Status, Step, Wallet,
     },
-    procs::SmtpSink,
+    procs::{ApiProcess, SmtpSink, WorkerProcess},
 };
 
 /// How long the provider takes when it answers too late.
@@ -58,6 +68,11 @@ const SLOW_ANSWER: Duration = Duration::from_millis(600);
 const PROVIDER_TIMEOUT_MS: &str = "150";
 /// Passes of relay, jobs and sweeps before a step counts as stuck.
 const MAX_ROUNDS: usize = 40;
+/// How long the binaries may take to settle a step before it counts as stuck.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The latest moment after a step's jobs are enqueued at which its fault
+/// strikes the running worker (a uniformly random moment up to this).
+const FAULT_WINDOW_MS: u64 = 300;
 
 /// What the fake provider answers, by payout reference.
 type Answers = Arc<Mutex<HashMap<String, Provider>>>;
@@ -75,6 +90,38 @@ pub struct Driver {
     _provider: MockServer,
     /// Cases run so far, for unique worker names.
     runs: std::sync::atomic::AtomicUsize,
+    /// The release binaries, when the cases run against them.
+    procs: Option<Procs>,
+}
+
+/// The api and worker processes of a run against the binaries.
+struct Procs {
+    /// Runs for as long as the driver; dropped, it is killed.
+    _api: ApiProcess,
+    worker: tokio::sync::Mutex<WorkerProcess>,
+    /// The worker's environment (every new one gets the same).
+    env: Vec<(String, String)>,
+    tally: Mutex<FaultTally>,
+}
+
+/// What the faults did to the worker processes in a run against the binaries.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FaultTally {
+    /// Workers SIGKILLed.
+    pub kills: usize,
+    /// Of those, killed while a job of the step was in Redis, unfinished
+    /// (waiting, or taken and running).
+    pub kills_with_open_jobs: usize,
+    /// Workers stopped with SIGTERM (graceful hand-back).
+    pub stops: usize,
+    /// Jobs deleted from Redis after the relay marked them sent.
+    pub lost_jobs: usize,
+    /// Times the queues' keys were deleted.
+    pub flushes: usize,
+    /// Finished jobs relayed again.
+    pub rerelayed: usize,
+    /// Email claims of killed runs aged past their staleness.
+    pub stale_claims: usize,
 }
 
 /// One case's own merchants, shoppers, browsers and orders.
@@ -172,7 +219,23 @@ fn id_list<T: std::fmt::Display>(ids: impl IntoIterator<Item = T>) -> String {
 }
 
 impl Driver {
+    /// The api in-process and jobs run by the driver (see the module doc).
     pub async fn new() -> Self {
+        Self::build(false).await
+    }
+
+    /// The release `clicknback-api` and `clicknback-worker` as child
+    /// processes (built next to the test executable).
+    pub async fn with_binaries() -> Self {
+        Self::build(true).await
+    }
+
+    /// What the faults did to the worker processes so far (binaries only).
+    pub fn tally(&self) -> Option<FaultTally> {
+        self.procs.as_ref().map(|p| *p.tally.lock().expect("tally"))
+    }
+
+    async fn build(binaries: bool) -> Self {
         let smtp = SmtpSink::start().await;
         let provider = MockServer::start().await;
         let answers: Answers = Default::default();
@@ -188,7 +251,8 @@ impl Driver {
         }
         let smtp_url = format!("smtp://127.0.0.1:{}", smtp.port);
         let provider_url = provider.uri();
-        let app = TestApp::with(&[
+        let min_payout = MIN_PAYOUT.to_string();
+        let env = [
             ("ATTRIBUTION_DELAY_SECS", "0"),
             ("FRAUD_THRESHOLD", "0.2"),
             ("REWARD_HOLD_SECS", "86400"),
@@ -198,10 +262,45 @@ impl Driver {
             ("PAYOUT_PROVIDER_URL", &provider_url),
             ("PAYOUT_PROVIDER_TIMEOUT_MS", PROVIDER_TIMEOUT_MS),
             ("PAYOUT_BREAKER_FAILURES", "1000"),
-            ("PAYOUT_MIN_AMOUNT_MINOR", &MIN_PAYOUT.to_string()),
+            ("PAYOUT_MIN_AMOUNT_MINOR", &min_payout),
             ("STATS_COALESCE_SECS", "0"),
-        ])
-        .await;
+        ];
+        let app = TestApp::with(&env).await;
+        let procs = if binaries {
+            let api = app.api_process(&env).await;
+            app.send_to(&api.base);
+            // The worker keeps what is due later in the outbox (the driver
+            // moves it to now), sweeps every second and recovers lost jobs
+            // a second after they were sent (`JOB_RECOVERY_AFTER_SECS`).
+            let worker_env: Vec<(String, String)> = env
+                .iter()
+                .copied()
+                .chain([
+                    ("OUTBOX_LOOKAHEAD_SECS", "0"),
+                    ("SCHEDULE_SETTLE_REWARDS", "* * * * * *"),
+                    ("SHUTDOWN_GRACE_SECS", "10"),
+                ])
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            let mut redis = app.redis.conn().await;
+            clicknback_core::services::ops::set_paused(
+                &mut redis,
+                &app.config.redis_namespace,
+                Queue::Payouts,
+                true,
+            )
+            .await
+            .expect("pause payouts");
+            let worker = start_worker(&app, &worker_env).await;
+            Some(Procs {
+                _api: api,
+                worker: tokio::sync::Mutex::new(worker),
+                env: worker_env,
+                tally: Default::default(),
+            })
+        } else {
+            None
+        };
         let config = app.config.clone();
         let db = app.state.db.clone();
         let redis_handle = app.state.redis.clone();
@@ -249,8 +348,11 @@ impl Driver {
             _smtp: smtp,
             _provider: provider,
             runs: Default::default(),
+            procs,
         };
-        d.register(d.worker.name()).await;
+        if d.procs.is_none() {
+            d.register(d.worker.name()).await;
+        }
         d
     }
 
@@ -575,19 +677,31 @@ impl Driver {
     pub async fn check(&self, case: &Case) -> Result<crate::money_model::Outcome, String> {
         let mut w = self.world(case).await;
         let mut m = Model::new(&case.orders);
-        for (i, s) in case.steps.iter().enumerate() {
+        let last = Step {
+            event: Event::ProviderAnswers(Provider::Paid),
+            fault: Fault::None,
+        };
+        // The provider answers what still waits, and the system settles.
+        for (i, s) in case.steps.iter().chain([&last]).enumerate() {
+            let payouts = matches!(s.event, Event::ProviderAnswers(_));
+            let Some(p) = &self.procs else {
+                self.apply(&mut w, &m, &s.event, i).await?;
+                m.apply(&s.event);
+                self.settle(s.fault, payouts)
+                    .await
+                    .map_err(|e| format!("step {i} ({:?}): {e}", s.event))?;
+                continue;
+            };
+            let before = self.last_outbox_id().await;
+            self.prepare(p, s.fault, payouts)
+                .await
+                .map_err(|e| format!("step {i}: {e}"))?;
             self.apply(&mut w, &m, &s.event, i).await?;
             m.apply(&s.event);
-            let payouts = matches!(s.event, Event::ProviderAnswers(_));
-            self.settle(s.fault, payouts)
+            self.strike(p, s.fault, payouts, before)
                 .await
-                .map_err(|e| format!("step {i} ({:?}): {e}", s.event))?;
+                .map_err(|e| format!("step {i} ({:?}, {:?}): {e}", s.event, s.fault))?;
         }
-        // Left to settle: the provider answers what still waits.
-        let last = Event::ProviderAnswers(Provider::Paid);
-        self.apply(&mut w, &m, &last, case.steps.len()).await?;
-        m.apply(&last);
-        self.settle(Fault::None, true).await?;
         self.compare(&w, &m).await?;
         Ok(m.outcome())
     }
@@ -725,23 +839,7 @@ impl Driver {
         let mut ran = 0;
         let mut c = self.redis.clone();
         if *fault == Fault::RedisFlushed {
-            for q in queues {
-                let prefix = queues::queue_name(self.ns(), *q);
-                let keys: Vec<String> = redis::cmd("KEYS")
-                    .arg(format!("{prefix}*"))
-                    .query_async(&mut c)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let workers = queues::storage_config(self.ns(), *q).workers_set();
-                let doomed: Vec<&String> = keys.iter().filter(|k| **k != workers).collect();
-                if !doomed.is_empty() {
-                    let _: () = redis::cmd("DEL")
-                        .arg(doomed)
-                        .query_async(&mut c)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
-            }
+            self.flush(queues).await?;
             *fault = Fault::None;
             return Ok(1);
         }
@@ -844,4 +942,306 @@ impl Driver {
         *fault = Fault::None;
         Ok(ran)
     }
+
+    /// Deletes the keys of `queues` in Redis (what a flushed Redis loses),
+    /// except the registered workers.
+    async fn flush(&self, queues: &[Queue]) -> Result<(), String> {
+        let mut c = self.redis.clone();
+        for q in queues {
+            let prefix = queues::queue_name(self.ns(), *q);
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{prefix}*"))
+                .query_async(&mut c)
+                .await
+                .map_err(|e| e.to_string())?;
+            let workers = queues::storage_config(self.ns(), *q).workers_set();
+            let doomed: Vec<&String> = keys.iter().filter(|k| **k != workers).collect();
+            if !doomed.is_empty() {
+                let _: () = redis::cmd("DEL")
+                    .arg(doomed)
+                    .query_async(&mut c)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+// --- the release binaries, as they run jobs --------------------------------
+
+/// Starts a worker and waits until it runs (its signal handling in place,
+/// its queues' workers registered), so a fault never meets a process that
+/// is still starting.
+async fn start_worker(app: &TestApp, env: &[(String, String)]) -> WorkerProcess {
+    let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let w = app.worker(&refs);
+    crate::procs::eventually(Duration::from_secs(20), "the worker to start", || {
+        let started = w.log_text().contains("worker started");
+        async move { started.then_some(()) }
+    })
+    .await;
+    w
+}
+
+/// A uniformly random moment within the fault window.
+async fn random_moment() {
+    let ms = rand::random::<u64>() % (FAULT_WINDOW_MS + 1);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+#[derive(diesel::QueryableByName)]
+struct Task {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    queue: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    task_id: String,
+}
+
+impl Driver {
+    async fn count(&self, sql: &str) -> i64 {
+        let mut c = self.app.state.db.get().await.expect("pooled connection");
+        diesel::sql_query(sql)
+            .get_result::<Count>(&mut *c)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .n
+    }
+
+    async fn tasks(&self, sql: &str) -> Vec<(Queue, String)> {
+        let mut c = self.app.state.db.get().await.expect("pooled connection");
+        diesel::sql_query(sql)
+            .load::<Task>(&mut *c)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .into_iter()
+            .filter_map(|t| {
+                Queue::ALL
+                    .into_iter()
+                    .find(|q| q.as_str() == t.queue)
+                    .map(|q| (q, t.task_id))
+            })
+            .collect()
+    }
+
+    /// The newest outbox row: rows after it are the next step's jobs.
+    async fn last_outbox_id(&self) -> i64 {
+        self.count("SELECT coalesce(max(id), 0) AS n FROM outbox")
+            .await
+    }
+
+    /// Stops the running worker gracefully (SIGTERM: it hands its jobs back)
+    /// and waits for it to exit; no worker runs until [`Self::restart`].
+    async fn stop_worker(&self, p: &Procs) {
+        let mut w = p.worker.lock().await;
+        if w.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        w.term();
+        let code = w.wait(Duration::from_secs(20)).await;
+        assert_eq!(
+            code,
+            Some(0),
+            "the worker's graceful stop: {}",
+            w.log_text()
+        );
+    }
+
+    /// Before a step's event: a worker runs (a new one if a failed case
+    /// left none), except under `Lost`, where none runs while the step's
+    /// jobs are relayed and lost; the payouts queue is paused unless the
+    /// provider answers in this step.
+    async fn prepare(&self, p: &Procs, fault: Fault, payouts: bool) -> Result<(), String> {
+        let mut r = self.redis.clone();
+        clicknback_core::services::ops::set_paused(&mut r, self.ns(), Queue::Payouts, !payouts)
+            .await
+            .map_err(|e| e.to_string())?;
+        let exited = p
+            .worker
+            .lock()
+            .await
+            .child
+            .try_wait()
+            .ok()
+            .flatten()
+            .is_some();
+        if exited {
+            self.restart(p).await;
+        }
+        if fault == Fault::Lost {
+            self.stop_worker(p).await;
+        }
+        Ok(())
+    }
+
+    /// A new worker in place of the one that was killed or stopped.
+    async fn restart(&self, p: &Procs) {
+        let mut w = p.worker.lock().await;
+        *w = start_worker(&self.app, &p.env).await;
+    }
+
+    /// Applies the step's fault to the running system, then waits until it
+    /// settles.
+    async fn strike(
+        &self,
+        p: &Procs,
+        fault: Fault,
+        payouts: bool,
+        before: i64,
+    ) -> Result<(), String> {
+        let allowed = Self::queues(payouts);
+        let mut r = self.redis.clone();
+        match fault {
+            Fault::None | Fault::RunTwice => {}
+            Fault::Killed => {
+                random_moment().await;
+                let mut w = p.worker.lock().await;
+                w.kill9();
+                w.wait(Duration::from_secs(10)).await;
+                drop(w);
+                let open = self
+                    .count(&format!(
+                        "SELECT count(*) AS n FROM outbox WHERE id > {before}
+                          AND sent_at IS NOT NULL AND finished_at IS NULL"
+                    ))
+                    .await;
+                {
+                    let mut t = p.tally.lock().expect("tally");
+                    t.kills += 1;
+                    t.kills_with_open_jobs += usize::from(open > 0);
+                }
+                self.restart(p).await;
+            }
+            Fault::Stopped => {
+                random_moment().await;
+                self.stop_worker(p).await;
+                p.tally.lock().expect("tally").stops += 1;
+                self.restart(p).await;
+            }
+            Fault::Lost => {
+                // The worker was stopped before the event: the relay marks
+                // the step's jobs sent, and Redis loses them.
+                for &q in &allowed {
+                    self.relay
+                        .pass_queue(q)
+                        .await
+                        .map_err(|e| format!("relay: {e:#}"))?;
+                }
+                let sent = self
+                    .tasks(&format!(
+                        "SELECT queue, task_id FROM outbox WHERE id > {before}
+                          AND sent_at IS NOT NULL AND finished_at IS NULL"
+                    ))
+                    .await;
+                for (q, id) in &sent {
+                    clicknback_core::services::ops::delete_from_redis(&mut r, self.ns(), *q, id)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                p.tally.lock().expect("tally").lost_jobs += sent.len();
+                self.restart(p).await;
+            }
+            Fault::RedisFlushed => {
+                random_moment().await;
+                self.flush(&allowed).await?;
+                p.tally.lock().expect("tally").flushes += 1;
+            }
+        }
+        self.wait_settled(p, &allowed).await?;
+        if fault == Fault::RunTwice {
+            // The step's finished jobs relayed again: Redis forgets them
+            // and the outbox reopens them.
+            let done = self
+                .tasks(&format!(
+                    "SELECT queue, task_id FROM outbox WHERE id > {before} AND outcome = 'done'"
+                ))
+                .await;
+            for (q, id) in &done {
+                clicknback_core::services::ops::delete_from_redis(&mut r, self.ns(), *q, id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            exec(
+                &self.app,
+                &format!(
+                    "UPDATE outbox SET finished_at = NULL, outcome = NULL, sent_at = NULL,
+                            checked_at = NULL, next_attempt_at = now()
+                      WHERE id > {before} AND outcome = 'done'"
+                ),
+            )
+            .await;
+            p.tally.lock().expect("tally").rerelayed += done.len();
+            self.wait_settled(p, &allowed).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits (bounded, polling) until the outbox has nothing open in
+    /// `allowed` and no purchase is due for the settle sweep. What is due
+    /// later (a retry's backoff, a coalesced run, a paused queue's job put
+    /// back) is moved to now on the way: the driver's clock.
+    async fn wait_settled(&self, p: &Procs, allowed: &[Queue]) -> Result<(), String> {
+        let names = id_list(allowed.iter().map(|q| q.as_str()));
+        let deadline = std::time::Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            exec(
+                &self.app,
+                &format!(
+                    "UPDATE outbox SET run_at = now(), next_attempt_at = now()
+                      WHERE finished_at IS NULL AND sent_at IS NULL AND queue IN ({names})
+                        AND (run_at > now() OR next_attempt_at > now())"
+                ),
+            )
+            .await;
+            // An email claim a killed run left goes stale after two minutes
+            // (`CLAIM_STALE_AFTER`), and the job defers until then: those
+            // minutes pass at once too. A live run holds its claim for
+            // milliseconds.
+            let aged = self
+                .count(
+                    "WITH aged AS (
+                        UPDATE email_log SET claimed_at = now() - interval '1 day'
+                         WHERE status = 'sending' AND claimed_at > now() - interval '1 hour'
+                           AND claimed_at < now() - interval '2 seconds' RETURNING 1)
+                     SELECT count(*) AS n FROM aged",
+                )
+                .await;
+            p.tally.lock().expect("tally").stale_claims += aged as usize;
+            let open = self
+                .count(&format!(
+                    "SELECT count(*) AS n FROM outbox WHERE finished_at IS NULL AND queue IN ({names})"
+                ))
+                .await;
+            let due = self
+                .count(
+                    "SELECT count(*) AS n FROM purchases
+                      WHERE settle_due_at IS NOT NULL AND settle_due_at <= now()",
+                )
+                .await;
+            if open == 0 && due == 0 {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                let mut w = p.worker.lock().await;
+                let exited = w.child.try_wait().ok().flatten();
+                return Err(format!(
+                    "the system did not settle in {SETTLE_TIMEOUT:?}: {open} jobs open, {due} purchases due; \
+                     worker exited: {exited:?}; worker log tail:\n{}",
+                    tail(&w.log_text(), 30)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }

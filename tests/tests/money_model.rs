@@ -171,15 +171,23 @@ fn case(max_extra: usize) -> impl Strategy<Value = Case> {
 }
 
 /// Runs `cases` generated sequences on a database and a `TestApp` of their
-/// own, each sequence with merchants, shoppers and orders of its own.
-fn run_sequences(cases: u32) {
+/// own, each sequence with merchants, shoppers and orders of its own; with
+/// `binaries`, against the `clicknback-api` and `clicknback-worker` binaries
+/// as child processes, the faults real process kills and restarts.
+fn run_sequences(cases: u32, binaries: bool) {
     let max_extra = env_usize(&["MONEY_MODEL_EXTRA_STEPS"], 8);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    let driver = rt.block_on(Driver::new());
+    let driver = rt.block_on(async {
+        if binaries {
+            Driver::with_binaries().await
+        } else {
+            Driver::new().await
+        }
+    });
     let mut runner = TestRunner::new(Config {
         cases,
         max_shrink_iters: 150,
@@ -217,6 +225,20 @@ fn run_sequences(cases: u32) {
         "money model: purchases by final status {:?}",
         seen.into_inner().expect("tally")
     );
+    if let Some(t) = driver.tally() {
+        eprintln!(
+            "money model: workers killed {} ({} with a job of the step unfinished in Redis), \
+             stopped {}, jobs lost {}, queues flushed {}, jobs relayed again {}, \
+             email claims of killed runs aged {}",
+            t.kills,
+            t.kills_with_open_jobs,
+            t.stops,
+            t.lost_jobs,
+            t.flushes,
+            t.rerelayed,
+            t.stale_claims
+        );
+    }
     rt.block_on(async move { drop(driver) });
     if let Err(e) = result {
         panic!("{e}");
@@ -235,17 +257,34 @@ const DEFAULT_CASES: usize = 200;
 
 #[test]
 fn money_converges_to_what_the_model_says() {
-    run_sequences(cases_per_test());
+    run_sequences(cases_per_test(), false);
 }
 
 #[test]
 fn money_converges_to_what_the_model_says_in_parallel() {
-    run_sequences(cases_per_test());
+    run_sequences(cases_per_test(), false);
+}
+
+/// The same sequences against the binaries built next to this test (the
+/// release ones under `cargo test --release`): `MONEY_MODEL_CASES`
+/// sequences (default 100), the faults real SIGKILLs, SIGTERMs and Redis
+/// losses. `./scripts/money-model.sh --binaries N` runs it.
+#[test]
+#[ignore = "long: ./scripts/money-model.sh --binaries N"]
+fn money_converges_against_the_binaries() {
+    run_sequences(
+        env_usize(&["MONEY_MODEL_CASES", "PROPTEST_CASES"], 100) as u32,
+        true,
+    );
 }
 
 /// Replays one sequence through the driver on a database of its own.
 async fn replay(orders: Vec<Order>, steps: Vec<(Event, Fault)>) {
-    let driver = Driver::new().await;
+    replay_on(Driver::new().await, orders, steps).await;
+}
+
+/// Replays one sequence through `driver`.
+async fn replay_on(driver: Driver, orders: Vec<Order>, steps: Vec<(Event, Fault)>) {
     let steps = steps
         .into_iter()
         .map(|(event, fault)| Step { event, fault })
@@ -334,7 +373,23 @@ async fn a_reversal_while_the_payout_is_reserved_leaves_the_shopper_owing() {
 /// and every job of the way lost, run twice or handed back: attributed once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_confirmed_from_two_browsers_is_attributed_through_lost_and_repeated_jobs() {
-    replay(
+    let (orders, steps) = two_browsers_every_fault();
+    replay(orders, steps).await;
+}
+
+/// The same sequence against the binaries built next to this test: every
+/// fault once as a real SIGKILL, SIGTERM, Redis loss or second relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binaries_survive_every_fault_of_an_order_confirmed_from_two_browsers() {
+    let (orders, steps) = two_browsers_every_fault();
+    let driver = Driver::with_binaries().await;
+    replay_on(driver, orders, steps).await;
+}
+
+/// One order confirmed from two browsers with the same token, its shopper
+/// signing in last, every fault on the way.
+fn two_browsers_every_fault() -> (Vec<Order>, Vec<(Event, Fault)>) {
+    (
         vec![Order {
             merchant: 0,
             amount_minor: 1_045,
@@ -394,7 +449,6 @@ async fn an_order_confirmed_from_two_browsers_is_attributed_through_lost_and_rep
             ),
         ],
     )
-    .await;
 }
 
 /// A flagged reward an admin approved, then re-attributed to a later click a
