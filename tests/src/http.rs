@@ -25,16 +25,6 @@ pub struct TestApp {
     remote: std::sync::OnceLock<(String, reqwest::Client)>,
 }
 
-/// A client for a running api: its idle connections close before the api's
-/// idle timeout (`HTTP_HEADER_READ_TIMEOUT_SECS`, 10 s) closes them.
-pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .pool_idle_timeout(std::time::Duration::from_secs(5))
-        .timeout(std::time::Duration::from_secs(30))
-        .build()
-        .expect("http client")
-}
-
 pub struct TestResponse {
     pub status: StatusCode,
     pub headers: HeaderMap,
@@ -104,7 +94,7 @@ impl TestApp {
     /// `clicknback-api` serving this test's database and Redis namespace).
     pub fn send_to(&self, base: &str) {
         self.remote
-            .set((base.to_owned(), http_client()))
+            .set((base.to_owned(), crate::procs::http_client()))
             .expect("requests are sent to one api");
     }
 

@@ -50,6 +50,7 @@ pub fn free_port() -> u16 {
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .pool_idle_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
         .build()
         .expect("an HTTP client")
 }
