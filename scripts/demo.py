@@ -6,10 +6,20 @@ reported by the merchant's signed webhooks and confirmed from the checkout
 page, merchant confirmations and some reversals, and payouts of what became
 available (one to a destination the sandbox refuses). One line per step with
 counts; Ctrl-C stops cleanly with a summary.
+
+With --shop it instead walks one shopper through the demo shop in a headless
+Chromium (tests/browser/shop.mjs drives the pages): the referral link records
+the click, the login identifies the browser, the checkout confirms the order
+through the SDK; the demo plays the shop's server (it signs and sends the
+purchase webhook with the order the page made, then the merchant's
+confirmation) and the wallet page shows the cashback pending, then available.
 """
 
 import argparse
+import json
+import os
 import random
+import subprocess
 import sys
 import time
 import urllib.request
@@ -25,6 +35,10 @@ p.add_argument("--admin-password", required=True)
 p.add_argument("--shoppers", type=int, default=5)
 p.add_argument("--purchases", type=int, default=30)
 p.add_argument("--worker-metrics", default="http://127.0.0.1:8081/metrics")
+p.add_argument("--shop", action="store_true", help="walk one shopper through the demo shop in headless Chromium")
+p.add_argument("--shop-screenshots", default="", help="with --shop: save the pages' screenshots here")
+p.add_argument("--shop-wait", type=int, default=180,
+               help="with --shop: seconds the wallet page may take to show the cashback (ATTRIBUTION_DELAY_SECS and more)")
 args = p.parse_args()
 API = args.api
 counts = {"clicks": 0, "purchases": 0, "confirmed": 0, "reversed": 0, "payouts": 0, "errors": 0}
@@ -117,6 +131,9 @@ def main():
         sys.exit(f"creating the offer failed: {status} {offer}")
     print(f"    merchant {mid} with an 8% offer (at most 40.00 EUR a purchase)")
     time.sleep(1.1)  # purchases are stamped to the second; start after the offer
+    if args.shop:
+        shop(run, mid, secret, pk, offer["id"], admin)
+        return
 
     step(f"{args.shoppers} shoppers register, click a referral link and sign in")
     shoppers = []
@@ -207,6 +224,68 @@ def main():
         earned = sum(x["total_minor"] for x in st.get("data", []))
         print(f"    {sh['email']:<34} available {e.get('available_minor', 0) / 100:>8.2f}  "
               f"paid out {e.get('paid_out_minor', 0) / 100:>8.2f}  earned {earned / 100:>8.2f} EUR")
+
+
+def shop(run, mid, secret, pk, offer_id, admin):
+    """One shopper through the demo shop's pages in headless Chromium; the
+    demo is the shop's server."""
+    email, password = f"shopper-{run}@example.com", "password-123"
+    step(f"shopper {email} registers")
+    s, body = call("POST", "/v1/auth/register", {"email": email, "password": password})
+    if s != 201:
+        sys.exit(f"registering failed: {s} {body}")
+    link = f"{API}/demo-shop/?cnb_offer={offer_id}&pk={pk}"
+    step("the shopper follows the referral link in headless Chromium")
+    print(f"    {link}")
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "browser", "shop.mjs")
+    env = dict(os.environ, SHOP_URL=link, SHOPPER_EMAIL=email, SHOPPER_PASSWORD=password, CURRENCY="EUR",
+               WALLET_WAIT_SECS=str(args.shop_wait))
+    if args.shop_screenshots:
+        env["SCREENSHOT_DIR"] = os.path.abspath(args.shop_screenshots)
+    browser = subprocess.Popen(["node", script], cwd=os.path.dirname(script), env=env, text=True,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    order = None
+    try:
+        for line in browser.stdout:
+            line = line.rstrip("\n")
+            if line.startswith("ORDER "):
+                order = json.loads(line[len("ORDER "):])
+                step(f"the shop's server reports order {order['order_id']} "
+                     f"({order['amount_minor'] / 100:.2f} {order['currency']}) by signed webhook")
+                raw, h = signed(secret, {k: order[k] for k in
+                                         ("order_id", "amount_minor", "currency", "purchased_at", "purchase_token")})
+                s, body = call("POST", f"/v1/webhooks/{mid}/purchases", raw, headers=h)
+                if s != 202:
+                    sys.exit(f"the purchase webhook was refused: {s} {body}")
+                counts["purchases"] += 1
+                print(f"    accepted: purchase {body.get('id')}; the wallet page shows the cashback once the "
+                      "worker attributes it (ATTRIBUTION_DELAY_SECS after the purchase)", flush=True)
+                browser.stdin.write("SENT\n")
+                browser.stdin.flush()
+            elif line.startswith("PENDING "):
+                step("the merchant confirms the order by signed status webhook")
+                raw, h = signed(secret, {"status": "confirmed"})
+                s, body = call("POST", f"/v1/webhooks/{mid}/purchases/{order['order_id']}/status", raw, headers=h)
+                if s not in (200, 202):
+                    sys.exit(f"the status webhook was refused: {s} {body}")
+                counts["confirmed"] += 1
+                browser.stdin.write("CONFIRMED\n")
+                browser.stdin.flush()
+            else:
+                counts["clicks"] += line.startswith("referral click recorded")
+                print(f"    browser: {line}", flush=True)
+    finally:
+        code = browser.wait()
+    if code != 0:
+        sys.exit(f"the shop walk failed (exit {code}); the wallet page waits --shop-wait "
+                 f"({args.shop_wait} s) for the cashback: is the api's ATTRIBUTION_DELAY_SECS shorter?")
+    if order:
+        _, timeline = call("GET", f"/v1/admin/merchants/{mid}/orders/{order['order_id']}/timeline", token=admin)
+        step(f"the order's timeline ({API}/board, Purchases, search {order['order_id']})")
+        for e in (timeline or {}).get("entries", []):
+            print(f"    {e['at'][11:19]}  {e['kind']:<22} {e['summary']}")
+    if args.shop_screenshots:
+        print(f"    screenshots in {args.shop_screenshots}: checkout.png, wallet-pending.png, wallet.png")
 
 
 try:

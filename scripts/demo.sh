@@ -4,6 +4,9 @@
 # confirmed or reversed, and ask for payouts. Watch /board, /metrics, the
 # SMTP inbox and the wallets fill up. Ctrl-C stops it cleanly.
 #   ./scripts/demo.sh [--shoppers N] [--purchases N]
+# With --shop it walks one shopper through the demo shop in headless Chromium
+# instead (installed on first use), playing the shop's server:
+#   ./scripts/demo.sh --shop [--shop-screenshots DIR]
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
@@ -12,6 +15,8 @@ export APP_ENV="${APP_ENV:-development}"
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:$PG_PORT/${CLICKNBACK_DB:-clicknback}}"
 API="http://${API_ADDR:-127.0.0.1:8080}"
 curl -fsS "$API/readyz" >/dev/null 2>&1 || die "ClickNBack is not answering at $API; start it with ./scripts/run.sh"
+
+case " $* " in *" --shop "*) ensure_browser ;; esac
 
 DEMO_ADMIN_EMAIL="${DEMO_ADMIN_EMAIL:-demo-admin@example.com}"
 DEMO_ADMIN_PASSWORD="${DEMO_ADMIN_PASSWORD:-demo-admin-password}"

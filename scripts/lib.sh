@@ -24,6 +24,17 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
+# Headless Chromium, node and playwright-core (tests/browser), which drive the
+# board's and the demo shop's pages.
+ensure_browser() {
+  command -v chromium >/dev/null 2>&1 || apt_install chromium
+  command -v node >/dev/null 2>&1 || apt_install nodejs npm
+  if [ ! -d "$ROOT/tests/browser/node_modules/playwright-core" ]; then
+    log "installing playwright-core (browser driver)"
+    (cd "$ROOT/tests/browser" && npm ci --no-audit --no-fund --silent)
+  fi
+}
+
 ensure_cargo() {
   command -v cargo >/dev/null 2>&1 && return
   [ -x "$HOME/.cargo/bin/cargo" ] && { export PATH="$HOME/.cargo/bin:$PATH"; return; }

@@ -20,12 +20,7 @@ python3 -c 'import aiosmtpd' 2>/dev/null || {
 
 # Headless Chromium and playwright-core for the board's browser test.
 if [ -z "${CLICKNBACK_SKIP_BROWSER:-}" ]; then
-  command -v chromium >/dev/null 2>&1 || apt_install chromium
-  command -v node >/dev/null 2>&1 || apt_install nodejs npm
-  if [ ! -d tests/browser/node_modules/playwright-core ]; then
-    log "installing playwright-core (browser test driver)"
-    (cd tests/browser && npm ci --no-audit --no-fund --silent)
-  fi
+  ensure_browser
   export CLICKNBACK_BROWSER_TESTS=1
 fi
 

@@ -3,15 +3,16 @@
 // browser to the shopper, the checkout confirms the purchase through the SDK,
 // and the wallet shows the cashback pending, then available.
 //
-// The shop has no server: the test plays it. Over stdin/stdout this script
-// prints `ORDER {json}` (the order id, purchase token, amount and time the
-// page produced) and waits for a `SENT` line (the signed purchase webhook was
-// accepted); then prints `PENDING {json}` once the wallet shows the cashback
-// pending and waits for `CONFIRMED` (the signed status webhook was accepted).
-// With BOARD_URL it finally signs in to the board and finds the order's
-// timeline with the search box.
+// The shop has no server: whoever runs this script plays it (the browser test
+// tests/tests/shop_browser.rs, or `./scripts/demo.sh --shop`). Over
+// stdin/stdout this script prints `ORDER {json}` (the order id, purchase
+// token, amount and time the page produced) and waits for a `SENT` line (the
+// signed purchase webhook was accepted); then prints `PENDING {json}` once the
+// wallet shows the cashback pending and waits for `CONFIRMED` (the signed
+// status webhook was accepted).
 // Env: SHOP_URL (the referral link), SHOPPER_EMAIL, SHOPPER_PASSWORD, CURRENCY,
-// BOARD_URL, ADMIN_EMAIL, ADMIN_PASSWORD (optional), SCREENSHOT_DIR (optional).
+// SCREENSHOT_DIR (optional), WALLET_WAIT_SECS (how long the wallet page may
+// take to show the cashback; 30 by default).
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
@@ -20,6 +21,7 @@ import { createInterface } from "node:readline";
 const shopUrl = process.env.SHOP_URL;
 const currency = process.env.CURRENCY || "EUR";
 const shots = process.env.SCREENSHOT_DIR;
+const walletWait = 1000 * Number(process.env.WALLET_WAIT_SECS || 30);
 if (shots) mkdirSync(shots, { recursive: true });
 const shot = async (page, name) => { if (shots) await page.screenshot({ path: join(shots, name), fullPage: true }); };
 const fail = (msg) => { console.error("FAIL: " + msg); process.exit(1); };
@@ -93,7 +95,7 @@ try {
   await page.click("#nav-wallet");
   await page.waitForSelector("body[data-page=wallet]");
   const pending = `#wallet-${currency}-pending`, available = `#wallet-${currency}-available`;
-  await page.waitForFunction((s) => Number(document.querySelector(s)?.dataset.minor) > 0, pending, { timeout: 30000 });
+  await page.waitForFunction((s) => Number(document.querySelector(s)?.dataset.minor) > 0, pending, { timeout: walletWait });
   const pendingMinor = Number(await page.getAttribute(pending, "data-minor"));
   const availableBefore = Number(await page.getAttribute(available, "data-minor"));
   if (availableBefore !== 0) fail(`available before the confirmation: ${availableBefore}`);
@@ -101,7 +103,7 @@ try {
   await shot(page, "wallet-pending.png");
   console.log("PENDING " + JSON.stringify({ pending_minor: pendingMinor }));
   await expectLine("CONFIRMED");
-  await page.waitForFunction((a) => Number(document.querySelector(a)?.dataset.minor) > 0, available, { timeout: 30000 });
+  await page.waitForFunction((a) => Number(document.querySelector(a)?.dataset.minor) > 0, available, { timeout: walletWait });
   const availableMinor = Number(await page.getAttribute(available, "data-minor"));
   const pendingAfter = Number(await page.getAttribute(pending, "data-minor"));
   if (availableMinor !== pendingMinor || pendingAfter !== 0) fail(`after confirmation: ${pendingAfter} pending, ${availableMinor} available`);
