@@ -323,6 +323,13 @@ impl Driver {
             keys: app.state.keys.clone(),
             paused: Default::default(),
             jobs: clicknback_worker::jobs::registry(),
+            closer: clicknback_worker::closer::Closer::spawn(
+                db.clone(),
+                config.worker.close_batch,
+                config.worker.close_linger,
+                Default::default(),
+            )
+            .0,
             hand_back: Default::default(),
         });
         let relay = Relay::new(

@@ -9,7 +9,7 @@ use axum::http::{Method, StatusCode};
 use clicknback_core::jobs::{self, Canary};
 use clicknback_tests::{
     TestApp,
-    procs::{SmtpSink, eventually},
+    procs::{SmtpSink, WorkerProcess, eventually},
 };
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -736,4 +736,98 @@ async fn finished_jobs_stay_under_the_count_bound() {
         },
     )
     .await;
+}
+
+/// How many jobs of the maintenance queue Redis holds as done (the canaries,
+/// and any schedule tick run meanwhile).
+async fn redis_done(app: &TestApp) -> u64 {
+    let cfg =
+        clicknback_core::queues::storage_config(&app.redis.namespace, jobs::Queue::Maintenance);
+    let mut redis = app.redis.conn().await;
+    redis::cmd("SCARD")
+        .arg(cfg.done_jobs_set())
+        .query_async(&mut redis)
+        .await
+        .unwrap()
+}
+
+const CLOSED_DONE: &str = "SELECT count(*) AS n FROM outbox WHERE task_id LIKE 'canary:%' AND finished_at IS NOT NULL AND outcome = 'done'";
+const OPEN: &str =
+    "SELECT count(*) AS n FROM outbox WHERE task_id LIKE 'canary:%' AND finished_at IS NULL";
+const RAN_ONCE: &str = "SELECT count(*) AS n FROM canary_runs WHERE runs = 1 AND effects = 1 AND completed_at IS NOT NULL";
+const EFFECT_ONCE: &str =
+    "SELECT count(*) AS n FROM canary_runs WHERE effects = 1 AND completed_at IS NOT NULL";
+
+/// Rows of finished jobs are closed in batches by the worker itself (the
+/// reconciler, an hour away here, plays no part).
+#[tokio::test]
+async fn a_burst_of_jobs_ends_with_every_row_closed_by_the_batches() {
+    let app = TestApp::new().await;
+    let _w = app.worker(&[("JOB_RECOVERY_AFTER_SECS", "3600")]);
+    for i in 0..300 {
+        enqueue(&app, canary(&format!("burst{i}"))).await;
+    }
+    eventually(
+        Duration::from_secs(30),
+        "300 rows closed as done",
+        || async { (scalar(&app, CLOSED_DONE).await == 300).then_some(()) },
+    )
+    .await;
+    assert_eq!(scalar(&app, OPEN).await, 0);
+    // A loaded machine can miss heartbeats and run a job twice (orphan
+    // recovery); its effect still happens once.
+    assert_eq!(scalar(&app, EFFECT_ONCE).await, 300);
+}
+
+/// A worker whose close batches never fill nor linger out while it lives,
+/// after it ran `n` jobs: all done in Redis, every row still open.
+async fn finished_but_unclosed(app: &TestApp, n: i64, prefix: &str) -> WorkerProcess {
+    let w = app.worker(&[
+        ("JOB_CLOSE_BATCH", "10000"),
+        ("JOB_CLOSE_LINGER_MS", "600000"),
+        ("JOB_RECOVERY_AFTER_SECS", "3600"),
+    ]);
+    for i in 0..n {
+        enqueue(app, canary(&format!("{prefix}{i}"))).await;
+    }
+    eventually(
+        Duration::from_secs(30),
+        "the jobs done in Redis",
+        || async { (redis_done(app).await == n as u64).then_some(()) },
+    )
+    .await;
+    assert_eq!(scalar(app, OPEN).await, n, "no row closed yet");
+    w
+}
+
+/// A worker killed after its jobs were acknowledged in Redis but before their
+/// rows were closed: the reconciler closes them from Redis's done set, and
+/// not one job runs again.
+#[tokio::test]
+async fn a_worker_killed_before_its_close_flush_still_ends_with_every_job_done_once() {
+    let app = TestApp::new().await;
+    let mut first = finished_but_unclosed(&app, 40, "unflushed").await;
+    first.kill9();
+    assert_eq!(first.wait(Duration::from_secs(5)).await, None);
+    let _second = app.worker(&[("JOB_RECOVERY_AFTER_SECS", "1")]);
+    eventually(
+        Duration::from_secs(30),
+        "the reconciler to close the 40 rows",
+        || async { (scalar(&app, CLOSED_DONE).await == 40).then_some(()) },
+    )
+    .await;
+    // Give a wrongly relayed job time to run again before counting.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(scalar(&app, RAN_ONCE).await, 40);
+}
+
+/// A graceful stop writes the batch it holds before the process ends.
+#[tokio::test]
+async fn a_graceful_stop_closes_the_rows_of_every_finished_job() {
+    let app = TestApp::new().await;
+    let mut w = finished_but_unclosed(&app, 20, "stop").await;
+    w.term();
+    assert_eq!(w.wait(Duration::from_secs(15)).await, Some(0));
+    assert_eq!(scalar(&app, CLOSED_DONE).await, 20);
+    assert_eq!(scalar(&app, RAN_ONCE).await, 20);
 }

@@ -8,6 +8,7 @@
 //! (`schedules`), retention (`maintenance`) and unique worker names so orphan
 //! recovery works after a crash.
 
+pub mod closer;
 pub mod jobs;
 pub mod maintenance;
 pub mod poll;
@@ -105,6 +106,13 @@ pub async fn run(config: Config, plan: Plan, shutdown: CancellationToken) -> any
     let instance = instance_name();
     let metrics = server::install_metrics();
     clicknback_core::services::stats::configure(config.stats_coalesce);
+    let closing = CancellationToken::new();
+    let (closer, closer_task) = closer::Closer::spawn(
+        pool.clone(),
+        config.worker.close_batch,
+        config.worker.close_linger,
+        closing.clone(),
+    );
     let ctx: runtime::SharedCtx = Arc::new(runtime::Ctx {
         db: pool.clone(),
         redis: redis.clone(),
@@ -126,6 +134,7 @@ pub async fn run(config: Config, plan: Plan, shutdown: CancellationToken) -> any
         keys: clicknback_core::crypto::Keyring::new(&config.data_encryption_keys),
         paused: Default::default(),
         jobs: plan.jobs,
+        closer,
         hand_back: CancellationToken::new(),
     });
 
@@ -220,6 +229,11 @@ pub async fn run(config: Config, plan: Plan, shutdown: CancellationToken) -> any
         .await;
     shutdown.cancel();
     ctx.hand_back.cancel();
+    // Every job finished by now has its row closed before the process ends.
+    closing.cancel();
+    if let Err(e) = closer_task.await {
+        tracing::warn!(error = %e, "the outbox closer stopped abnormally; the reconciler closes what it held");
+    }
     handback(&conn, &config.redis_namespace, &instance).await;
     deregister(&conn, &config.redis_namespace, &instance).await;
     background.join_all().await;

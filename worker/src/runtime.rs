@@ -54,6 +54,8 @@ pub struct Ctx {
     pub paused: std::sync::Mutex<std::collections::HashMap<jobs::Queue, (bool, Instant)>>,
     /// Every job type this worker runs, by name.
     pub jobs: Registry,
+    /// Closes the outbox rows of jobs that succeeded, in batches.
+    pub closer: crate::closer::Closer,
     /// Cancelled when the shutdown grace is over: a run still going (or not
     /// yet started) stops where it is and never reports to Redis, so the
     /// job can be handed back to the queue ([`crate::handback`]).
@@ -127,7 +129,7 @@ async fn run_one(ctx: SharedCtx, queue: Queue, env: JobEnvelope) -> Result<(), B
             metrics::counter!("jobs_total", "job" => env.job.clone(), "outcome" => label)
                 .increment(1);
             tracing::info!(duration_ms = (elapsed * 1000.0) as u64, "job succeeded");
-            close_done(&ctx, &env.task_id).await;
+            ctx.closer.done(&env.task_id);
             Ok(())
         }
         (Err(JobError::Defer { reason, after }), _) => {
@@ -199,21 +201,6 @@ async fn requeue(
         tracing::info!(job.next_id = %task_id, "next run already recorded by an earlier run of this one");
     }
     Ok(())
-}
-
-/// Closes this run's row as done. When PostgreSQL cannot take it, the job
-/// still succeeded: Redis records it done, and the relay's reconciler closes
-/// the row from there.
-async fn close_done(ctx: &Ctx, task_id: &str) {
-    let closed = match ctx.db.get().await {
-        Ok(mut conn) => outbox::finish(&mut conn, task_id, Outcome::Done)
-            .await
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    if let Err(e) = closed {
-        tracing::warn!(error = %e, "job succeeded but its outbox row could not be closed; the reconciler closes it");
-    }
 }
 
 /// Records a dead job (idempotent by task id).

@@ -27,6 +27,11 @@ pub struct WorkerConfig {
     pub job_retention_count: usize,
     /// Finished outbox rows are deleted after this long (open ones stay).
     pub outbox_retention: Duration,
+    /// The rows of jobs that succeeded are closed in batches of at most this
+    /// many task ids...
+    pub close_batch: usize,
+    /// ...written at the latest this long after the first id of the batch.
+    pub close_linger: Duration,
 }
 
 impl WorkerConfig {
@@ -79,5 +84,7 @@ pub(super) fn read<F: Fn(&str) -> Option<String>>(
         job_retention: env.secs("JOB_RETENTION_SECS", 3_600, 10..=2_592_000)?,
         job_retention_count: env.int_in("JOB_RETENTION_COUNT", 5_000, 0..=10_000_000)? as usize,
         outbox_retention: env.secs("OUTBOX_RETENTION_SECS", 86_400, 60..=2_592_000)?,
+        close_batch: env.int_in("JOB_CLOSE_BATCH", 500, 1..=10_000)? as usize,
+        close_linger: env.millis("JOB_CLOSE_LINGER_MS", 5, 0..=600_000)?,
     })
 }

@@ -96,6 +96,29 @@ pub async fn finish(
     Ok(n == 1)
 }
 
+/// Closes the open rows of these task ids with `outcome`, in one statement;
+/// returns how many it closed (a row closed already is left as it is).
+pub async fn finish_many(
+    conn: &mut AsyncPgConnection,
+    task_ids: &[String],
+    outcome: Outcome,
+) -> Result<usize, diesel::result::Error> {
+    if task_ids.is_empty() {
+        return Ok(0);
+    }
+    diesel::update(
+        outbox::table
+            .filter(outbox::task_id.eq_any(task_ids))
+            .filter(outbox::finished_at.is_null()),
+    )
+    .set((
+        outbox::finished_at.eq(Utc::now()),
+        outbox::outcome.eq(outcome),
+    ))
+    .execute(conn)
+    .await
+}
+
 /// Sent, still open rows of `queue` last seen in Redis (or sent) before
 /// `seen_before`, at most `limit`, locked for this transaction.
 pub async fn due_for_verification(
