@@ -86,8 +86,8 @@ stop_recording() {
 log "building release binaries"
 cargo build --release --locked -q -p clicknback-api -p clicknback-worker
 # The load generator, for the sections that drive the api or the sweeper query
-# (drain and backlog need only the worker).
-if want webhooks || want e2e || want hotpaths || want sweeper || want abuse; then
+# and the ledger (drain, cluster, idle and backlog need only the worker).
+if want webhooks || want e2e || want hotpaths || want sweeper || want reconcile || want abuse; then
   cargo build --release --locked -q -p clicknback-tests --bin loadgen
 fi
 BIN="$ROOT/target/release"
