@@ -101,10 +101,29 @@ if e2e:
     line(f"ingestion to credit, {e['purchases']} purchases of {e['shoppers']} shoppers", e["per_second"], "purchases/s", path=("e2e", "per_second"))
     line("ingestion to credit p50", e["p50_ms"], "ms", path=("e2e", "p50_ms"))
     line("ingestion to credit p99", e["p99_ms"], "ms", path=("e2e", "p99_ms"))
+    missing = [r["purchases"] - r["credited"] for r in e2e]
+    if any(missing):
+        table.append(("ingestion to credit: not credited within 600 s", " | ".join(map(str, missing)), "per run"))
     if "webhooks" in result:
         ratio = e["per_second"]["median"] / result["webhooks"]["api"]["per_second"]["median"]
         result["ratio_e2e_over_ingestion"] = ratio
         table.append(("end to end / webhook ingestion", f"{ratio:.2f} x", ""))
+    steady = [r for r in e2e if "steady_rate" in r]
+    if steady:
+        st = {k: summary(steady, k) for k in ("steady_rate", "steady_per_second", "steady_credited_per_second",
+                                              "steady_p50_ms", "steady_p99_ms", "steady_seconds")}
+        st["rate_from"] = steady[0]["steady_rate_from"]
+        for k in ("steady_requests", "steady_accepted", "steady_not_accepted", "steady_credited", "steady_not_credited"):
+            st[k] = [r[k] for r in steady]
+        result["e2e_steady"] = st
+        name = "end to end at half peak" if st["rate_from"] == "half the burst" else "end to end at a steady rate"
+        line(f"{name}: target rate", st["steady_rate"], "purchases/s")
+        line(f"{name}: achieved rate", st["steady_per_second"], "purchases/s", path=("e2e_steady", "steady_per_second"))
+        line(f"{name}: p50", st["steady_p50_ms"], "ms", path=("e2e_steady", "steady_p50_ms"))
+        line(f"{name}: p99", st["steady_p99_ms"], "ms", path=("e2e_steady", "steady_p99_ms"))
+        table.append((f"{name}: not accepted / not credited",
+                      " | ".join(f"{a} / {c}" for a, c in zip(st["steady_not_accepted"], st["steady_not_credited"])),
+                      "of " + " | ".join(map(str, st["steady_requests"])) + " sent"))
 
 hot_on, hot_off = rows("hot_on.jsonl"), rows("hot_off.jsonl")
 if hot_on and hot_off:

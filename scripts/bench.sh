@@ -12,9 +12,14 @@
 #   cluster   the tuned drain on a real 3-primary Redis Cluster (ports from
 #             BENCH_CLUSTER_PORT, 7350), beside the single-Redis drain.
 #   backlog   100,000 due jobs plus 20,000 failing once, retries due together.
-#   e2e       purchases of E2E_SHOPPERS shoppers ingested with
-#             ATTRIBUTION_DELAY_SECS=0 until all are credited by a worker
-#             (purchases/s, p50/p99 from ingestion to credit).
+#   e2e       E2E_PURCHASES (1000) purchases of E2E_SHOPPERS (10) shoppers
+#             ingested at once with ATTRIBUTION_DELAY_SECS=0 until all are
+#             credited by a worker (purchases/s, p50/p99 from ingestion to
+#             credit); then, against the same api and worker, purchases at a
+#             steady E2E_STEADY_RATE per second (default: half the burst's
+#             measured rate) for E2E_STEADY_SECS (20; 0 skips it), measured
+#             the same way once all are credited (at most E2E_STEADY_WAIT,
+#             120 s, after the last one; those still missing are reported).
 #   hotpaths  the webhook endpoint with the rate limiter and caches on vs off,
 #             and GET /v1/me/stats from the cache vs the stored rows vs
 #             computed from 1,000 rewards on every request.
@@ -165,9 +170,10 @@ if want e2e; then
   e2e_worker=$started
   wait_ready "$E2E_PORT"
   for i in $(seq 1 "$RUNS"); do
-    log "end to end: run $i/$RUNS (${E2E_PURCHASES:-1000} purchases of ${E2E_SHOPPERS:-10} shoppers, attribution delay 0)"
+    log "end to end: run $i/$RUNS (${E2E_PURCHASES:-1000} purchases of ${E2E_SHOPPERS:-10} shoppers, attribution delay 0, then ${E2E_STEADY_SECS:-20} s at ${E2E_STEADY_RATE:-half its} purchases/s)"
     "$BIN/loadgen" e2e --api "http://127.0.0.1:$E2E_PORT" --requests "${E2E_PURCHASES:-1000}" --concurrency 16 \
       --shoppers "${E2E_SHOPPERS:-10}" --database-url "$E2E_URL" \
+      --steady-secs "${E2E_STEADY_SECS:-20}" --steady-rate "${E2E_STEADY_RATE:-0}" --steady-wait "${E2E_STEADY_WAIT:-120}" \
       --admin-email bench@example.com --admin-password bench-password >>"$WORK/e2e.jsonl"
   done
   stop_recording "$e2e_api" "api, end to end"

@@ -2,7 +2,9 @@
 //! signed webhooks and reports throughput and latency percentiles as JSON.
 //!
 //! `loadgen webhooks --api URL --admin-email E --admin-password P --requests N --concurrency C`
-//! `loadgen e2e --api URL --database-url DB ...` (ingestion to credited reward)
+//! `loadgen e2e --api URL --database-url DB [--steady-secs S --steady-rate R] ...`
+//! (ingestion to credited reward: a burst, then optionally a steady rate, by
+//! default half the burst's end-to-end rate)
 //! `loadgen stats --api URL --database-url DB --rewards R ...` (`GET /v1/me/stats`
 //! for a shopper with R rewards; with `--computed`, the figures computed from
 //! the rewards on every request instead, straight from PostgreSQL)
@@ -188,14 +190,22 @@ async fn shopper(
     ))
 }
 
-/// N purchases of one linked shopper, ingested concurrently; time until all
-/// are credited (read from the database), with ATTRIBUTION_DELAY_SECS=0 on the api.
+/// N purchases of `--shoppers` linked shoppers, ingested concurrently; time
+/// until all are credited (read from the database), with
+/// ATTRIBUTION_DELAY_SECS=0 on the api. With `--steady-secs S`, purchases are
+/// then sent at a steady `--steady-rate` per second (0: half the burst's
+/// measured end-to-end rate) for S seconds against the same api and worker,
+/// and measured the same way once all are credited (at most `--steady-wait`
+/// seconds after the last one is sent).
 async fn e2e() -> anyhow::Result<()> {
-    use diesel_async::{AsyncConnection, RunQueryDsl};
+    use diesel_async::AsyncConnection;
     let api = arg("--api", "http://127.0.0.1:8080");
     let n: usize = arg("--requests", "2000").parse()?;
     let concurrency: usize = arg("--concurrency", "16").parse()?;
     let database = arg("--database-url", "");
+    let steady_secs: f64 = arg("--steady-secs", "0").parse()?;
+    let steady_rate: f64 = arg("--steady-rate", "0").parse()?;
+    let steady_wait: f64 = arg("--steady-wait", "120").parse()?;
     let client = reqwest::Client::new();
     let run = uuid::Uuid::new_v4().simple().to_string();
     let (m, _) = merchant_with_offer(&client, &api, &format!("e2e-{run}"), true).await?;
@@ -250,20 +260,50 @@ async fn e2e() -> anyhow::Result<()> {
     }
     let customers = Arc::new(customers);
     eprintln!("    e2e: {shoppers} shopper(s) linked; ingesting {n} purchases");
+    // Purchase `order` of shopper `i % shoppers`, posted; its id when accepted.
+    let purchase = {
+        let (client, secret, run, customers) = (
+            client.clone(),
+            secret.clone(),
+            run.clone(),
+            customers.clone(),
+        );
+        let url = Arc::new(format!("{api}/v1/webhooks/{mid}/purchases"));
+        move |order: String, i: usize| {
+            let (client, url, secret, customer) = (
+                client.clone(),
+                url.clone(),
+                secret.clone(),
+                customers[i % customers.len()].clone(),
+            );
+            let body = json!({"order_id": format!("{run}-{order}"), "amount_minor": 2_000 + (i as i64 % 50),
+                "currency": "EUR", "purchased_at": chrono::Utc::now().to_rfc3339(), "customer_ref": customer});
+            async move {
+                let (raw, id, ts, sig) = signed(&secret, &body);
+                let r = client
+                    .post(url.as_str())
+                    .header("content-type", "application/json")
+                    .header("webhook-id", id)
+                    .header("webhook-timestamp", ts.to_string())
+                    .header("webhook-signature", sig)
+                    .body(raw)
+                    .send()
+                    .await
+                    .ok()?;
+                if r.status().as_u16() != 202 {
+                    return None;
+                }
+                let v = r.json::<serde_json::Value>().await.ok()?;
+                Some(v["id"].as_str().unwrap_or_default().to_owned())
+            }
+        }
+    };
 
-    let url = Arc::new(format!("{api}/v1/webhooks/{mid}/purchases"));
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (client, url, secret, next, run, customers) = (
-            client.clone(),
-            url.clone(),
-            secret.clone(),
-            next.clone(),
-            run.clone(),
-            customers.clone(),
-        );
+        let (next, purchase) = (next.clone(), purchase.clone());
         tasks.push(tokio::spawn(async move {
             let mut ids = Vec::new();
             loop {
@@ -271,16 +311,8 @@ async fn e2e() -> anyhow::Result<()> {
                 if i >= n {
                     break;
                 }
-                let body = json!({"order_id": format!("{run}-{i}"), "amount_minor": 2_000 + (i as i64 % 50),
-                    "currency": "EUR", "purchased_at": chrono::Utc::now().to_rfc3339(), "customer_ref": customers[i % customers.len()]});
-                let (raw, id, ts, sig) = signed(&secret, &body);
-                if let Ok(r) = client.post(url.as_str()).header("content-type", "application/json")
-                    .header("webhook-id", id).header("webhook-timestamp", ts.to_string()).header("webhook-signature", sig)
-                    .body(raw).send().await
-                    && r.status().as_u16() == 202
-                    && let Ok(v) = r.json::<serde_json::Value>().await
-                {
-                    ids.push(v["id"].as_str().unwrap_or_default().to_owned());
+                if let Some(id) = purchase(i.to_string(), i).await {
+                    ids.push(id);
                 }
             }
             ids
@@ -292,6 +324,98 @@ async fn e2e() -> anyhow::Result<()> {
     }
     let ingest_secs = started.elapsed().as_secs_f64();
     let mut conn = diesel_async::AsyncPgConnection::establish(&database).await?;
+    let burst = credited(&mut conn, &ids, Duration::from_secs(600), "e2e").await?;
+    let per_second = burst.per_second();
+    let mut out = json!({
+        "purchases": ids.len(), "shoppers": shoppers, "credited": burst.ms.len(), "ingest_seconds": ingest_secs,
+        "seconds": burst.span_secs, "per_second": per_second,
+        "p50_ms": percentile(&burst.ms, 0.5), "p99_ms": percentile(&burst.ms, 0.99),
+    });
+
+    if steady_secs > 0.0 {
+        let (rate, rate_from) = if steady_rate > 0.0 {
+            (steady_rate, "given")
+        } else {
+            (per_second * 0.5, "half the burst")
+        };
+        anyhow::ensure!(
+            rate.is_finite() && rate > 0.0,
+            "no steady rate: the burst measured {per_second} purchases/s"
+        );
+        eprintln!("    e2e: steady phase, {rate:.1} purchases/s ({rate_from}) for {steady_secs} s");
+        let started = Instant::now();
+        let sent = paced(rate, started + Duration::from_secs_f64(steady_secs), |i| {
+            purchase(format!("steady-{i}"), i)
+        })
+        .await;
+        let window = started.elapsed().as_secs_f64();
+        let requests = sent.len();
+        let mut ids = Vec::with_capacity(requests);
+        for t in sent {
+            ids.extend(t.await?);
+        }
+        let steady = credited(
+            &mut conn,
+            &ids,
+            Duration::from_secs_f64(steady_wait),
+            "e2e steady",
+        )
+        .await?;
+        let o = out.as_object_mut().expect("object");
+        for (k, v) in [
+            ("steady_rate", json!(rate)),
+            ("steady_rate_from", json!(rate_from)),
+            ("steady_seconds", json!(window)),
+            ("steady_requests", json!(requests)),
+            ("steady_accepted", json!(ids.len())),
+            ("steady_not_accepted", json!(requests - ids.len())),
+            ("steady_credited", json!(steady.ms.len())),
+            ("steady_not_credited", json!(ids.len() - steady.ms.len())),
+            ("steady_per_second", json!(ids.len() as f64 / window)),
+            ("steady_credited_per_second", json!(steady.per_second())),
+            ("steady_p50_ms", json!(percentile(&steady.ms, 0.5))),
+            ("steady_p99_ms", json!(percentile(&steady.ms, 0.99))),
+        ] {
+            o.insert(k.to_owned(), v);
+        }
+    }
+    println!("{out}");
+    Ok(())
+}
+
+/// Credited purchases: each one's latency from its row's creation to its
+/// reward's (ms, sorted), and the span from the first purchase to the last reward.
+struct Credited {
+    ms: Vec<f64>,
+    span_secs: f64,
+}
+
+impl Credited {
+    fn per_second(&self) -> f64 {
+        if self.span_secs > 0.0 {
+            self.ms.len() as f64 / self.span_secs
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Waits until every purchase of `ids` has its reward, or `wait` has passed,
+/// then reads their latencies from the database (purchases without a reward
+/// by then are left out: the caller reports how many).
+async fn credited(
+    conn: &mut diesel_async::AsyncPgConnection,
+    ids: &[String],
+    wait: Duration,
+    label: &str,
+) -> anyhow::Result<Credited> {
+    use diesel_async::RunQueryDsl;
+    if ids.is_empty() {
+        return Ok(Credited {
+            ms: Vec::new(),
+            span_secs: 0.0,
+        });
+    }
     #[derive(diesel::QueryableByName)]
     struct N {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
@@ -302,17 +426,26 @@ async fn e2e() -> anyhow::Result<()> {
         .map(|i| format!("'{i}'"))
         .collect::<Vec<_>>()
         .join(",");
-    let deadline = Instant::now() + Duration::from_secs(600);
+    let deadline = Instant::now() + wait;
     loop {
         let done: N = diesel::sql_query(format!(
             "SELECT count(*) AS n FROM rewards WHERE purchase_id IN ({list})"
         ))
-        .get_result(&mut conn)
+        .get_result(conn)
         .await?;
-        if done.n as usize >= ids.len() || Instant::now() > deadline {
+        if done.n as usize >= ids.len() {
             break;
         }
-        eprint!("\r    e2e: {}/{} credited", done.n, ids.len());
+        if Instant::now() > deadline {
+            eprint!(
+                "\n    {label}: {} of {} purchases not credited after {:.0} s",
+                ids.len() - done.n as usize,
+                ids.len(),
+                wait.as_secs_f64()
+            );
+            break;
+        }
+        eprint!("\r    {label}: {}/{} credited", done.n, ids.len());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!();
@@ -324,23 +457,41 @@ async fn e2e() -> anyhow::Result<()> {
     let lat: Vec<L> = diesel::sql_query(format!(
         "SELECT extract(epoch FROM r.created_at - p.created_at)::float8 AS secs
            FROM purchases p JOIN rewards r ON r.purchase_id = p.id WHERE p.id IN ({list}) ORDER BY 1"))
-        .load(&mut conn).await?;
+        .load(conn).await?;
     let span: L = diesel::sql_query(format!(
-        "SELECT extract(epoch FROM max(r.created_at) - min(p.created_at))::float8 AS secs
+        "SELECT coalesce(extract(epoch FROM max(r.created_at) - min(p.created_at))::float8, 0) AS secs
            FROM purchases p JOIN rewards r ON r.purchase_id = p.id WHERE p.id IN ({list})"
     ))
-    .get_result(&mut conn)
+    .get_result(conn)
     .await?;
-    let ms: Vec<f64> = lat.iter().map(|l| l.secs * 1000.0).collect();
-    println!(
-        "{}",
-        json!({
-            "purchases": ids.len(), "shoppers": shoppers, "credited": ms.len(), "ingest_seconds": ingest_secs,
-            "seconds": span.secs, "per_second": ms.len() as f64 / span.secs,
-            "p50_ms": percentile(&ms, 0.5), "p99_ms": percentile(&ms, 0.99),
-        })
-    );
-    Ok(())
+    Ok(Credited {
+        ms: lat.iter().map(|l| l.secs * 1000.0).collect(),
+        span_secs: span.secs,
+    })
+}
+
+/// Starts `call(i)` for i = 1, 2, … at a steady `rate` per second until
+/// `deadline`, each on its own task (open loop: a slow answer does not slow
+/// the sending); returns the tasks in the order they were started.
+async fn paced<F, Fut>(
+    rate: f64,
+    deadline: Instant,
+    call: F,
+) -> Vec<tokio::task::JoinHandle<Fut::Output>>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let mut sent = Vec::new();
+    let mut i = 0usize;
+    while Instant::now() < deadline {
+        tick.tick().await;
+        i += 1;
+        sent.push(tokio::spawn(call(i)));
+    }
+    sent
 }
 
 /// Runs `call` `requests` times from `concurrency` tasks; prints the figures.
@@ -461,14 +612,9 @@ async fn abuse() -> anyhow::Result<()> {
     // Webhooks at a steady rate, each on its own task (open loop: a slow
     // answer does not slow the sending).
     let url = Arc::new(format!("{api}/v1/webhooks/{mid}/purchases"));
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-    let mut sent = Vec::new();
-    let mut i = 0usize;
-    while Instant::now() < deadline {
-        tick.tick().await;
+    let sent = paced(rate, deadline, |i| {
         let (client, url, secret, run) = (client.clone(), url.clone(), secret.clone(), run.clone());
-        i += 1;
-        sent.push(tokio::spawn(async move {
+        async move {
             let body = serde_json::to_vec(&json!({
                 "order_id": format!("{run}-{i}"), "amount_minor": 1_000, "currency": "EUR",
                 "purchased_at": chrono::Utc::now().to_rfc3339(),
@@ -483,8 +629,9 @@ async fn abuse() -> anyhow::Result<()> {
                 .header("webhook-signature", sig).body(body).send().await,
                 Ok(r) if r.status().as_u16() == 202);
             (ok, t.elapsed().as_secs_f64() * 1_000.0)
-        }));
-    }
+        }
+    })
+    .await;
     let (mut lat, mut errors) = (Vec::new(), 0u64);
     for t in sent {
         let (ok, ms) = t.await?;
