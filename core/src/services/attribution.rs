@@ -293,26 +293,9 @@ pub async fn attribute(
             .returning(Reward::as_returning())
             .get_result(conn)
             .await?;
-        reward_money::credit(conn, &reward).await?;
         if flagged {
             explanations::request(conn, reward.id, cfg.explain_flagged, now).await?;
         }
-        diesel::update(purchases::table.find(p.id))
-            .set((
-                purchases::status.eq(p.status.becoming(if flagged {
-                    PurchaseStatus::Flagged
-                } else {
-                    PurchaseStatus::Attributed
-                })),
-                purchases::user_id.eq(user),
-                purchases::identity_group_id.eq(group),
-                purchases::rewards_processed_at.eq(now),
-                purchases::settle_due_at.eq(now),
-            ))
-            .execute(conn)
-            .await?;
-        // A merchant decision that arrived before attribution applies now.
-        reward_money::settle(conn, p.id).await?;
         if !flagged && amount > 0 && p.merchant_decision != Some(RewardTransition::Reversed) {
             let email: String = users::table
                 .find(user)
@@ -336,6 +319,49 @@ pub async fn attribute(
                 dedupe_key: SendEmail::reward_key(reward.id),
             };
             jobs::enqueue(conn, &job, now).await?;
+        }
+        // What settling would leave when no earlier fact moves the new
+        // reward (the common case): its status as created, due again at
+        // the end of its hold while pending. Written with the purchase, so
+        // that only a purchase with a merchant decision already recorded
+        // (or a hold already over) needs `settle`.
+        let settled_as_created = reward_money::target(
+            &reward_money::Facts::of(&reward, &p),
+            now,
+        ) == reward.status;
+        let (status, settle_due_at) = if settled_as_created {
+            (
+                reward_money::purchase_status(reward.status),
+                (reward.status == RewardStatus::Pending).then_some(reward.hold_until),
+            )
+        } else {
+            (
+                if flagged {
+                    PurchaseStatus::Flagged
+                } else {
+                    PurchaseStatus::Attributed
+                },
+                Some(now),
+            )
+        };
+        diesel::update(purchases::table.find(p.id))
+            .set((
+                purchases::status.eq(p.status.becoming(status)),
+                purchases::user_id.eq(user),
+                purchases::identity_group_id.eq(group),
+                purchases::rewards_processed_at.eq(now),
+                purchases::settle_due_at.eq(settle_due_at),
+            ))
+            .execute(conn)
+            .await?;
+        // The ledger last: the user's account rows (and the platform
+        // stripe of the user) stay locked from here to the commit only,
+        // so attributions of one shopper queue on them for as little as
+        // possible.
+        reward_money::credit(conn, &reward).await?;
+        if !settled_as_created {
+            // A merchant decision that arrived before attribution applies now.
+            reward_money::settle(conn, p.id).await?;
         }
         metrics::counter!("rewards_total", "status" => reward.status.as_str()).increment(1);
         Ok(Outcome::Rewarded {

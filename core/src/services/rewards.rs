@@ -293,7 +293,7 @@ pub fn target(f: &Facts, now: DateTime<Utc>) -> RewardStatus {
 }
 
 /// The purchase status that goes with its live reward's.
-fn purchase_status(r: RewardStatus) -> PurchaseStatus {
+pub fn purchase_status(r: RewardStatus) -> PurchaseStatus {
     match r {
         RewardStatus::Pending | RewardStatus::Voided => PurchaseStatus::Attributed,
         RewardStatus::Flagged => PurchaseStatus::Flagged,
