@@ -181,11 +181,14 @@ async fn flush(
     batch.clear();
 }
 
+/// One queue's jobs with their tries.
+type QueueJobs = (Queue, Vec<(String, u8)>);
+
 /// Drops the payloads of `jobs` (rows closed) from Redis, one script per
 /// queue; returns those to try again (not done in Redis yet, or Redis
 /// failed), each with one more try, less those out of tries.
 async fn drop_payloads(store: &PayloadStore, jobs: Later) -> Later {
-    let mut by_queue: BTreeMap<&'static str, (Queue, Vec<(String, u8)>)> = BTreeMap::new();
+    let mut by_queue: BTreeMap<&'static str, QueueJobs> = BTreeMap::new();
     for (q, id, tries) in jobs {
         by_queue
             .entry(q.as_str())
