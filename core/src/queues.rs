@@ -127,10 +127,10 @@ local workers = redis.call('ZRANGE', KEYS[5], 0, -1)
 local out = {}
 for i, id in ipairs(ARGV) do
   local state = 0
-  if redis.call('HEXISTS', KEYS[7], id) == 1 then
-    if redis.call('SISMEMBER', KEYS[3], id) == 1 then
-      state = 2
-    elseif active[id] or redis.call('ZSCORE', KEYS[1], id)
+  if redis.call('SISMEMBER', KEYS[3], id) == 1 then
+    state = 2
+  elseif redis.call('HEXISTS', KEYS[7], id) == 1 then
+    if active[id] or redis.call('ZSCORE', KEYS[1], id)
         or redis.call('SISMEMBER', KEYS[4], id) == 1 then
       state = 1
     else
@@ -147,8 +147,9 @@ end
 return out
 ";
 
-/// Where Redis holds each of `task_ids` (a job whose data Redis lost is lost
-/// wherever its id still is).
+/// Where Redis holds each of `task_ids`: a job in the done set is done (a
+/// finished job's payload leaves Redis once its row is closed); any other job
+/// whose data Redis lost is lost wherever its id still is.
 pub async fn presence<C: ConnectionLike>(
     conn: &mut C,
     config: &StorageConfig,
@@ -176,6 +177,49 @@ pub async fn presence<C: ConnectionLike>(
             _ => Presence::Lost,
         })
         .collect())
+}
+
+const DROP_FINISHED: &str = r"
+-- KEYS: done set, data hash, meta prefix. ARGV: task ids.
+-- Returns per id 1 when its payload went (it is done), 0 when it is not done.
+local out = {}
+for i, id in ipairs(ARGV) do
+  if redis.call('SISMEMBER', KEYS[1], id) == 1 then
+    redis.call('HDEL', KEYS[2], id)
+    redis.call('HDEL', KEYS[3] .. ':' .. id, 'result', 'attempts', 'max_attempts', 'idempotency_key')
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+";
+
+/// Removes the payloads of finished jobs from the queue's data hash, with the
+/// fields of their metadata nothing reads once a job is done (its result,
+/// attempts, max attempts and idempotency key; its status and `done_at`
+/// stay), in one call. Only a job in the done set loses them: one not yet
+/// acknowledged could still be handed back to the queue, and a worker must
+/// never fetch an id without its data. Returns per id whether it went.
+///
+/// The outbox row of each job must be closed first: the relay pushes only
+/// open rows, so no push can bring a closed job back once its data is gone.
+pub async fn drop_finished_payloads<C: ConnectionLike>(
+    conn: &mut C,
+    config: &StorageConfig,
+    task_ids: &[&str],
+) -> redis::RedisResult<Vec<bool>> {
+    if task_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let codes: Vec<i64> = redis::Script::new(DROP_FINISHED)
+        .key(config.done_jobs_set())
+        .key(config.job_data_hash())
+        .key(config.job_meta_hash())
+        .arg(task_ids)
+        .invoke_async(conn)
+        .await?;
+    Ok(codes.into_iter().map(|c| c == 1).collect())
 }
 
 const HAND_BACK: &str = r"

@@ -325,6 +325,10 @@ impl Driver {
             jobs: clicknback_worker::jobs::registry(),
             closer: clicknback_worker::closer::Closer::spawn(
                 db.clone(),
+                clicknback_worker::closer::PayloadStore {
+                    redis: redis_handle.clone(),
+                    namespace: config.redis_namespace.clone(),
+                },
                 config.worker.close_batch,
                 config.worker.close_linger,
                 Default::default(),

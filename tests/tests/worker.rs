@@ -831,3 +831,144 @@ async fn a_graceful_stop_closes_the_rows_of_every_finished_job() {
     assert_eq!(scalar(&app, CLOSED_DONE).await, 20);
     assert_eq!(scalar(&app, RAN_ONCE).await, 20);
 }
+
+/// A job that succeeded keeps no payload in Redis once its row is closed
+/// (PostgreSQL has the record), only its place in the done set with its
+/// status and finish time; runs that failed keep theirs. The ops views of the
+/// finished job read its payload from the outbox.
+#[tokio::test]
+async fn a_finished_job_leaves_no_payload_in_redis_and_its_views_read_the_outbox() {
+    let app = TestApp::new().await;
+    let _w = app.worker(&[FAST_RETRY]);
+    enqueue(&app, canary("plain")).await;
+    enqueue(
+        &app,
+        Canary {
+            fail_times: 1,
+            ..canary("retried")
+        },
+    )
+    .await;
+    enqueue(
+        &app,
+        Canary {
+            permanent: true,
+            ..canary("doomed")
+        },
+    )
+    .await;
+    let cfg =
+        clicknback_core::queues::storage_config(&app.redis.namespace, jobs::Queue::Maintenance);
+    let mut redis = app.redis.conn().await;
+    eventually(
+        Duration::from_secs(30),
+        "the successful runs' payloads gone from Redis",
+        || {
+            let mut redis = redis.clone();
+            let data = cfg.job_data_hash();
+            let app = &app;
+            async move {
+                let closed = app
+                    .scalar("SELECT count(*) AS n FROM outbox WHERE task_id IN ('canary:plain', 'canary:retried#a2') AND outcome = 'done'")
+                    .await;
+                let dead = app
+                    .scalar("SELECT count(*) AS n FROM dead_jobs WHERE task_id = 'canary:doomed'")
+                    .await;
+                let (a, b): (bool, bool) = redis::pipe()
+                    .hexists(&data, "canary:plain")
+                    .hexists(&data, "canary:retried#a2")
+                    .query_async(&mut redis)
+                    .await
+                    .unwrap();
+                (closed == 2 && dead == 1 && !a && !b).then_some(())
+            }
+        },
+    )
+    .await;
+    for id in ["canary:plain", "canary:retried#a2"] {
+        let done: bool = redis::cmd("SISMEMBER")
+            .arg(cfg.done_jobs_set())
+            .arg(id)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert!(done, "{id} is in the done set");
+        let meta: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(format!("{}:{id}", cfg.job_meta_hash()))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert_eq!(meta.get("status").map(String::as_str), Some("Done"), "{id}");
+        let at: i64 = meta["done_at"].parse().unwrap();
+        assert!((chrono::Utc::now().timestamp() - at).abs() < 60, "{id}");
+        assert!(!meta.contains_key("result"), "{id}: {meta:?}");
+    }
+    // The runs that failed (retried, dead) keep their payloads.
+    let (first, doomed): (bool, bool) = redis::pipe()
+        .hexists(cfg.job_data_hash(), "canary:retried")
+        .hexists(cfg.job_data_hash(), "canary:doomed")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(first && doomed, "retried {first}, dead {doomed}");
+    // Nothing ran twice.
+    assert_eq!(canary_state(&app, "plain").await.unwrap().runs, 1);
+    assert_eq!(canary_state(&app, "retried").await.unwrap().runs, 2);
+
+    // The ops views: the job's page, and the list of done jobs.
+    let admin = app.admin_token().await;
+    let r = app
+        .json(
+            Method::GET,
+            "/v1/admin/queues/maintenance/jobs/canary:plain",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["state"], "done");
+    assert_eq!(r.body["job"], "Canary");
+    assert_eq!(r.body["payload"]["key"], "plain");
+    assert!(r.body["finished_at"].is_string(), "{:?}", r.body);
+    let r = app
+        .json(
+            Method::GET,
+            "/v1/admin/queues/maintenance/jobs?state=done",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let listed = r.body.as_array().unwrap();
+    let plain = listed
+        .iter()
+        .find(|j| j["task_id"] == "canary:plain")
+        .expect("the finished job is listed");
+    assert_eq!(plain["payload"]["key"], "plain");
+
+    // The reconciler takes a finished job without payload as done, not lost.
+    let found = clicknback_core::queues::presence(
+        &mut redis,
+        &cfg,
+        &["canary:plain".to_owned(), "canary:nowhere".to_owned()],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        found,
+        [
+            clicknback_core::queues::Presence::Done,
+            clicknback_core::queues::Presence::Lost
+        ]
+    );
+    // And deleting it from the ops api still finds it in Redis.
+    let r = app
+        .json(
+            Method::DELETE,
+            "/v1/admin/queues/maintenance/jobs/canary:plain",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{:?}", r.body);
+}

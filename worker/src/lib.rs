@@ -109,6 +109,10 @@ pub async fn run(config: Config, plan: Plan, shutdown: CancellationToken) -> any
     let closing = CancellationToken::new();
     let (closer, closer_task) = closer::Closer::spawn(
         pool.clone(),
+        closer::PayloadStore {
+            redis: redis.clone(),
+            namespace: config.redis_namespace.clone(),
+        },
         config.worker.close_batch,
         config.worker.close_linger,
         closing.clone(),

@@ -129,7 +129,7 @@ async fn run_one(ctx: SharedCtx, queue: Queue, env: JobEnvelope) -> Result<(), B
             metrics::counter!("jobs_total", "job" => env.job.clone(), "outcome" => label)
                 .increment(1);
             tracing::info!(duration_ms = (elapsed * 1000.0) as u64, "job succeeded");
-            ctx.closer.done(&env.task_id);
+            ctx.closer.done(queue, &env.task_id);
             Ok(())
         }
         (Err(JobError::Defer { reason, after }), _) => {

@@ -41,7 +41,9 @@ pub struct OutboxRow {
 
 /// Claims at most `limit` due rows of `queue` (run by `horizon`, next relay
 /// attempt by `now`), soonest first, locked for this transaction; rows
-/// another relay holds are skipped.
+/// another relay holds are skipped. A closed row is never claimed (one
+/// closed while its push was being committed has run): Redis may no longer
+/// hold its data, and pushing it would run it again.
 pub async fn claim_due(
     conn: &mut AsyncPgConnection,
     queue: Queue,
@@ -52,6 +54,7 @@ pub async fn claim_due(
     outbox::table
         .filter(outbox::queue.eq(queue.as_str()))
         .filter(outbox::sent_at.is_null())
+        .filter(outbox::finished_at.is_null())
         .filter(outbox::run_at.le(horizon))
         .filter(outbox::next_attempt_at.le(now))
         .order((outbox::run_at.asc(), outbox::id.asc()))

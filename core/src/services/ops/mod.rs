@@ -34,7 +34,8 @@ text_enum! {
         Running = "running",
         /// Failed, its next attempt waiting in the outbox.
         Retrying = "retrying",
-        /// Finished, still kept in Redis.
+        /// Finished, still kept in Redis (its status and when it finished;
+        /// its payload is read from the outbox row).
         Done = "done",
         /// Exhausted or permanently failed, waiting for an operator.
         Dead = "dead",
@@ -238,8 +239,13 @@ pub async fn list<C: ConnectionLike>(
 ) -> Result<Vec<JobView>, OpsError> {
     let limit = limit.clamp(1, 200);
     match state {
-        JobState::Scheduled | JobState::Ready | JobState::Running | JobState::Done => {
+        JobState::Scheduled | JobState::Ready | JobState::Running => {
             queues::list(redis, namespace, queue, state, limit).await
+        }
+        JobState::Done => {
+            let mut views = queues::list(redis, namespace, queue, state, limit).await?;
+            outbox::fill_payloads(conn, &mut views).await?;
+            Ok(views)
         }
         JobState::Dead => Ok(dead::list(conn, queue, limit).await?),
         JobState::Retrying | JobState::Outbox => Ok(outbox::list(conn, queue, state, limit).await?),
@@ -258,7 +264,10 @@ pub async fn job<C: ConnectionLike>(
     let mut view = match dead::find(conn, task_id).await? {
         Some(d) => d,
         None => match queues::find(redis, namespace, queue, task_id).await? {
-            Some(r) => r,
+            Some(mut r) => {
+                outbox::fill_payloads(conn, std::slice::from_mut(&mut r)).await?;
+                r
+            }
             None => outbox::find(conn, queue, task_id)
                 .await?
                 .ok_or(OpsError::NotFound)?,

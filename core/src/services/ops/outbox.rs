@@ -191,6 +191,37 @@ pub(super) async fn find(
     Ok(row.map(|r| view(queue, JobState::Outbox, r)))
 }
 
+/// Fills in, from their outbox rows, the job, payload and attempt of views
+/// Redis has no payload for (finished jobs: theirs left Redis when their row
+/// was closed). A view whose row is gone too (past the outbox retention)
+/// stays without.
+pub(super) async fn fill_payloads(
+    conn: &mut AsyncPgConnection,
+    views: &mut [JobView],
+) -> Result<(), diesel::result::Error> {
+    let ids: Vec<&str> = views
+        .iter()
+        .filter(|v| v.payload.is_none())
+        .map(|v| v.task_id.as_str())
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<(String, serde_json::Value, i32)> = outbox::table
+        .filter(outbox::task_id.eq_any(&ids))
+        .select((outbox::task_id, outbox::payload, outbox::attempt))
+        .load(conn)
+        .await?;
+    for v in views.iter_mut().filter(|v| v.payload.is_none()) {
+        if let Some((_, payload, attempt)) = rows.iter().find(|(t, _, _)| *t == v.task_id) {
+            v.job = payload["job"].as_str().map(str::to_owned);
+            v.payload = Some(payload["data"].clone());
+            v.attempt = v.attempt.or(Some((*attempt).into()));
+        }
+    }
+    Ok(())
+}
+
 /// Deletes the unsent outbox row of a task id, and closes a sent one as
 /// deleted (so it is not relayed again); returns how many rows went or closed.
 pub(super) async fn delete_unsent(

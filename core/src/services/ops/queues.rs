@@ -195,7 +195,9 @@ pub(super) async fn list<C: ConnectionLike>(
     Ok(out)
 }
 
-/// One job by task id, if Redis holds its data.
+/// One job by task id, if Redis holds its data or has it as done (a finished
+/// job's payload leaves Redis once its row is closed: the view then has none,
+/// and [`super::job`] reads it from the outbox).
 pub(super) async fn find<C: ConnectionLike>(
     redis: &mut C,
     namespace: &str,
@@ -209,7 +211,7 @@ pub(super) async fn find<C: ConnectionLike>(
         .hexists(cfg.job_data_hash(), task_id)
         .query_async(redis)
         .await?;
-    if !exists {
+    if !exists && !done {
         return Ok(None);
     }
     let state = if score.is_some() {
@@ -264,14 +266,17 @@ const DELETE_JOB: &str = r"
 -- KEYS: scheduled, active, done, dead, data ; ARGV: meta key, task id
 redis.call('ZREM', KEYS[1], ARGV[2])
 redis.call('LREM', KEYS[2], 0, ARGV[2])
-redis.call('SREM', KEYS[3], ARGV[2])
+-- A finished job may have no data left: its place in the done set and its
+-- meta count as Redis holding it.
+local removed = redis.call('SREM', KEYS[3], ARGV[2])
 redis.call('SREM', KEYS[4], ARGV[2])
-local removed = redis.call('HDEL', KEYS[5], ARGV[2])
-redis.call('DEL', ARGV[1])
+removed = removed + redis.call('HDEL', KEYS[5], ARGV[2])
+removed = removed + redis.call('DEL', ARGV[1])
 return removed
 ";
 
-/// Removes a job from every Redis structure of its queue; true if it had data.
+/// Removes a job from every Redis structure of its queue; true if Redis held
+/// it (its data, or, once finished, its place in the done set or its meta).
 pub async fn delete_from_redis<C: ConnectionLike>(
     redis: &mut C,
     namespace: &str,
