@@ -123,21 +123,21 @@ async fn take_from_monthly_cap(
     Ok(granted)
 }
 
-async fn fraud_input(
-    conn: &mut AsyncPgConnection,
+/// The user's purchase history the fraud score reads.
+#[derive(QueryableByName)]
+struct History {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Double>)]
+    avg: Option<f64>,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    recent: i64,
+}
+
+async fn history(
+    mut conn: &AsyncPgConnection,
     p: &Purchase,
     user: UserId,
-    rate_bps: i32,
-    at_max: bool,
-) -> Result<FraudInput, diesel::result::Error> {
-    #[derive(QueryableByName)]
-    struct History {
-        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Double>)]
-        avg: Option<f64>,
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        recent: i64,
-    }
-    let h: History = diesel::sql_query(
+) -> Result<History, diesel::result::Error> {
+    diesel::sql_query(
         "SELECT avg(amount_minor)::float8 AS avg,
                 count(*) FILTER (WHERE purchased_at > $3 - interval '1 hour' AND purchased_at <= $3) AS recent
            FROM purchases WHERE user_id = $1 AND id <> $2",
@@ -145,23 +145,78 @@ async fn fraud_input(
     .bind::<diesel::sql_types::Uuid, _>(user)
     .bind::<diesel::sql_types::Uuid, _>(p.id)
     .bind::<diesel::sql_types::Timestamptz, _>(p.purchased_at)
-    .get_result(conn)
-    .await?;
-    let (avg, recent) = (h.avg, h.recent);
-    let merchant_created: DateTime<Utc> = merchants::table
+    .get_result(&mut conn)
+    .await
+}
+
+/// What attribution reads once it knows the purchase's user, in one
+/// pipeline: the group's last touchpoint for the merchant inside the window,
+/// the user's history for the fraud score, the merchant's name and age, the
+/// user's email, and the purchase's next attribution sequence number.
+struct Reads {
+    touchpoint: Option<TouchpointId>,
+    history: History,
+    merchant_name: String,
+    merchant_created: DateTime<Utc>,
+    email: String,
+    seq: i32,
+}
+
+async fn reads(
+    mut conn: &AsyncPgConnection,
+    p: &Purchase,
+    group: Option<IdentityGroupId>,
+    user: UserId,
+    cfg: &AttributionConfig,
+) -> Result<Reads, diesel::result::Error> {
+    let window_start = p.purchased_at - Duration::from_std(cfg.window).unwrap_or_default();
+    let touchpoint = touchpoints::table
+        .filter(touchpoints::group_id.eq(group.unwrap_or_default()))
+        .filter(touchpoints::merchant_id.eq(p.merchant_id))
+        .filter(touchpoints::created_at.ge(window_start))
+        .filter(touchpoints::created_at.le(p.created_at))
+        .order(touchpoints::created_at.desc())
+        .select(touchpoints::id)
+        .first::<TouchpointId>(&mut conn);
+    let merchant = merchants::table
         .find(p.merchant_id)
-        .select(merchants::created_at)
-        .first(conn)
-        .await?;
-    Ok(FraudInput {
+        .select((merchants::name, merchants::created_at))
+        .first::<(String, DateTime<Utc>)>(&mut conn);
+    let email = users::table
+        .find(user)
+        .select(users::email)
+        .first::<String>(&mut conn);
+    let seq = rewards::table
+        .filter(rewards::purchase_id.eq(p.id))
+        .select(diesel::dsl::max(rewards::attribution_seq))
+        .first::<Option<i32>>(&mut conn);
+    let (touchpoint, history, (merchant_name, merchant_created), email, seq) = futures::try_join!(
+        async { touchpoint.await.optional() },
+        history(conn, p, user),
+        merchant,
+        email,
+        seq,
+    )?;
+    Ok(Reads {
+        touchpoint,
+        history,
+        merchant_name,
+        merchant_created,
+        email,
+        seq: seq.unwrap_or(0) + 1,
+    })
+}
+
+fn fraud_input(p: &Purchase, r: &Reads, rate_bps: i32, at_max: bool) -> FraudInput {
+    FraudInput {
         amount_minor: p.amount_minor,
-        user_average_minor: avg.map(|a| a as i64),
-        user_purchases_last_hour: recent,
-        merchant_age_days: (p.purchased_at - merchant_created).num_days(),
+        user_average_minor: r.history.avg.map(|a| a as i64),
+        user_purchases_last_hour: r.history.recent,
+        merchant_age_days: (p.purchased_at - r.merchant_created).num_days(),
         hour_utc: p.purchased_at.hour(),
         rate_bps,
         at_max_cashback: at_max,
-    })
+    }
 }
 
 /// Attributes a purchase (see the module doc).
@@ -212,18 +267,8 @@ pub async fn attribute(
                 .await?;
             return Ok(Outcome::Waiting { recheck_at });
         };
-        let window_start = p.purchased_at - Duration::from_std(cfg.window).unwrap_or_default();
-        let touchpoint: Option<TouchpointId> = touchpoints::table
-            .filter(touchpoints::group_id.eq(group.unwrap_or_default()))
-            .filter(touchpoints::merchant_id.eq(p.merchant_id))
-            .filter(touchpoints::created_at.ge(window_start))
-            .filter(touchpoints::created_at.le(p.created_at))
-            .order(touchpoints::created_at.desc())
-            .select(touchpoints::id)
-            .first(conn)
-            .await
-            .optional()?;
-        let Some(touchpoint) = touchpoint else {
+        let r = reads(conn, &p, group, user, cfg).await?;
+        let Some(touchpoint) = r.touchpoint else {
             return unattributed(conn, p.id, group, "no touchpoint in the attribution window")
                 .await;
         };
@@ -260,20 +305,13 @@ pub async fn attribute(
             )
             .await?;
         }
-        let fraud = scorer.score(&fraud_input(conn, &p, user, offer.rate_bps, at_max).await?);
+        let fraud = scorer.score(&fraud_input(&p, &r, offer.rate_bps, at_max));
         let flagged = fraud.score >= cfg.fraud_threshold;
-        let seq: i32 = rewards::table
-            .filter(rewards::purchase_id.eq(p.id))
-            .select(diesel::dsl::max(rewards::attribution_seq))
-            .first::<Option<i32>>(conn)
-            .await?
-            .unwrap_or(0)
-            + 1;
         let reward: Reward = diesel::insert_into(rewards::table)
             .values(NewReward {
                 id: RewardId::new(),
                 purchase_id: p.id,
-                attribution_seq: seq,
+                attribution_seq: r.seq,
                 user_id: user,
                 offer_id: offer.id,
                 touchpoint_id: Some(touchpoint),
@@ -297,24 +335,14 @@ pub async fn attribute(
             explanations::request(conn, reward.id, cfg.explain_flagged, now).await?;
         }
         if !flagged && amount > 0 && p.merchant_decision != Some(RewardTransition::Reversed) {
-            let email: String = users::table
-                .find(user)
-                .select(users::email)
-                .first(conn)
-                .await?;
-            let merchant: String = merchants::table
-                .find(p.merchant_id)
-                .select(merchants::name)
-                .first(conn)
-                .await?;
             let job = SendEmail {
                 kind: EmailKind::RewardCredited,
-                to: email,
+                to: r.email.clone(),
                 data: serde_json::json!({
                     "amount_minor": amount,
                     "currency": p.currency,
                     "order_id": p.order_id,
-                    "merchant": merchant,
+                    "merchant": r.merchant_name,
                 }),
                 dedupe_key: SendEmail::reward_key(reward.id),
             };
@@ -325,10 +353,8 @@ pub async fn attribute(
         // the end of its hold while pending. Written with the purchase, so
         // that only a purchase with a merchant decision already recorded
         // (or a hold already over) needs `settle`.
-        let settled_as_created = reward_money::target(
-            &reward_money::Facts::of(&reward, &p),
-            now,
-        ) == reward.status;
+        let settled_as_created =
+            reward_money::target(&reward_money::Facts::of(&reward, &p), now) == reward.status;
         let (status, settle_due_at) = if settled_as_created {
             (
                 reward_money::purchase_status(reward.status),

@@ -134,7 +134,7 @@ async fn stripe_id(
 }
 
 async fn find_account(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     account: AccountRef,
     currency: Currency,
     stripe: i16,
@@ -149,7 +149,7 @@ async fn find_account(
         Some(u) => q.filter(ledger_accounts::user_id.eq(u)),
         None => q.filter(ledger_accounts::user_id.is_null()),
     };
-    q.first(conn).await.optional()
+    q.first(&mut conn).await.optional()
 }
 
 /// A balance (credits minus debits); zero for an account never used. A
@@ -208,8 +208,25 @@ pub enum Posted {
 /// Posts a transfer inside the caller's transaction. Idempotent by id.
 pub async fn post(conn: &mut AsyncPgConnection, t: &Transfer) -> Result<Posted, LedgerError> {
     let (amount, currency) = (t.amount.amount_minor(), t.amount.currency());
-    let debit = stripe_id(conn, t.from, currency, stripe_for(t.from, t)).await?;
-    let credit = stripe_id(conn, t.to, currency, stripe_for(t.to, t)).await?;
+    // Both accounts' ids, then the transfer and both balances, each group
+    // sent in one pipeline: PostgreSQL runs them in order, so the rows are
+    // still locked in id order, and the round trips do not add up while
+    // they are held.
+    let (debit, credit) = {
+        let c: &AsyncPgConnection = conn;
+        futures::try_join!(
+            find_account(c, t.from, currency, stripe_for(t.from, t)),
+            find_account(c, t.to, currency, stripe_for(t.to, t)),
+        )?
+    };
+    let debit = match debit {
+        Some(id) => id,
+        None => stripe_id(conn, t.from, currency, stripe_for(t.from, t)).await?,
+    };
+    let credit = match credit {
+        Some(id) => id,
+        None => stripe_id(conn, t.to, currency, stripe_for(t.to, t)).await?,
+    };
     let inserted = diesel::insert_into(ledger_transfers::table)
         .values((
             ledger_transfers::id.eq(&t.id),
@@ -236,22 +253,33 @@ pub async fn post(conn: &mut AsyncPgConnection, t: &Transfer) -> Result<Posted, 
     } else {
         (credit, debit)
     };
-    for id in [first, second] {
-        let delta = if id == debit { -amount } else { amount };
-        let r = diesel::update(ledger_accounts::table.find(id))
-            .set(ledger_accounts::balance_minor.eq(ledger_accounts::balance_minor + delta))
-            .execute(conn)
-            .await;
-        match r {
-            Err(e) if db::check_violation(&e, "ledger_accounts_user_balance_non_negative") => {
-                return Err(LedgerError::InsufficientFunds);
-            }
-            other => {
-                other?;
-            }
-        }
-    }
+    let c: &AsyncPgConnection = conn;
+    let delta = |id| if id == debit { -amount } else { amount };
+    futures::try_join!(
+        add_to_balance(c, first, delta(first)),
+        add_to_balance(c, second, delta(second)),
+    )?;
     Ok(Posted::Now)
+}
+
+/// Adds `delta` to an account's balance; a user's balance going negative is
+/// [`LedgerError::InsufficientFunds`].
+async fn add_to_balance(
+    mut conn: &AsyncPgConnection,
+    id: LedgerAccountId,
+    delta: i64,
+) -> Result<usize, LedgerError> {
+    diesel::update(ledger_accounts::table.find(id))
+        .set(ledger_accounts::balance_minor.eq(ledger_accounts::balance_minor + delta))
+        .execute(&mut conn)
+        .await
+        .map_err(|e| {
+            if db::check_violation(&e, "ledger_accounts_user_balance_non_negative") {
+                LedgerError::InsufficientFunds
+            } else {
+                LedgerError::from(e)
+            }
+        })
 }
 
 /// How [`credit_available`] split a credit.
