@@ -99,7 +99,9 @@ BIN="$ROOT/target/release"
 
 export APP_ENV=development REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" \
   REDIS_NAMESPACE="bench$$" API_ADDR="127.0.0.1:$PORT" RUST_LOG=warn DATABASE_POOL_SIZE=32 METRICS_ADDR=off \
-  WEBHOOK_RATE_LIMIT_PER_MINUTE=10000000   # counted on every request, never reached
+  WEBHOOK_RATE_LIMIT_PER_MINUTE=10000000 \
+  REGISTER_PER_IP_PER_HOUR=1000000   # both counted on every request, never reached: every
+                                     # e2e run registers its shoppers from one address
 
 # A new, migrated database with the benchmark's admin: fresh_db NAME; prints its URL.
 fresh_db() {
