@@ -6,7 +6,7 @@ use diesel_async::{
     AsyncConnection, AsyncPgConnection, RunQueryDsl,
     async_connection_wrapper::AsyncConnectionWrapper,
     pooled_connection::{
-        AsyncDieselConnectionManager,
+        AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
         deadpool::{Object, Pool},
     },
 };
@@ -20,8 +20,18 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");
 /// Any key for the advisory lock that serialises migrations across processes.
 const MIGRATION_LOCK_KEY: i64 = 0x636c_6b62_6d69_6772; // "clkbmigr"
 
+/// The pool of connections to `database_url`. A connection is handed out
+/// again without a round trip to check it (`RecyclingMethod::Fast`): one
+/// whose socket is closed (the server restarted or ended it) or whose
+/// transaction state is broken is dropped instead, and a query on a
+/// connection that died unseen fails as any query can, for its caller's
+/// retry. Checking with `SELECT 1` on every checkout cost a round trip on
+/// every job and request.
 pub fn pool(database_url: &str, max_size: usize) -> anyhow::Result<DbPool> {
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(database_url);
+    let mut config = ManagerConfig::default();
+    config.recycling_method = RecyclingMethod::Fast;
+    let manager =
+        AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(database_url, config);
     Ok(Pool::builder(manager)
         .max_size(max_size)
         .wait_timeout(Some(std::time::Duration::from_secs(10)))
