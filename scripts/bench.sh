@@ -14,8 +14,8 @@
 #   backlog   100,000 due jobs plus 20,000 failing once, retries due together.
 #   e2e       E2E_PURCHASES (1000) purchases of E2E_SHOPPERS (10) shoppers
 #             ingested at once with ATTRIBUTION_DELAY_SECS=0 until all are
-#             credited by a worker (purchases/s, p50/p99 from ingestion to
-#             credit); then, against the same api and worker, purchases at a
+#             credited by a worker sending its emails to a real SMTP sink
+#             (purchases/s, p50/p99 from ingestion to credit); then, against the same api and worker, purchases at a
 #             steady E2E_STEADY_RATE per second (default: half the burst's
 #             measured rate) for E2E_STEADY_SECS (20; 0 skips it), measured
 #             the same way once all are credited (at most E2E_STEADY_WAIT,
@@ -167,7 +167,14 @@ if want e2e; then
   DATABASE_URL="$E2E_URL" ATTRIBUTION_DELAY_SECS=0 API_ADDR="127.0.0.1:$E2E_PORT" \
     start clicknback-api "$WORK/api-e2e.log" serve
   e2e_api=$started
-  DATABASE_URL="$E2E_URL" WORKER_ADDR="127.0.0.1:0" RUST_LOG=error SMTP_URL="smtp://127.0.0.1:9" \
+  # A real SMTP server that accepts and discards every message, so each
+  # reward email is sent once, as with a working mail server.
+  ensure_aiosmtpd
+  E2E_SMTP_PORT=$(( PORT + 9 ))
+  python3 -m aiosmtpd -n -l "127.0.0.1:$E2E_SMTP_PORT" -c aiosmtpd.handlers.Sink >"$WORK/smtp-e2e.log" 2>&1 &
+  PIDS+=("$!")
+  for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$E2E_SMTP_PORT") 2>/dev/null && break; sleep 0.1; done
+  DATABASE_URL="$E2E_URL" WORKER_ADDR="127.0.0.1:0" RUST_LOG=error SMTP_URL="smtp://127.0.0.1:$E2E_SMTP_PORT" \
     QUEUE_CONCURRENCY_ATTRIBUTION=16 start clicknback-worker "$WORK/worker-e2e.log" run
   e2e_worker=$started
   wait_ready "$E2E_PORT"

@@ -22,11 +22,7 @@ ensure_cargo
 command -v psql >/dev/null 2>&1 || apt_install postgresql-client
 PG_BIN="$(pg_bin)" || { apt_install postgresql; PG_BIN="$(pg_bin)"; } || die "PostgreSQL binaries not found"
 command -v redis-server >/dev/null 2>&1 || apt_install redis-server
-python3 -c 'import aiosmtpd' 2>/dev/null || {
-  log "installing aiosmtpd (the suite's SMTP sink)"
-  python3 -m pip install -q --disable-pip-version-check aiosmtpd 2>/dev/null \
-    || python3 -m pip install -q --disable-pip-version-check --break-system-packages aiosmtpd
-}
+ensure_aiosmtpd
 
 log "building the release binaries"
 cargo build --release --locked -q -p clicknback-api -p clicknback-worker

@@ -24,6 +24,14 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
+# aiosmtpd, the real SMTP server the tests and the benchmark's worker send to.
+ensure_aiosmtpd() {
+  python3 -c 'import aiosmtpd' 2>/dev/null && return 0
+  log "installing aiosmtpd (SMTP server for the tests and benchmarks)"
+  python3 -m pip install -q --disable-pip-version-check aiosmtpd 2>/dev/null \
+    || python3 -m pip install -q --disable-pip-version-check --break-system-packages aiosmtpd
+}
+
 # Headless Chromium, node and playwright-core (tests/browser), which drive the
 # board's and the demo shop's pages.
 ensure_browser() {

@@ -27,11 +27,7 @@ ensure_postgres
 ensure_redis
 export TEST_DATABASE_URL="$PG_ADMIN_URL"
 export TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
-python3 -c 'import aiosmtpd' 2>/dev/null || {
-  log "installing aiosmtpd (SMTP server for the tests)"
-  python3 -m pip install -q --disable-pip-version-check aiosmtpd 2>/dev/null \
-    || python3 -m pip install -q --disable-pip-version-check --break-system-packages aiosmtpd
-}
+ensure_aiosmtpd
 
 binaries=""
 if [ "${1:-}" = "--binaries" ]; then binaries=1; shift; fi

@@ -12,11 +12,7 @@ export TEST_DATABASE_URL="$PG_ADMIN_URL"
 export TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
 
 # A real SMTP server for the email tests.
-python3 -c 'import aiosmtpd' 2>/dev/null || {
-  log "installing aiosmtpd (SMTP server for the tests)"
-  python3 -m pip install -q --disable-pip-version-check aiosmtpd 2>/dev/null \
-    || python3 -m pip install -q --disable-pip-version-check --break-system-packages aiosmtpd
-}
+ensure_aiosmtpd
 
 # Headless Chromium and playwright-core for the board's browser test.
 if [ -z "${CLICKNBACK_SKIP_BROWSER:-}" ]; then
