@@ -5,7 +5,8 @@
 //! acknowledged in Redis at once; the closer writes one
 //! `UPDATE ... WHERE task_id = ANY` per batch, when it holds `JOB_CLOSE_BATCH`
 //! ids (500) or `JOB_CLOSE_LINGER_MS` (5 ms) after the first id of the batch
-//! arrived, whichever comes first, and once more on shutdown.
+//! arrived, whichever comes first, and once more on shutdown. Each row is
+//! closed with the time its job finished, not the time of the batch.
 //! One statement per batch instead of one per job is what lets a worker drain
 //! at Redis speed.
 //!
@@ -31,6 +32,8 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use chrono::{DateTime, Utc};
+
 use clicknback_core::{
     db::DbPool,
     jobs::Queue,
@@ -50,8 +53,12 @@ pub const LATER_TRIES: u8 = 8;
 /// Where finished jobs' task ids go; cheap to clone.
 #[derive(Clone)]
 pub struct Closer {
-    tx: mpsc::UnboundedSender<(Queue, String)>,
+    tx: mpsc::UnboundedSender<Finished>,
 }
+
+/// A job that succeeded: its queue, task id, and when it finished (the time
+/// its row is closed with, however late the batch is written).
+type Finished = (Queue, String, DateTime<Utc>);
 
 /// The closer's task: [`Closer::spawn`] returns it; await it after `stop` is
 /// cancelled to have every id received so far written.
@@ -83,7 +90,11 @@ impl Closer {
     /// closed as done with the next batch, and its payload then leaves Redis.
     /// After the closer stopped, the reconciler closes it.
     pub fn done(&self, queue: Queue, task_id: &str) {
-        if self.tx.send((queue, task_id.to_owned())).is_err() {
+        if self
+            .tx
+            .send((queue, task_id.to_owned(), Utc::now()))
+            .is_err()
+        {
             tracing::debug!(job_id = %task_id, "the closer has stopped; the reconciler closes this row");
         }
     }
@@ -96,12 +107,12 @@ type Later = Vec<(Queue, String, u8)>;
 async fn run(
     db: DbPool,
     store: PayloadStore,
-    mut rx: mpsc::UnboundedReceiver<(Queue, String)>,
+    mut rx: mpsc::UnboundedReceiver<Finished>,
     max_batch: usize,
     linger: Duration,
     stop: CancellationToken,
 ) {
-    let mut batch: Vec<(Queue, String)> = Vec::with_capacity(max_batch);
+    let mut batch: Vec<Finished> = Vec::with_capacity(max_batch);
     let mut later: Later = Vec::new();
     loop {
         // The first id of a batch (or, while some payloads wait, their retry).
@@ -146,18 +157,14 @@ async fn run(
     }
 }
 
-async fn flush(
-    db: &DbPool,
-    store: &PayloadStore,
-    batch: &mut Vec<(Queue, String)>,
-    later: &mut Later,
-) {
+async fn flush(db: &DbPool, store: &PayloadStore, batch: &mut Vec<Finished>, later: &mut Later) {
     if batch.is_empty() {
         return;
     }
-    let ids: Vec<&str> = batch.iter().map(|(_, id)| id.as_str()).collect();
+    let runs: Vec<(&str, DateTime<Utc>)> =
+        batch.iter().map(|(_, id, at)| (id.as_str(), *at)).collect();
     let result = match db.get().await {
-        Ok(mut conn) => outbox::finish_many(&mut conn, &ids, Outcome::Done)
+        Ok(mut conn) => outbox::finish_at(&mut conn, &runs, Outcome::Done)
             .await
             .map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
@@ -168,7 +175,7 @@ async fn flush(
             // PostgreSQL has the record: the payloads can go (with those of
             // earlier batches still waiting for their acknowledgement).
             let mut jobs: Later = std::mem::take(later);
-            jobs.extend(batch.drain(..).map(|(q, id)| (q, id, 0)));
+            jobs.extend(batch.drain(..).map(|(q, id, _)| (q, id, 0)));
             *later = drop_payloads(store, jobs).await;
         }
         Err(e) => {

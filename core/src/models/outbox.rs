@@ -122,6 +122,31 @@ pub async fn finish_many<S: AsRef<str>>(
     .await
 }
 
+/// Closes the open rows of these runs, each `(task id, when it finished)`,
+/// with `outcome`, in one statement; returns how many it closed. For runs
+/// closed in batches after they finished: each row keeps its own time.
+pub async fn finish_at(
+    conn: &mut AsyncPgConnection,
+    runs: &[(&str, DateTime<Utc>)],
+    outcome: Outcome,
+) -> Result<usize, diesel::result::Error> {
+    use diesel::sql_types::{Array, Text, Timestamptz};
+    if runs.is_empty() {
+        return Ok(0);
+    }
+    let (task_ids, at): (Vec<&str>, Vec<DateTime<Utc>>) = runs.iter().copied().unzip();
+    diesel::sql_query(
+        "UPDATE outbox AS o SET finished_at = u.at, outcome = $3
+           FROM unnest($1::text[], $2::timestamptz[]) AS u(task_id, at)
+          WHERE o.task_id = u.task_id AND o.finished_at IS NULL",
+    )
+    .bind::<Array<Text>, _>(task_ids)
+    .bind::<Array<Timestamptz>, _>(at)
+    .bind::<Text, _>(outcome.as_str())
+    .execute(conn)
+    .await
+}
+
 /// Sent, still open rows of `queue` last seen in Redis (or sent) before
 /// `seen_before`, at most `limit`, locked for this transaction.
 pub async fn due_for_verification(
