@@ -319,11 +319,45 @@ pub async fn enqueue_as<J: Job>(
     attempt: i32,
     run_at: DateTime<Utc>,
 ) -> Result<bool, diesel::result::Error> {
-    let payload = serde_json::json!({
+    enqueue_raw(conn, J::QUEUE, task_id, payload_of(job), attempt, run_at).await
+}
+
+fn payload_of<J: Job>(job: &J) -> serde_json::Value {
+    serde_json::json!({
         "job": J::NAME,
         "data": serde_json::to_value(job).expect("job payloads serialize"),
-    });
-    enqueue_raw(conn, J::QUEUE, task_id, payload, attempt, run_at).await
+    })
+}
+
+/// Writes several jobs of one type, each `(task id, job, run at)`, in one
+/// insert (for a step that enqueues many in its transaction). Idempotent
+/// like [`enqueue_as`]: a task id already in the outbox inserts nothing.
+/// Returns how many were written.
+pub async fn enqueue_many<J: Job>(
+    conn: &mut AsyncPgConnection,
+    jobs: &[(String, J, DateTime<Utc>)],
+) -> Result<usize, diesel::result::Error> {
+    if jobs.is_empty() {
+        return Ok(0);
+    }
+    let now = Utc::now();
+    let rows: Vec<NewOutboxRow> = jobs
+        .iter()
+        .map(|(task_id, job, run_at)| NewOutboxRow {
+            queue: J::QUEUE.as_str(),
+            task_id,
+            payload: payload_of(job),
+            attempt: 1,
+            run_at: *run_at,
+            next_attempt_at: now,
+        })
+        .collect();
+    diesel::insert_into(outbox::table)
+        .values(rows)
+        .on_conflict(outbox::task_id)
+        .do_nothing()
+        .execute(conn)
+        .await
 }
 
 /// Writes an already-encoded `{job, data}` payload (used to re-queue dead jobs).

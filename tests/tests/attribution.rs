@@ -389,3 +389,190 @@ async fn a_late_merge_reattributes_a_pending_reward_to_the_later_click() {
             .is_empty()
     );
 }
+
+/// One job attributes its purchase and the other due purchases in one
+/// transaction, each as it would be alone: rewards capped per purchase, a
+/// merchant's reversal recorded before attribution settled at once (no
+/// email), a purchase without a user left waiting, one email per credited
+/// reward, the ledger balanced; the others' own jobs then find them done.
+#[tokio::test]
+async fn one_job_attributes_the_due_purchases_of_several_shoppers_each_as_alone() {
+    use clicknback_core::services::ledger;
+    let app = TestApp::with(&[("ATTRIBUTION_DELAY_SECS", "0")]).await;
+    let (mid, secret) = merchant_with_offer(
+        &app,
+        json!({"name": "5%", "rate_bps": 500, "max_cashback_minor": 800, "currency": "EUR", "active": true}),
+    )
+    .await;
+    let ago = chrono::Duration::minutes(5);
+    let (ann, _) = shopper_with_click(&app, mid, "ann", "ann@example.com", ago).await;
+    let (bob, _) = shopper_with_click(&app, mid, "bob", "bob@example.com", ago).await;
+    let mut ids = Vec::new();
+    for (order, amount, customer) in [
+        ("a-1", 10_000, "ann"),
+        ("a-2", 20_000, "ann"),
+        ("b-1", 4_000, "bob"),
+        ("b-2", 6_000, "bob"),
+        ("n-1", 5_000, "nobody-yet"),
+    ] {
+        ids.push(
+            app.report_purchase(mid, &secret, &purchase_for(order, amount, customer))
+                .await,
+        );
+    }
+    let r = app
+        .webhook(
+            &format!("/v1/webhooks/{mid}/purchases/b-2/status"),
+            &secret,
+            &json!({"status": "reversed", "reason": "refund"}),
+            &[],
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+
+    let cfg = app.config.attribution.clone();
+    let mut c = app.db.conn().await;
+    let done = attribution::attribute_due(
+        &mut c,
+        ids[0],
+        10,
+        &cfg,
+        &RuleScorer::default(),
+        app.cache(),
+    )
+    .await
+    .unwrap();
+    let amount_of = |o: &Outcome| match o {
+        Outcome::Rewarded { amount_minor, .. } => Some(*amount_minor),
+        _ => None,
+    };
+    assert_eq!(amount_of(&done.outcome), Some(500), "{:?}", done.outcome);
+    let other = |id: PurchaseId| {
+        done.others
+            .iter()
+            .find(|(p, _)| *p == id)
+            .map(|(_, o)| o.clone())
+            .unwrap_or_else(|| panic!("{id} was not in the batch: {:?}", done.others))
+    };
+    assert_eq!(done.others.len(), 4, "{:?}", done.others);
+    assert_eq!(amount_of(&other(ids[1])), Some(800));
+    assert_eq!(amount_of(&other(ids[2])), Some(200));
+    assert_eq!(amount_of(&other(ids[3])), Some(300));
+    assert!(matches!(other(ids[4]), Outcome::Waiting { .. }));
+
+    let pending = |user| {
+        let app = &app;
+        async move {
+            let mut c = app.db.conn().await;
+            ledger::wallet(&mut c, user)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|w| w.pending_minor)
+                .sum::<i64>()
+        }
+    };
+    assert_eq!(pending(ann).await, 1_300);
+    assert_eq!(
+        pending(bob).await,
+        200,
+        "the reversed reward's 300 went back"
+    );
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT count(*) AS n FROM rewards WHERE purchase_id = '{}' AND status = 'reversed'",
+            ids[3]
+        ))
+        .await,
+        1
+    );
+    assert_eq!(
+        app.scalar("SELECT count(*) AS n FROM purchases WHERE status = 'attributed' AND settle_due_at IS NOT NULL")
+            .await,
+        3
+    );
+    assert_eq!(
+        app.scalar(
+            "SELECT count(*) AS n FROM outbox WHERE queue = 'emails' AND payload->'data'->>'kind' = 'reward_credited'"
+        )
+        .await,
+        3,
+        "one email per credited reward, none for the reversed one"
+    );
+    let breaches = ledger::reconcile_all(&mut c).await.unwrap();
+    assert!(breaches.is_empty(), "{breaches:?}");
+
+    // Their own jobs come later and find nothing to do.
+    for id in &ids[1..4] {
+        let again =
+            attribution::attribute_due(&mut c, *id, 10, &cfg, &RuleScorer::default(), app.cache())
+                .await
+                .unwrap();
+        assert_eq!(again.outcome, Outcome::AlreadyProcessed);
+    }
+    assert_eq!(app.scalar("SELECT count(*) AS n FROM rewards").await, 4);
+}
+
+/// A shopper's burst attributed in one batch scores as it does one purchase
+/// at a time: each purchase's history counts the shopper's purchases the
+/// batch attributed before it (the velocity rule fires from the sixth on).
+#[tokio::test]
+async fn a_burst_in_one_batch_scores_as_one_purchase_at_a_time() {
+    let app = TestApp::with(&[("ATTRIBUTION_DELAY_SECS", "0")]).await;
+    let (mid, secret) =
+        merchant_with_offer(&app, json!({"name": "5%", "rate_bps": 500, "active": true})).await;
+    let ago = chrono::Duration::minutes(5);
+    let (ann, _) = shopper_with_click(&app, mid, "ann", "ann@example.com", ago).await;
+    let (bob, _) = shopper_with_click(&app, mid, "bob", "bob@example.com", ago).await;
+    let cfg = app.config.attribution.clone();
+    let mut c = app.db.conn().await;
+    let mut first_of_bob = None;
+    for (customer, alone) in [("ann", true), ("bob", false)] {
+        for i in 0..7 {
+            let pid = app
+                .report_purchase(
+                    mid,
+                    &secret,
+                    &purchase_for(&format!("{customer}-{i}"), 3_000 + i, customer),
+                )
+                .await;
+            if alone {
+                attribution::attribute(&mut c, pid, &cfg, &RuleScorer::default(), app.cache())
+                    .await
+                    .unwrap();
+            } else {
+                first_of_bob.get_or_insert(pid);
+            }
+        }
+    }
+    let done = attribution::attribute_due(
+        &mut c,
+        first_of_bob.unwrap(),
+        10,
+        &cfg,
+        &RuleScorer::default(),
+        app.cache(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.others.len(), 6, "{done:?}");
+    let scores = |user: clicknback_core::ids::UserId| {
+        let app = &app;
+        async move {
+            use clicknback_core::schema::{purchases, rewards};
+            let mut c = app.db.conn().await;
+            rewards::table
+                .inner_join(purchases::table)
+                .filter(rewards::user_id.eq(user))
+                .order(purchases::purchased_at.asc())
+                .select(rewards::fraud_score)
+                .load::<f64>(&mut c)
+                .await
+                .unwrap()
+        }
+    };
+    let (one_by_one, batched) = (scores(ann).await, scores(bob).await);
+    assert_eq!(one_by_one.len(), 7);
+    assert_eq!(batched, one_by_one);
+    assert!(one_by_one[6] > one_by_one[0], "{one_by_one:?}");
+}

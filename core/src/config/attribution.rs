@@ -22,6 +22,9 @@ pub struct AttributionConfig {
     pub link_min_attempts: i64,
     /// A flagged reward gets an explanation job (the fraud explainer is configured).
     pub explain_flagged: bool,
+    /// How many due purchases one attribution job attributes in its
+    /// transaction: its own and up to this many less one others.
+    pub batch: usize,
 }
 
 pub(super) fn read<F: Fn(&str) -> Option<String>>(
@@ -37,5 +40,6 @@ pub(super) fn read<F: Fn(&str) -> Option<String>>(
         link_min_attempts: env.int_in("LINK_MISMATCH_MIN_ATTEMPTS", 20, 1..=1_000_000)? as i64,
         // Set from the explainer's configuration once it is read.
         explain_flagged: false,
+        batch: env.int_in("ATTRIBUTION_BATCH", 16, 1..=500)? as usize,
     })
 }

@@ -179,14 +179,14 @@ pub async fn lock_order(
 /// holds at most one user node (the unique index
 /// `identity_nodes_one_user_per_group`), so there is never a choice to make.
 pub async fn user_of(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     group: IdentityGroupId,
 ) -> Result<Option<UserId>, diesel::result::Error> {
     let users: Vec<Option<UserId>> = identity_nodes::table
         .filter(identity_nodes::group_id.eq(group))
         .filter(identity_nodes::kind.eq(NodeKind::User))
         .select(identity_nodes::user_id)
-        .load(conn)
+        .load(&mut conn)
         .await?;
     match users.as_slice() {
         [] => Ok(None),

@@ -207,59 +207,101 @@ pub enum Posted {
 
 /// Posts a transfer inside the caller's transaction. Idempotent by id.
 pub async fn post(conn: &mut AsyncPgConnection, t: &Transfer) -> Result<Posted, LedgerError> {
-    let (amount, currency) = (t.amount.amount_minor(), t.amount.currency());
-    // Both accounts' ids, then the transfer and both balances, each group
-    // sent in one pipeline: PostgreSQL runs them in order, so the rows are
-    // still locked in id order, and the round trips do not add up while
-    // they are held.
-    let (debit, credit) = {
+    let posted = post_many(conn, std::slice::from_ref(t)).await?;
+    Ok(posted[0])
+}
+
+/// Posts transfers inside the caller's transaction, each idempotent by id,
+/// in a fixed number of statements: the accounts' ids (one pipeline), the
+/// transfers (one insert), then one balance update per account touched by a
+/// transfer posted now, summed, in account id order (one pipeline:
+/// PostgreSQL runs them in order, so concurrent posts lock rows in the same
+/// order and cannot deadlock, and the round trips do not add up while the
+/// rows are held). A user's balance is checked once its transfers of this
+/// call are summed. Returns, per transfer, whether it moved money now.
+pub async fn post_many(
+    conn: &mut AsyncPgConnection,
+    transfers: &[Transfer],
+) -> Result<Vec<Posted>, LedgerError> {
+    if transfers.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Every (account, currency, stripe) the transfers name, once.
+    let mut keys: Vec<(AccountRef, Currency, i16)> = Vec::new();
+    for t in transfers {
+        let currency = t.amount.currency();
+        for a in [t.from, t.to] {
+            let key = (a, currency, stripe_for(a, t));
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+    }
+    let found = {
         let c: &AsyncPgConnection = conn;
-        futures::try_join!(
-            find_account(c, t.from, currency, stripe_for(t.from, t)),
-            find_account(c, t.to, currency, stripe_for(t.to, t)),
-        )?
+        futures::future::try_join_all(keys.iter().map(|&(a, cur, s)| find_account(c, a, cur, s)))
+            .await?
     };
-    let debit = match debit {
-        Some(id) => id,
-        None => stripe_id(conn, t.from, currency, stripe_for(t.from, t)).await?,
+    let mut ids = Vec::with_capacity(keys.len());
+    for (&(a, cur, s), found) in keys.iter().zip(found) {
+        ids.push(match found {
+            Some(id) => id,
+            None => stripe_id(conn, a, cur, s).await?,
+        });
+    }
+    let id_of = |a: AccountRef, t: &Transfer| {
+        let key = (a, t.amount.currency(), stripe_for(a, t));
+        ids[keys
+            .iter()
+            .position(|k| *k == key)
+            .expect("every key was resolved")]
     };
-    let credit = match credit {
-        Some(id) => id,
-        None => stripe_id(conn, t.to, currency, stripe_for(t.to, t)).await?,
-    };
-    let inserted = diesel::insert_into(ledger_transfers::table)
-        .values((
-            ledger_transfers::id.eq(&t.id),
-            ledger_transfers::debit_account_id.eq(debit),
-            ledger_transfers::credit_account_id.eq(credit),
-            ledger_transfers::amount_minor.eq(amount),
-            ledger_transfers::currency.eq(currency),
-            ledger_transfers::kind.eq(t.kind),
-            ledger_transfers::user_id.eq(t.user_id),
-            ledger_transfers::purchase_id.eq(t.purchase_id),
-            ledger_transfers::reward_id.eq(t.reward_id),
-            ledger_transfers::payout_id.eq(t.payout_id),
-        ))
+    let rows: Vec<_> = transfers
+        .iter()
+        .map(|t| {
+            (
+                ledger_transfers::id.eq(&t.id),
+                ledger_transfers::debit_account_id.eq(id_of(t.from, t)),
+                ledger_transfers::credit_account_id.eq(id_of(t.to, t)),
+                ledger_transfers::amount_minor.eq(t.amount.amount_minor()),
+                ledger_transfers::currency.eq(t.amount.currency()),
+                ledger_transfers::kind.eq(t.kind),
+                ledger_transfers::user_id.eq(t.user_id),
+                ledger_transfers::purchase_id.eq(t.purchase_id),
+                ledger_transfers::reward_id.eq(t.reward_id),
+                ledger_transfers::payout_id.eq(t.payout_id),
+            )
+        })
+        .collect();
+    let inserted: Vec<String> = diesel::insert_into(ledger_transfers::table)
+        .values(rows)
         .on_conflict(ledger_transfers::id)
         .do_nothing()
-        .execute(conn)
+        .returning(ledger_transfers::id)
+        .get_results(conn)
         .await?;
-    if inserted == 0 {
-        return Ok(Posted::Already);
+    let mut posted = Vec::with_capacity(transfers.len());
+    let mut counted = std::collections::HashSet::new();
+    let mut deltas: std::collections::BTreeMap<LedgerAccountId, i64> = Default::default();
+    for t in transfers {
+        // A transfer named twice in one call moves money once.
+        let now = inserted.contains(&t.id) && counted.insert(t.id.as_str());
+        if now {
+            let amount = t.amount.amount_minor();
+            *deltas.entry(id_of(t.from, t)).or_default() -= amount;
+            *deltas.entry(id_of(t.to, t)).or_default() += amount;
+        }
+        posted.push(if now { Posted::Now } else { Posted::Already });
     }
-    // Lock both rows in id order so concurrent transfers cannot deadlock.
-    let (first, second) = if debit < credit {
-        (debit, credit)
-    } else {
-        (credit, debit)
-    };
     let c: &AsyncPgConnection = conn;
-    let delta = |id| if id == debit { -amount } else { amount };
-    futures::try_join!(
-        add_to_balance(c, first, delta(first)),
-        add_to_balance(c, second, delta(second)),
-    )?;
-    Ok(Posted::Now)
+    futures::future::try_join_all(
+        deltas
+            .iter()
+            .filter(|(_, d)| **d != 0)
+            .map(|(&id, &d)| add_to_balance(c, id, d)),
+    )
+    .await?;
+    Ok(posted)
 }
 
 /// Adds `delta` to an account's balance; a user's balance going negative is

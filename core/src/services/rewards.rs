@@ -129,23 +129,36 @@ async fn set_status(
 
 /// Credits a new `pending` reward: cashback_expense → pending.
 pub async fn credit(conn: &mut AsyncPgConnection, r: &Reward) -> Result<(), RewardError> {
-    if let Some(amount) = r.amount()
-        && r.status == RewardStatus::Pending
-    {
-        ledger::post(
-            conn,
-            &transfer(
+    credit_many(conn, std::slice::from_ref(r)).await
+}
+
+/// [`credit`] for several new rewards, posted together
+/// ([`ledger::post_many`]) with one stats recompute per user.
+pub async fn credit_many(conn: &mut AsyncPgConnection, rs: &[Reward]) -> Result<(), RewardError> {
+    let credited: Vec<(&Reward, Money)> = rs
+        .iter()
+        .filter(|r| r.status == RewardStatus::Pending)
+        .filter_map(|r| Some((r, r.amount()?)))
+        .collect();
+    if credited.is_empty() {
+        return Ok(());
+    }
+    let transfers: Vec<Transfer> = credited
+        .iter()
+        .map(|&(r, amount)| {
+            transfer(
                 r,
                 "credit",
                 AccountRef::platform(CashbackExpense),
                 user(r, Pending),
                 amount,
                 "reward_credit",
-            ),
-        )
-        .await?;
-        super::stats::schedule_recompute(conn, r.user_id).await?;
-    }
+            )
+        })
+        .collect();
+    ledger::post_many(conn, &transfers).await?;
+    let users: Vec<_> = credited.iter().map(|(r, _)| r.user_id).collect();
+    super::stats::schedule_recompute_many(conn, &users).await?;
     Ok(())
 }
 

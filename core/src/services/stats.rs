@@ -104,18 +104,26 @@ pub async fn schedule_recompute(
     conn: &mut AsyncPgConnection,
     user: UserId,
 ) -> Result<(), diesel::result::Error> {
+    schedule_recompute_many(conn, &[user]).await
+}
+
+/// [`schedule_recompute`] for several users, in one insert.
+pub async fn schedule_recompute_many(
+    conn: &mut AsyncPgConnection,
+    users: &[UserId],
+) -> Result<(), diesel::result::Error> {
     let bucket = AtomicU64::load(&COALESCE_MS, Ordering::Relaxed).max(1) as i64;
     let now = Utc::now().timestamp_millis();
     let end = (now / bucket + 1) * bucket;
     let run_at = DateTime::from_timestamp_millis(end).unwrap_or_else(Utc::now);
-    jobs::enqueue_as(
-        conn,
-        &RecomputeUserStats { user_id: user },
-        &format!("stats:{user}:{end}"),
-        1,
-        run_at,
-    )
-    .await?;
+    let mut jobs: Vec<(String, RecomputeUserStats, DateTime<Utc>)> = Vec::new();
+    for &user_id in users {
+        let task_id = format!("stats:{user_id}:{end}");
+        if !jobs.iter().any(|(t, _, _)| *t == task_id) {
+            jobs.push((task_id, RecomputeUserStats { user_id }, run_at));
+        }
+    }
+    jobs::enqueue_many(conn, &jobs).await?;
     Ok(())
 }
 
