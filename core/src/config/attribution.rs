@@ -40,6 +40,6 @@ pub(super) fn read<F: Fn(&str) -> Option<String>>(
         link_min_attempts: env.int_in("LINK_MISMATCH_MIN_ATTEMPTS", 20, 1..=1_000_000)? as i64,
         // Set from the explainer's configuration once it is read.
         explain_flagged: false,
-        batch: env.int_in("ATTRIBUTION_BATCH", 16, 1..=500)? as usize,
+        batch: env.int_in("ATTRIBUTION_BATCH", 64, 1..=500)? as usize,
     })
 }
