@@ -700,8 +700,9 @@ async fn stats() -> anyhow::Result<()> {
     .execute(&mut conn)
     .await?;
     diesel::sql_query(format!(
-        "INSERT INTO rewards (id, purchase_id, attribution_seq, user_id, offer_id, amount_minor, currency, status)
-         SELECT gen_random_uuid(), id, 1, user_id, '{oid}', amount_minor / 20, 'EUR', 'pending'
+        "INSERT INTO rewards (id, purchase_id, attribution_seq, user_id, offer_id, amount_minor, currency, status, hold_until)
+         SELECT gen_random_uuid(), id, 1, user_id, '{oid}', amount_minor / 20, 'EUR', 'pending',
+                now() + interval '30 days'
            FROM purchases WHERE user_id = '{uid}'"
     ))
     .execute(&mut conn)
