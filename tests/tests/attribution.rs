@@ -22,14 +22,19 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use serde_json::json;
 
+/// A merchant with a 5 % offer capped at 800 per purchase.
+async fn capped_shop(app: &TestApp) -> (clicknback_core::ids::MerchantId, String) {
+    merchant_with_offer(
+        app,
+        json!({"name": "5%", "rate_bps": 500, "max_cashback_minor": 800, "currency": "EUR", "active": true}),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn a_purchase_is_attributed_to_the_latest_click_and_credited_once() {
     let app = TestApp::with(&[("ATTRIBUTION_DELAY_SECS", "0")]).await;
-    let (mid, secret) = merchant_with_offer(
-        &app,
-        json!({"name": "5%", "rate_bps": 500, "max_cashback_minor": 800, "currency": "EUR", "active": true}),
-    )
-    .await;
+    let (mid, secret) = capped_shop(&app).await;
     let (user, _) = shopper_with_click(
         &app,
         mid,
@@ -399,11 +404,7 @@ async fn a_late_merge_reattributes_a_pending_reward_to_the_later_click() {
 async fn one_job_attributes_the_due_purchases_of_several_shoppers_each_as_alone() {
     use clicknback_core::services::ledger;
     let app = TestApp::with(&[("ATTRIBUTION_DELAY_SECS", "0")]).await;
-    let (mid, secret) = merchant_with_offer(
-        &app,
-        json!({"name": "5%", "rate_bps": 500, "max_cashback_minor": 800, "currency": "EUR", "active": true}),
-    )
-    .await;
+    let (mid, secret) = capped_shop(&app).await;
     let ago = chrono::Duration::minutes(5);
     let (ann, _) = shopper_with_click(&app, mid, "ann", "ann@example.com", ago).await;
     let (bob, _) = shopper_with_click(&app, mid, "bob", "bob@example.com", ago).await;
