@@ -972,3 +972,51 @@ async fn a_finished_job_leaves_no_payload_in_redis_and_its_views_read_the_outbox
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{:?}", r.body);
 }
+
+/// A paused queue's jobs are put back, not run, however busy the queue was
+/// before the pause (the flag a worker read stands for at most
+/// `PAUSE_CHECK_EVERY`); resumed, each runs once.
+#[tokio::test]
+async fn a_job_of_a_paused_queue_waits_and_runs_once_after_resume() {
+    let app = TestApp::new().await;
+    let _w = app.worker(&[]);
+    enqueue(&app, canary("before")).await;
+    eventually(
+        Duration::from_secs(30),
+        "the first canary to run",
+        || async { canary_state(&app, "before").await.filter(|r| r.completed) },
+    )
+    .await;
+    let mut redis = app.redis.conn().await;
+    let ns = app.redis.namespace.clone();
+    clicknback_core::services::ops::set_paused(&mut redis, &ns, jobs::Queue::Maintenance, true)
+        .await
+        .unwrap();
+    // Longer than a worker may go on with the flag it read before the pause.
+    tokio::time::sleep(clicknback_worker::runtime::PAUSE_CHECK_EVERY * 2).await;
+    enqueue(&app, canary("paused")).await;
+    eventually(Duration::from_secs(30), "the job put back", || async {
+        (scalar(
+            &app,
+            "SELECT count(*) AS n FROM outbox WHERE task_id = 'canary:paused' AND outcome = 'superseded'",
+        )
+        .await
+            == 1)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        canary_state(&app, "paused").await.is_none(),
+        "a job of a paused queue does not run"
+    );
+    clicknback_core::services::ops::set_paused(&mut redis, &ns, jobs::Queue::Maintenance, false)
+        .await
+        .unwrap();
+    let row = eventually(
+        Duration::from_secs(30),
+        "the job to run after resume",
+        || async { canary_state(&app, "paused").await.filter(|r| r.completed) },
+    )
+    .await;
+    assert_eq!((row.runs, row.effects), (1, 1));
+}

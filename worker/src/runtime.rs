@@ -50,7 +50,8 @@ pub struct Ctx {
     pub explainer: Option<Arc<dyn clicknback_core::fraud_explainer::FraudExplainer>>,
     /// Opens destinations for the provider.
     pub keys: clicknback_core::crypto::Keyring,
-    /// Paused flags per queue, read from Redis at most once a second.
+    /// Paused flags per queue, read from Redis at most every
+    /// [`PAUSE_CHECK_EVERY`].
     pub paused: std::sync::Mutex<std::collections::HashMap<jobs::Queue, (bool, Instant)>>,
     /// Every job type this worker runs, by name.
     pub jobs: Registry,
@@ -225,11 +226,28 @@ async fn bury(
     Ok(())
 }
 
+/// How long a queue's paused flag, once read, is taken as it stands: a pause
+/// reaches the jobs that start at most this long after it (a job already
+/// running when it came finishes either way), and a busy queue reads its
+/// flag from Redis a few times a second instead of once per job.
+pub const PAUSE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
 async fn is_paused(ctx: &Ctx, queue: Queue) -> bool {
-    match ctx.redis.get().await {
+    let now = Instant::now();
+    if let Some(&(paused, at)) = ctx.paused.lock().expect("paused flags").get(&queue)
+        && now.duration_since(at) < PAUSE_CHECK_EVERY
+    {
+        return paused;
+    }
+    let paused = match ctx.redis.get().await {
         Ok(mut c) => ops::is_paused(&mut c, &ctx.namespace, queue)
             .await
             .unwrap_or(false),
         Err(_) => false,
-    }
+    };
+    ctx.paused
+        .lock()
+        .expect("paused flags")
+        .insert(queue, (paused, now));
+    paused
 }
