@@ -7,7 +7,10 @@
 #            Redis LPUSH/RPOP throughput measured in the same run.
 #            Run with the benchmark's tuned settings and with the worker's
 #            defaults; the Redis memory the finished jobs hold at the end is
-#            recorded (retention by count lifted for the run).
+#            recorded (retention by count lifted for the run). Beside them,
+#            in each run, BullMQ (bench/peers) drains the same number of
+#            no-op jobs on the same Redis with its default concurrency (1)
+#            and with PEER_CONCURRENCY (50).
 #   idle     a worker with default settings left idle: its CPU use over
 #            IDLE_SECONDS (10), then the pickup latency of one job at a time
 #            (outbox insert to finished), IDLE_JOBS (5) times.
@@ -44,10 +47,11 @@ TUNED=(QUEUE_CONCURRENCY_MAINTENANCE="${DRAIN_CONCURRENCY:-64}" JOB_FETCH_BATCH=
 # end beyond what it held before the worker started).
 run_worker_until() { # namespace target [tuned|default]
   local ns="$1" target="$2" start end pid peak=0 hwm mem0 mem1
-  local settings=("${TUNED[@]}")
-  [ "${3:-tuned}" = default ] && settings=()
+  local settings=("${TUNED[@]}") unset=()
+  # Defaults: none of the tuned settings, and the worker's own pool size.
+  [ "${3:-tuned}" = default ] && settings=() && unset=(-u DATABASE_POOL_SIZE)
   mem0=$(used_memory)
-  env "${settings[@]}" REDIS_NAMESPACE="$ns" RUST_LOG=error JOB_RETENTION_COUNT=10000000 \
+  env "${unset[@]}" "${settings[@]}" REDIS_NAMESPACE="$ns" RUST_LOG=error JOB_RETENTION_COUNT=10000000 \
     JOB_RETRY_CANARY="attempts=3,base=1s,cap=2s,jitter=0" WORKER_ADDR="127.0.0.1:0" \
     "$BIN/clicknback-worker" run >"$WORK/worker.log" 2>&1 &
   pid=$!
@@ -73,8 +77,24 @@ run_worker_until() { # namespace target [tuned|default]
   echo "$(python3 -c "d=$end-$start; print(round(d * $target / ($target - $first), 3))") $peak $(( mem1 - mem0 ))"
 }
 
+# BullMQ of bench/peers/package-lock.json, installed once into bench/peers.
+ensure_peers() {
+  command -v node >/dev/null 2>&1 || apt_install nodejs npm
+  if [ ! -d "$ROOT/bench/peers/node_modules/bullmq" ]; then
+    log "installing BullMQ (the drain's peer)"
+    (cd "$ROOT/bench/peers" && npm ci --no-audit --no-fund --silent)
+  fi
+}
+
+# BullMQ's drain of N no-op jobs with concurrency C: prints its jobs/s.
+peer_drain() { # jobs concurrency
+  node "$ROOT/bench/peers/bullmq-drain.mjs" "$1" "$2" "$REDIS_PORT" |
+    python3 -c 'import json, sys; print(json.loads(sys.stdin.readlines()[-1])["per_second"])'
+}
+
 bench_drain() {
-  local n="${DRAIN_JOBS:-20000}"
+  local n="${DRAIN_JOBS:-20000}" peer_c="${PEER_CONCURRENCY:-50}"
+  ensure_peers
   for i in $(seq 1 "$RUNS"); do
     log "drain: run $i/$RUNS ($n no-op jobs)"
     psql "$DB_URL" -qc "TRUNCATE outbox" >/dev/null
@@ -83,10 +103,13 @@ bench_drain() {
     psql "$DB_URL" -qc "TRUNCATE outbox" >/dev/null
     fill_noop "$n" 0
     read -r dsecs dpeak _ < <(run_worker_until "drain$$-$i-default" "$n" default)
+    local bull1 bulln
+    bull1=$(peer_drain "$n" 1)
+    bulln=$(peer_drain "$n" "$peer_c")
     local raw
     raw=$(redis-benchmark -p "$REDIS_PORT" -n 100000 -t lpush,rpop --csv 2>/dev/null \
       | awk -F'","' '/^"LPUSH/ {p=$2} /^"RPOP/ {q=$2} END {print p, q}')
-    echo "{\"jobs\": $n, \"seconds\": $secs, \"per_second\": $(python3 -c "print(round($n / $secs, 1))"), \"peak_kib\": $peak, \"redis_lpush\": ${raw% *}, \"redis_rpop\": ${raw#* }, \"redis_bytes_finished\": $redis_bytes, \"default_seconds\": $dsecs, \"default_per_second\": $(python3 -c "print(round($n / $dsecs, 1))"), \"default_peak_kib\": $dpeak}" >>"$WORK/drain.jsonl"
+    echo "{\"jobs\": $n, \"seconds\": $secs, \"per_second\": $(python3 -c "print(round($n / $secs, 1))"), \"peak_kib\": $peak, \"redis_lpush\": ${raw% *}, \"redis_rpop\": ${raw#* }, \"redis_bytes_finished\": $redis_bytes, \"default_seconds\": $dsecs, \"default_per_second\": $(python3 -c "print(round($n / $dsecs, 1))"), \"default_peak_kib\": $dpeak, \"bullmq_default_per_second\": $bull1, \"bullmq_per_second\": $bulln, \"bullmq_concurrency\": $peer_c}" >>"$WORK/drain.jsonl"
   done
 }
 

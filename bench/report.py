@@ -52,7 +52,8 @@ if api and sql:
     table.append(("failed webhook requests", str(w["errors"]), ""))
 if drain:
     d = {k: summary(drain, k) for k in ("per_second", "seconds", "peak_kib", "redis_lpush", "redis_rpop",
-                                        "default_per_second", "default_peak_kib", "redis_bytes_finished")}
+                                        "default_per_second", "default_peak_kib", "redis_bytes_finished",
+                                        "bullmq_default_per_second", "bullmq_per_second")}
     d["jobs"] = drain[0]["jobs"]
     d["ratio_worker_over_redis_rpop"] = d["per_second"]["median"] / d["redis_rpop"]["median"]
     result["drain"] = d
@@ -61,6 +62,13 @@ if drain:
     if d["default_per_second"]:
         table.append(("drain default / tuned", f"{d['default_per_second']['median'] / d['per_second']['median']:.2f} x", ""))
         line("worker peak memory, default settings", {k: v / 1024 for k, v in d["default_peak_kib"].items()}, "MiB")
+    if d["bullmq_per_second"]:
+        c = drain[0].get("bullmq_concurrency")
+        line(f"BullMQ drain of {d['jobs']} jobs, concurrency 1 (its default)", d["bullmq_default_per_second"], "jobs/s", "{:.0f}")
+        line(f"BullMQ drain of {d['jobs']} jobs, concurrency {c}", d["bullmq_per_second"], "jobs/s", "{:.0f}")
+        best = max(d["bullmq_default_per_second"]["median"], d["bullmq_per_second"]["median"])
+        d["ratio_default_over_best_bullmq"] = d["default_per_second"]["median"] / best
+        table.append(("worker default / best BullMQ, same run", f"{d['ratio_default_over_best_bullmq']:.2f} x", ""))
     if d["redis_bytes_finished"]:
         per_million = {k: v / d["jobs"] * 1_000_000 / 2**20 for k, v in d["redis_bytes_finished"].items()}
         d["redis_mib_per_million_finished"] = per_million

@@ -8,7 +8,9 @@
 #   webhooks  the signed webhook endpoint under concurrent load (purchases/s,
 #             p50/p99), beside the same SQL statements run directly by pgbench.
 #   drain     20,000 small jobs drained by one worker (jobs/s, peak memory),
-#             beside raw Redis push/pop throughput.
+#             tuned and with its defaults, beside BullMQ's drain of as many
+#             (bench/peers, installed with npm) and raw Redis push/pop
+#             throughput.
 #   cluster   the tuned drain on a real 3-primary Redis Cluster (ports from
 #             BENCH_CLUSTER_PORT, 7350), beside the single-Redis drain.
 #   backlog   100,000 due jobs plus 20,000 failing once, retries due together.
