@@ -32,7 +32,8 @@ fill_noop() { # count fail_times
 rcli() { redis-cli ${REDIS_CLI_ARGS:--p "$REDIS_PORT"} "$@"; }
 
 # A queue's keys carry the hash tag of core/src/queues.rs (QUEUE_HASH_TAG).
-done_count() { rcli scard "$1:maintenance{core:apalis:queues:list}:done"; }
+done_count() { rcli scard "$(done_key "$1")"; }
+done_key() { echo "$1:maintenance{core:apalis:queues:list}:done"; }
 
 # Runs a worker until the maintenance queue's done set reaches $2; prints
 # "seconds peak_kib", timed from the first finished job (process start-up
@@ -46,7 +47,7 @@ TUNED=(QUEUE_CONCURRENCY_MAINTENANCE="${DRAIN_CONCURRENCY:-64}" JOB_FETCH_BATCH=
 # Prints "seconds peak_kib redis_bytes" (redis_bytes: what Redis holds at the
 # end beyond what it held before the worker started).
 run_worker_until() { # namespace target [tuned|default]
-  local ns="$1" target="$2" start end pid peak=0 hwm mem0 mem1
+  local ns="$1" target="$2" start end pid peak n first mem0 mem1
   local settings=("${TUNED[@]}") unset=()
   # Defaults: none of the tuned settings, and the worker's own pool size.
   [ "${3:-tuned}" = default ] && settings=() && unset=(-u DATABASE_POOL_SIZE)
@@ -58,17 +59,19 @@ run_worker_until() { # namespace target [tuned|default]
   # This runs in a subshell: stop the worker here too when interrupted.
   trap "kill -TERM $pid 2>/dev/null" EXIT
   trap "kill -TERM $pid 2>/dev/null; exit 130" INT TERM
-  start=""
-  while :; do
-    hwm=$(awk '/VmHWM/ {print $2}' /proc/$pid/status 2>/dev/null || echo 0)
-    [ "${hwm:-0}" -gt "$peak" ] && peak=$hwm
-    n=$(done_count "$ns")
-    [ -z "$start" ] && [ "$n" -gt 0 ] && start=$(date +%s.%N) && first=$n
+  # One redis-cli repeating SCARD every 20 ms, read by bash builtins: the
+  # watching costs no process per look, as BullMQ's in-process count costs
+  # none, and the worker's peak (VmHWM) is read once at the end.
+  start="" first=0
+  while read -r n; do
+    [[ "$n" =~ ^[0-9]+$ ]] || continue
+    [ -z "$start" ] && [ "$n" -gt 0 ] && start=$EPOCHREALTIME && first=$n
     [ "$n" -ge "$target" ] && break
     kill -0 "$pid" 2>/dev/null || { cat "$WORK/worker.log" >&2; die "worker exited"; }
-    sleep 0.02
-  done
-  end=$(date +%s.%N)
+  done < <(rcli -r -1 -i 0.02 scard "$(done_key "$ns")")
+  end=$EPOCHREALTIME
+  [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge "$target" ] || die "the count of finished jobs stopped at ${n:-nothing} of $target (Redis unreachable?)"
+  peak=$(awk '/VmHWM/ {print $2}' /proc/$pid/status 2>/dev/null || echo 0)
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
   mem1=$(used_memory)
   [ -z "${REDIS_CLI_ARGS:-}" ] &&
