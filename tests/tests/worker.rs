@@ -29,6 +29,14 @@ struct CanaryRow {
     completed: bool,
 }
 
+/// The canary `key` once its effect is recorded, waiting at most `within`.
+async fn completed(app: &TestApp, key: &str, within: Duration, what: &str) -> CanaryRow {
+    eventually(within, what, || async {
+        canary_state(app, key).await.filter(|r| r.completed)
+    })
+    .await
+}
+
 async fn canary_state(app: &TestApp, key: &str) -> Option<CanaryRow> {
     let mut c = app.db.conn().await;
     diesel::sql_query(
@@ -76,9 +84,12 @@ async fn a_job_failing_twice_is_retried_with_growing_delays_and_succeeds_on_atte
         },
     )
     .await;
-    let row = eventually(Duration::from_secs(30), "the canary to succeed", || async {
-        canary_state(&app, "twice").await.filter(|r| r.completed)
-    })
+    let row = completed(
+        &app,
+        "twice",
+        Duration::from_secs(30),
+        "the canary to succeed",
+    )
     .await;
     assert_eq!((row.runs, row.last_attempt, row.effects), (3, 3, 1));
     // The retries went through the outbox, due 1 s then 2 s after each failure.
@@ -185,10 +196,11 @@ async fn an_always_failing_job_ends_dead_and_succeeds_once_requeued_after_a_fix(
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    let row = eventually(
+    let row = completed(
+        &app,
+        "broken",
         Duration::from_secs(20),
         "the re-queued job to succeed",
-        || async { canary_state(&app, "broken").await.filter(|r| r.completed) },
     )
     .await;
     assert_eq!(row.effects, 1);
@@ -359,10 +371,11 @@ async fn a_sigkilled_worker_loses_nothing_and_the_effect_happens_once() {
     );
     let killed_at = std::time::Instant::now();
     let second = app.worker(&[]);
-    let row = eventually(
+    let row = completed(
+        &app,
+        "slow",
         Duration::from_secs(30),
         "the job to complete on the second worker",
-        || async { canary_state(&app, "slow").await.filter(|r| r.completed) },
     )
     .await;
     // Orphan bound: heartbeat 1 s × 3 missed, plus the 4 s job and pickup.
@@ -405,12 +418,7 @@ async fn a_worker_with_every_slot_busy_keeps_its_jobs() {
     .await;
     let _second = app.worker(&[]);
     for key in ["busy-1", "busy-2"] {
-        let row = eventually(
-            Duration::from_secs(30),
-            "the slow job to finish",
-            || async { canary_state(&app, key).await.filter(|r| r.completed) },
-        )
-        .await;
+        let row = completed(&app, key, Duration::from_secs(30), "the slow job to finish").await;
         assert_eq!(
             row.runs, 1,
             "{key} ran again elsewhere while it was running"
@@ -981,23 +989,32 @@ async fn a_job_of_a_paused_queue_waits_and_runs_once_after_resume() {
     let app = TestApp::new().await;
     let _w = app.worker(&[]);
     enqueue(&app, canary("before")).await;
-    eventually(
+    completed(
+        &app,
+        "before",
         Duration::from_secs(30),
         "the first canary to run",
-        || async { canary_state(&app, "before").await.filter(|r| r.completed) },
     )
     .await;
-    let mut redis = app.redis.conn().await;
-    let ns = app.redis.namespace.clone();
-    clicknback_core::services::ops::set_paused(&mut redis, &ns, jobs::Queue::Maintenance, true)
+    let app = &app;
+    let pause = |paused: bool| async move {
+        let mut redis = app.redis.conn().await;
+        clicknback_core::services::ops::set_paused(
+            &mut redis,
+            &app.redis.namespace,
+            jobs::Queue::Maintenance,
+            paused,
+        )
         .await
         .unwrap();
+    };
+    pause(true).await;
     // Longer than a worker may go on with the flag it read before the pause.
     tokio::time::sleep(clicknback_worker::runtime::PAUSE_CHECK_EVERY * 2).await;
-    enqueue(&app, canary("paused")).await;
+    enqueue(app, canary("paused")).await;
     eventually(Duration::from_secs(30), "the job put back", || async {
         (scalar(
-            &app,
+            app,
             "SELECT count(*) AS n FROM outbox WHERE task_id = 'canary:paused' AND outcome = 'superseded'",
         )
         .await
@@ -1006,16 +1023,15 @@ async fn a_job_of_a_paused_queue_waits_and_runs_once_after_resume() {
     })
     .await;
     assert!(
-        canary_state(&app, "paused").await.is_none(),
+        canary_state(app, "paused").await.is_none(),
         "a job of a paused queue does not run"
     );
-    clicknback_core::services::ops::set_paused(&mut redis, &ns, jobs::Queue::Maintenance, false)
-        .await
-        .unwrap();
-    let row = eventually(
+    pause(false).await;
+    let row = completed(
+        app,
+        "paused",
         Duration::from_secs(30),
         "the job to run after resume",
-        || async { canary_state(&app, "paused").await.filter(|r| r.completed) },
     )
     .await;
     assert_eq!((row.runs, row.effects), (1, 1));
