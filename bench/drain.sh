@@ -82,7 +82,7 @@ run_worker_until() { # namespace target [tuned|default]
 
 # BullMQ of bench/peers/package-lock.json, installed once into bench/peers.
 ensure_peers() {
-  command -v node >/dev/null 2>&1 || apt_install nodejs npm
+  ensure_node
   if [ ! -d "$ROOT/bench/peers/node_modules/bullmq" ]; then
     log "installing BullMQ (the drain's peer)"
     (cd "$ROOT/bench/peers" && npm ci --no-audit --no-fund --silent)

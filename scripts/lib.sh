@@ -32,11 +32,17 @@ ensure_aiosmtpd() {
     || python3 -m pip install -q --disable-pip-version-check --break-system-packages aiosmtpd
 }
 
+# Node.js and npm, from Debian when missing (the browser tests, MailDev and
+# the benchmark's peers run on them).
+ensure_node() {
+  { command -v node && command -v npm; } >/dev/null 2>&1 || apt_install nodejs npm
+}
+
 # Headless Chromium, node and playwright-core (tests/browser), which drive the
 # board's and the demo shop's pages.
 ensure_browser() {
   command -v chromium >/dev/null 2>&1 || apt_install chromium
-  command -v node >/dev/null 2>&1 || apt_install nodejs npm
+  ensure_node
   if [ ! -d "$ROOT/tests/browser/node_modules/playwright-core" ]; then
     log "installing playwright-core (browser driver)"
     (cd "$ROOT/tests/browser" && npm ci --no-audit --no-fund --silent)
@@ -163,7 +169,7 @@ ensure_smtp_catcher() {
     log "an SMTP server is listening on 127.0.0.1:$smtp_port"
     return 0
   fi
-  command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+  ensure_node
   if [ ! -x "$LOCAL/maildev/node_modules/.bin/maildev" ]; then
     log "installing MailDev (SMTP catcher with a web inbox) under $LOCAL/maildev"
     mkdir -p "$LOCAL/maildev"
