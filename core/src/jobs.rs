@@ -161,6 +161,31 @@ impl SendEmail {
         format!("reward:{reward}")
     }
 
+    /// A reward's "you earned" email to `to`: its amount, and the order and
+    /// merchant it came from. Sent once per reward (its sent-log key), whether
+    /// the reward was credited by its attribution or by an admin's approval
+    /// after a fraud review.
+    pub fn reward_credited(
+        reward: crate::ids::RewardId,
+        to: &str,
+        amount_minor: i64,
+        currency: crate::money::Currency,
+        order_id: &str,
+        merchant: &str,
+    ) -> Self {
+        Self {
+            kind: EmailKind::RewardCredited,
+            to: to.to_owned(),
+            data: serde_json::json!({
+                "amount_minor": amount_minor,
+                "currency": currency,
+                "order_id": order_id,
+                "merchant": merchant,
+            }),
+            dedupe_key: Self::reward_key(reward),
+        }
+    }
+
     /// The sent-log key of a payout's email (`suffix`: which one), and the
     /// prefix every email of the payout shares (with an empty `suffix`).
     pub fn payout_key(payout: crate::ids::PayoutId, suffix: &str) -> String {

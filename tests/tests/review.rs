@@ -19,6 +19,9 @@ async fn flagged_rewards_move_no_money_until_approved_and_rejection_reverses_the
         0,
         "flagged: no money moves"
     );
+    // The shopper hears of a reward once it credits money: not while flagged.
+    let reward_emails = "SELECT count(*) AS n FROM outbox WHERE job_key LIKE 'email:reward:%'";
+    assert_eq!(app.scalar(reward_emails).await, 0, "flagged: no email yet");
     let list = app
         .json(Method::GET, "/v1/admin/purchases", Some(&admin), None)
         .await;
@@ -40,6 +43,18 @@ async fn flagged_rewards_move_no_money_until_approved_and_rejection_reverses_the
         app.scalar("SELECT count(*) AS n FROM ledger_transfers WHERE kind = 'reward_credit'")
             .await,
         1
+    );
+    assert_eq!(
+        app.scalar(
+            "SELECT count(*) AS n FROM outbox
+              WHERE job_key LIKE 'email:reward:%' AND payload->'data'->>'to' = 'fa@example.com'
+                AND payload->'data'->>'kind' = 'reward_credited'
+                AND payload->'data'->'data'->>'order_id' = 'fa'
+                AND (payload->'data'->'data'->>'amount_minor')::bigint > 0"
+        )
+        .await,
+        1,
+        "approved: the shopper's reward email is written with the approval"
     );
     let r = app
         .json(
@@ -64,6 +79,11 @@ async fn flagged_rewards_move_no_money_until_approved_and_rejection_reverses_the
         )
         .await;
     assert_eq!(again.status, StatusCode::CONFLICT);
+    assert_eq!(
+        app.scalar(reward_emails).await,
+        1,
+        "a rejected reward sends none, a refused second approval none more"
+    );
     let audit = app
         .json(Method::GET, "/v1/admin/audit-log", Some(&admin), None)
         .await;

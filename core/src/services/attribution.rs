@@ -31,7 +31,7 @@ use crate::{
     cache::Cache,
     config::AttributionConfig,
     ids::{IdentityGroupId, OfferId, PurchaseId, RewardId, TouchpointId, UserId},
-    jobs::{self, EmailKind, Job, RewardTransition, SendEmail},
+    jobs::{self, Job, RewardTransition, SendEmail},
     models::{
         offer::Offer,
         purchase::{Purchase, PurchaseStatus},
@@ -608,16 +608,15 @@ async fn decide(
         hold_until: now + Duration::from_std(cfg.hold_period).unwrap_or_default(),
     };
     let email = (!flagged && amount > 0 && p.merchant_decision != Some(RewardTransition::Reversed))
-        .then(|| SendEmail {
-            kind: EmailKind::RewardCredited,
-            to: r.email.clone(),
-            data: serde_json::json!({
-                "amount_minor": amount,
-                "currency": p.currency,
-                "order_id": p.order_id,
-                "merchant": r.merchant_name,
-            }),
-            dedupe_key: SendEmail::reward_key(reward.id),
+        .then(|| {
+            SendEmail::reward_credited(
+                reward.id,
+                &r.email,
+                amount,
+                p.currency,
+                &p.order_id,
+                &r.merchant_name,
+            )
         });
     decided.push(Decided {
         p,

@@ -27,13 +27,13 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use super::ledger::{self, AccountKind::*, AccountRef, LedgerError, Transfer};
 use crate::{
     ids::{PurchaseId, RewardId},
-    jobs::RewardTransition,
+    jobs::{self, RewardTransition},
     models::{
         purchase::{Purchase, PurchaseStatus},
         reward::{Review, Reward, RewardStatus},
     },
     money::Money,
-    schema::{purchases, rewards},
+    schema::{merchants, purchases, rewards, users},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -508,6 +508,9 @@ pub async fn review(
             .await?;
         settle(conn, purchase_id).await?;
         let after = lock(conn, r.id).await?;
+        if approve && RewardStatus::CREDITED.contains(&after.status) && after.amount_minor > 0 {
+            enqueue_credited_email(conn, &after).await?;
+        }
         super::audit::record(
             conn,
             actor,
@@ -521,6 +524,36 @@ pub async fn review(
         Ok(after)
     })
     .await
+}
+
+/// The "you earned" email of a flagged reward an admin approved, written
+/// with the approval: its attribution sent none, since a flagged reward
+/// credits nothing until it is reviewed.
+async fn enqueue_credited_email(
+    conn: &mut AsyncPgConnection,
+    r: &Reward,
+) -> Result<(), RewardError> {
+    let (order_id, merchant): (String, String) = purchases::table
+        .find(r.purchase_id)
+        .inner_join(merchants::table)
+        .select((purchases::order_id, merchants::name))
+        .first(conn)
+        .await?;
+    let to: String = users::table
+        .find(r.user_id)
+        .select(users::email)
+        .first(conn)
+        .await?;
+    let email = jobs::SendEmail::reward_credited(
+        r.id,
+        &to,
+        r.amount_minor,
+        r.currency,
+        &order_id,
+        &merchant,
+    );
+    jobs::enqueue(conn, &email, Utc::now()).await?;
+    Ok(())
 }
 
 /// What one pass of the settle sweep did.
