@@ -1,8 +1,9 @@
 //! Jobs survive what happens around them, with real worker processes,
 //! PostgreSQL and Redis: a graceful restart hands running and buffered jobs
 //! to the next worker, a re-queued dead job is a new chain of attempts that
-//! retries and dies by its policy, and jobs Redis forgot are relayed again
-//! from PostgreSQL.
+//! retries and dies by its policy (re-queued and canaries enqueued from the
+//! command line while Redis is down too), and jobs Redis forgot are relayed
+//! again from PostgreSQL.
 
 use std::time::{Duration, Instant};
 
@@ -141,6 +142,49 @@ struct Run {
     attempt: i32,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
     outcome: Option<String>,
+}
+
+#[tokio::test]
+async fn dead_jobs_are_requeued_and_canaries_enqueued_while_redis_is_down() {
+    let app = TestApp::new().await;
+    let mut c = app.db.conn().await;
+    let data = serde_json::to_value(canary("down")).unwrap();
+    clicknback_core::services::ops::record(
+        &mut c,
+        Queue::Maintenance,
+        "canary:down",
+        Some("Canary"),
+        Some(&data),
+        3,
+        "boom",
+    )
+    .await
+    .unwrap();
+    let id = app
+        .scalar("SELECT id AS n FROM dead_jobs WHERE task_id = 'canary:down'")
+        .await;
+    // Nothing listens on port 9: Redis is down for these commands.
+    let down = [("REDIS_URL", "redis://127.0.0.1:9/0")];
+    let (code, printed) = app
+        .worker_command(&["requeue-dead", &id.to_string()], &down)
+        .await;
+    assert_eq!(code, 0, "{printed}");
+    let (code, printed) = app
+        .worker_command(&["canary", "--key", "down-canary"], &down)
+        .await;
+    assert_eq!(code, 0, "{printed}");
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT count(*) AS n FROM outbox
+              WHERE task_id IN ('canary:down#q{id}', 'canary:down-canary') AND sent_at IS NULL"
+        ))
+        .await,
+        2,
+        "both wait in the outbox for the relay"
+    );
+    let (code, printed) = app.worker_command(&["pause", "maintenance"], &down).await;
+    assert_ne!(code, 0, "pausing needs Redis: {printed}");
+    assert!(printed.contains("Redis is unreachable"), "{printed}");
 }
 
 #[tokio::test]

@@ -124,14 +124,22 @@ async fn wait_for_signal() {
 async fn ops(command: Command, config: clicknback_core::config::Config) -> anyhow::Result<()> {
     use clicknback_core::{db, jobs, redis_conn::RedisHandle, services::ops};
     let mut conn = db::connect(&config.database_url).await?;
+    // Redis is reached only by the commands that read or change it: re-queuing
+    // dead jobs and enqueuing canaries write the outbox alone, so they work
+    // while Redis is down (the relay pushes them once it is back).
     let redis = RedisHandle::new(&config.redis_url)?;
-    let mut r = redis.get().await?;
+    let redis = async || {
+        redis
+            .get()
+            .await
+            .map_err(|e| anyhow::anyhow!("Redis is unreachable ({e}); this command needs it"))
+    };
     let ns = config.redis_namespace.as_str();
     let print =
         |v: serde_json::Value| println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     match command {
         Command::Queues => {
-            let stats = ops::stats(&mut conn, &mut r, ns).await?;
+            let stats = ops::stats(&mut conn, &mut redis().await?, ns).await?;
             println!(
                 "{:<12} {:>8} {:>7} {:>9} {:>7} {:>8} {:>8} {:>8} {:>6}  paused",
                 "queue",
@@ -167,7 +175,7 @@ async fn ops(command: Command, config: clicknback_core::config::Config) -> anyho
         } => {
             let list = ops::list(
                 &mut conn,
-                &mut r,
+                &mut redis().await?,
                 ns,
                 ops::parse_queue(&queue)?,
                 ops::parse_state(&state)?,
@@ -186,18 +194,27 @@ async fn ops(command: Command, config: clicknback_core::config::Config) -> anyho
             )
         }
         Command::Delete { queue, task_id } => {
-            ops::delete_job(&mut conn, &mut r, ns, ops::parse_queue(&queue)?, &task_id).await?;
+            ops::delete_job(
+                &mut conn,
+                &mut redis().await?,
+                ns,
+                ops::parse_queue(&queue)?,
+                &task_id,
+            )
+            .await?;
             println!("deleted {task_id}");
         }
         Command::Pause { queue } => {
-            ops::set_paused(&mut r, ns, ops::parse_queue(&queue)?, true).await?;
+            ops::set_paused(&mut redis().await?, ns, ops::parse_queue(&queue)?, true).await?;
             println!("{queue} paused");
         }
         Command::Resume { queue } => {
-            ops::set_paused(&mut r, ns, ops::parse_queue(&queue)?, false).await?;
+            ops::set_paused(&mut redis().await?, ns, ops::parse_queue(&queue)?, false).await?;
             println!("{queue} resumed");
         }
-        Command::Workers => print(serde_json::to_value(ops::workers(&mut r, ns).await?)?),
+        Command::Workers => print(serde_json::to_value(
+            ops::workers(&mut redis().await?, ns).await?,
+        )?),
         Command::Canary {
             key,
             fail_times,
