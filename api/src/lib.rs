@@ -57,6 +57,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let http = config.http.clone();
     let limits = server::Limits {
         header_read_timeout: http.header_read_timeout,
+        idle_timeout: http.idle_timeout,
         max_connections: http.max_connections,
     };
     let state = build_state(config, install_metrics())?;

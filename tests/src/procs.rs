@@ -41,15 +41,14 @@ pub fn free_port() -> u16 {
 }
 
 /// An HTTP client for the api processes. The api closes a keep-alive
-/// connection that has been idle for `HTTP_HEADER_READ_TIMEOUT_SECS` (10 s by
-/// default: hyper's header-read timer runs while it waits for the next
-/// request); a client that keeps idle connections longer races that close and
-/// can send a request on a socket the server is closing (`IncompleteMessage`).
-/// This client lets idle connections go after 5 s, as any client of the api
+/// connection idle for `HTTP_IDLE_TIMEOUT_SECS` (75 s by default); a client
+/// that keeps idle connections longer races that close and can send a
+/// request on a socket the server is closing (`IncompleteMessage`). This
+/// client lets idle connections go after 30 s, as any client of the api
 /// should keep its idle timeout below the api's.
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
-        .pool_idle_timeout(Duration::from_secs(5))
+        .pool_idle_timeout(Duration::from_secs(30))
         .timeout(Duration::from_secs(30))
         .build()
         .expect("an HTTP client")

@@ -1368,6 +1368,107 @@ async fn metrics_are_bounded_and_served_apart_from_the_api() {
     assert_eq!(gauge(&text), gauge(&before), "no count per scrape");
 }
 
+/// Writes `request` on `s` and reads one whole answer (headers and a
+/// `content-length` body).
+async fn exchange(s: &mut tokio::net::TcpStream, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before answering: {}",
+            String::from_utf8_lossy(&out)
+        );
+        out.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&out).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if out.len() >= end + 4 + length {
+                return text;
+            }
+        }
+    }
+}
+
+/// A kept-alive connection may wait between requests for longer than the
+/// header timeout, as proxies and pooled clients keep theirs (closing one
+/// they are about to reuse fails their next request without an answer),
+/// until the idle timeout; a request trickling in on it is still cut at the
+/// header timeout.
+#[tokio::test]
+async fn a_kept_alive_connection_waits_for_its_next_request_until_the_idle_timeout() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::new().await;
+    let api = app
+        .api_process(&[
+            ("HTTP_HEADER_READ_TIMEOUT_SECS", "1"),
+            ("HTTP_IDLE_TIMEOUT_SECS", "4"),
+        ])
+        .await;
+    let addr = api.base.trim_start_matches("http://").to_owned();
+    let get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut kept = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let first = exchange(&mut kept, get).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let second = exchange(&mut kept, get).await;
+    assert!(
+        second.starts_with("HTTP/1.1 200"),
+        "a connection idle past the header timeout still serves: {second}"
+    );
+    // Idle past the idle timeout: closed, without a byte.
+    let idle = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), kept.read(&mut buf))
+        .await
+        .expect("closed within 10 s")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "{}", String::from_utf8_lossy(&buf[..n]));
+    let waited = idle.elapsed();
+    assert!(
+        waited >= Duration::from_secs(3) && waited < Duration::from_secs(7),
+        "closed after {waited:?} idle, the idle timeout being 4 s"
+    );
+    // Headers trickling in after a first request: cut at the header timeout.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let first = exchange(&mut slow, get).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    while started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if slow.write_all(b"X-Slow: 1\r\n").await.is_err() {
+            closed = true;
+            break;
+        }
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(1), slow.read(&mut buf)).await
+        {
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed && started.elapsed() < Duration::from_secs(3),
+        "a request trickling in on a kept-alive connection is still open after {:?}",
+        started.elapsed()
+    );
+}
+
 /// Headers that trickle in, a body that never arrives, and more requests
 /// than the api takes at once.
 #[tokio::test]

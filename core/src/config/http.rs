@@ -7,8 +7,13 @@ use super::env::{ConfigError, Env};
 /// What the api's listener and middleware allow a connection and a request.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
-    /// A connection whose request headers are not complete within this is closed.
+    /// A connection whose request headers are not complete within this of
+    /// their first byte (its first request: of its accept) is closed.
     pub header_read_timeout: Duration,
+    /// A keep-alive connection waiting this long for its next request is
+    /// closed; above the idle timeouts of proxies and clients, so they close
+    /// first.
+    pub idle_timeout: Duration,
     /// A request not answered within this gets a 503.
     pub request_timeout: Duration,
     /// Open connections at once; beyond it new connections are closed at once.
@@ -72,6 +77,7 @@ pub(super) fn read<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<HttpCo
     }
     Ok(HttpConfig {
         header_read_timeout: env.secs("HTTP_HEADER_READ_TIMEOUT_SECS", 10, 1..=300)?,
+        idle_timeout: env.secs("HTTP_IDLE_TIMEOUT_SECS", 75, 1..=3_600)?,
         request_timeout: env.secs("HTTP_REQUEST_TIMEOUT_SECS", 30, 1..=3_600)?,
         max_connections: env.int_in("HTTP_MAX_CONNECTIONS", 1_024, 1..=1_000_000)? as usize,
         max_in_flight: env.int_in("HTTP_MAX_IN_FLIGHT", 256, 1..=1_000_000)? as usize,
