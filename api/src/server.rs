@@ -163,6 +163,9 @@ struct Activity {
     /// When the first byte arrived while no request was being handled: a
     /// request's headers are coming in.
     arriving_since: AtomicU64,
+    /// Wakes the deadline's watch when `arriving_since` is set: the only
+    /// change that brings the deadline forward.
+    arrived: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -174,6 +177,7 @@ impl Activity {
             h2: AtomicBool::new(false),
             idle_since: AtomicU64::new(0),
             arriving_since: AtomicU64::new(NEVER),
+            arrived: tokio::sync::Notify::new(),
         }
     }
 
@@ -201,14 +205,35 @@ impl Activity {
         Some(self.at(self.idle_since.load(Ordering::Acquire), limits.idle_timeout))
     }
 
-    /// Completes once the connection is past its deadline.
+    /// Bytes came in: while no request is being handled, a request's headers
+    /// are arriving from now (unless they already were).
+    fn bytes_arrived(&self) {
+        if self.in_flight.load(Ordering::Acquire) == 0
+            && self
+                .arriving_since
+                .compare_exchange(NEVER, self.now(), Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            self.arrived.notify_one();
+        }
+    }
+
+    /// Completes once the connection is past its deadline. Looked at again
+    /// when the deadline it slept for comes, when a request's first byte
+    /// arrives (which brings it forward), and while a request is in flight
+    /// every header timeout or idle timeout, whichever is shorter (the end of
+    /// a request only moves it later).
     async fn expired(&self, limits: Limits) {
         let recheck = limits.header_read_timeout.min(limits.idle_timeout);
         loop {
-            match self.deadline(limits) {
+            let wake = match self.deadline(limits) {
                 Some(at) if at <= Instant::now() => return,
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => tokio::time::sleep(recheck).await,
+                Some(at) => at,
+                None => Instant::now() + recheck,
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(wake) => {}
+                () = self.arrived.notified() => {}
             }
         }
     }
@@ -254,15 +279,7 @@ impl AsyncRead for Watched {
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            let a = &this.activity;
-            if a.in_flight.load(Ordering::Acquire) == 0 {
-                let _ = a.arriving_since.compare_exchange(
-                    NEVER,
-                    a.now(),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                );
-            }
+            this.activity.bytes_arrived();
         }
         polled
     }
@@ -295,5 +312,72 @@ impl AsyncWrite for Watched {
 
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        header_read_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(60),
+        max_connections: 1,
+    };
+
+    /// When the watch of `a` completes, after accept.
+    fn watch(a: &Arc<Activity>) -> tokio::task::JoinHandle<Duration> {
+        let a = a.clone();
+        tokio::spawn(async move {
+            a.expired(LIMITS).await;
+            a.accepted.elapsed()
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_sending_nothing_is_closed_at_the_header_timeout() {
+        let a = Arc::new(Activity::new());
+        assert_eq!(watch(&a).await.unwrap(), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_kept_alive_connection_is_closed_at_the_idle_timeout() {
+        let a = Arc::new(Activity::new());
+        drop(Serving::start(&a, hyper::Version::HTTP_11));
+        assert_eq!(watch(&a).await.unwrap(), Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn headers_starting_on_an_idle_connection_bring_its_deadline_forward() {
+        // The watch may first look while the connection is idle after a
+        // request (deadline: the idle timeout); headers arriving then must
+        // still be cut at the header timeout, not at the idle deadline.
+        let a = Arc::new(Activity::new());
+        drop(Serving::start(&a, hyper::Version::HTTP_11));
+        let closed = watch(&a);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        a.bytes_arrived();
+        assert_eq!(closed.await.unwrap(), Duration::from_millis(1_500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_in_flight_is_never_cut_and_its_end_starts_the_idle_time() {
+        let a = Arc::new(Activity::new());
+        let serving = Serving::start(&a, hyper::Version::HTTP_11);
+        let closed = watch(&a);
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        a.bytes_arrived(); // a pipelined request while this one runs
+        assert!(!closed.is_finished());
+        drop(serving);
+        assert_eq!(closed.await.unwrap(), Duration::from_secs(360));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_between_requests_only_has_the_idle_timeout() {
+        let a = Arc::new(Activity::new());
+        drop(Serving::start(&a, hyper::Version::HTTP_2));
+        let closed = watch(&a);
+        a.bytes_arrived(); // a ping
+        assert_eq!(closed.await.unwrap(), Duration::from_secs(60));
     }
 }
