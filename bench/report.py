@@ -227,12 +227,16 @@ def vs(label):
     return f"{new / old:.2f} x" if old and new else ""
 
 json.dump(result, open(out + ".json", "w"), indent=2)
-header = f"{'benchmark':<52} {'median':>20}  {'min–max':<22}" + ("  vs baseline" if baseline else "")
+# Columns as wide as their longest cell, so long labels keep the table aligned.
+lw = max([len("benchmark")] + [len(label) for label, _, _ in table])
+vw = max([len("median")] + [len(v) for _, v, _ in table])
+rw = max([len("min–max")] + [len(r) for _, _, r in table])
+header = f"{'benchmark':<{lw}} {'median':>{vw}}  {'min–max':<{rw}}" + ("  vs baseline" if baseline else "")
 print()
 print(header)
 print("-" * len(header))
 for label, v, r in table:
-    print(f"{label:<52} {v:>20}  {r:<22}" + (f"  {vs(label)}" if baseline else ""))
+    print(f"{label:<{lw}} {v:>{vw}}  {r:<{rw}}" + (f"  {vs(label)}" if baseline else ""))
 
 with open(out + ".md", "w") as md:
     md.write(f"Taken {result['taken_at']} on {result['machine']['cpus']} CPUs ({result['machine']['platform']}); "
