@@ -325,36 +325,6 @@ struct NewOutboxRow<'a> {
     next_attempt_at: DateTime<Utc>,
 }
 
-/// Inserts outbox rows, due for the relay at once (at their `run_at`); a
-/// task id already in the outbox inserts nothing. Returns how many were
-/// written.
-async fn insert_rows(
-    conn: &mut AsyncPgConnection,
-    queue: Queue,
-    rows: impl Iterator<Item = (&str, serde_json::Value, i32, DateTime<Utc>)>,
-) -> Result<usize, diesel::result::Error> {
-    let now = Utc::now();
-    let rows: Vec<NewOutboxRow> = rows
-        .map(|(task_id, payload, attempt, run_at)| NewOutboxRow {
-            queue: queue.as_str(),
-            task_id,
-            payload,
-            attempt,
-            run_at,
-            next_attempt_at: now,
-        })
-        .collect();
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    diesel::insert_into(outbox::table)
-        .values(rows)
-        .on_conflict(outbox::task_id)
-        .do_nothing()
-        .execute(conn)
-        .await
-}
-
 /// Writes a job into the outbox, due at `run_at`. Idempotent by the job's key:
 /// returns false when a job with that task id was already enqueued.
 pub async fn enqueue<J: Job>(
@@ -392,10 +362,27 @@ pub async fn enqueue_many<J: Job>(
     conn: &mut AsyncPgConnection,
     jobs: &[(String, J, DateTime<Utc>)],
 ) -> Result<usize, diesel::result::Error> {
-    let rows = jobs
+    if jobs.is_empty() {
+        return Ok(0);
+    }
+    let now = Utc::now();
+    let rows: Vec<NewOutboxRow> = jobs
         .iter()
-        .map(|(task_id, job, run_at)| (task_id.as_str(), payload_of(job), 1, *run_at));
-    insert_rows(conn, J::QUEUE, rows).await
+        .map(|(task_id, job, run_at)| NewOutboxRow {
+            queue: J::QUEUE.as_str(),
+            task_id,
+            payload: payload_of(job),
+            attempt: 1,
+            run_at: *run_at,
+            next_attempt_at: now,
+        })
+        .collect();
+    diesel::insert_into(outbox::table)
+        .values(rows)
+        .on_conflict(outbox::task_id)
+        .do_nothing()
+        .execute(conn)
+        .await
 }
 
 /// Writes an already-encoded `{job, data}` payload (used to re-queue dead jobs).
@@ -409,12 +396,19 @@ pub async fn enqueue_raw(
     attempt: i32,
     run_at: DateTime<Utc>,
 ) -> Result<bool, diesel::result::Error> {
-    let inserted = insert_rows(
-        conn,
-        queue,
-        std::iter::once((task_id, payload, attempt, run_at)),
-    )
-    .await?;
+    let inserted = diesel::insert_into(outbox::table)
+        .values(NewOutboxRow {
+            queue: queue.as_str(),
+            task_id,
+            payload,
+            attempt,
+            run_at,
+            next_attempt_at: Utc::now(),
+        })
+        .on_conflict(outbox::task_id)
+        .do_nothing()
+        .execute(conn)
+        .await?;
     if inserted == 0 {
         tracing::debug!(job.id = %task_id, queue = queue.as_str(), "job already enqueued under this id; the earlier one stands");
     }

@@ -85,7 +85,41 @@ pub async fn finish(
     task_id: &str,
     outcome: Outcome,
 ) -> Result<bool, diesel::result::Error> {
-    Ok(finish_at(conn, &[(task_id, Utc::now())], outcome).await? == 1)
+    Ok(finish_many(conn, &[task_id], outcome).await? == 1)
+}
+
+/// The columns a row's outcome sets: when it was closed, and how.
+fn closing(
+    outcome: Outcome,
+) -> (
+    diesel::dsl::Eq<outbox::finished_at, DateTime<Utc>>,
+    diesel::dsl::Eq<outbox::outcome, Outcome>,
+) {
+    (
+        outbox::finished_at.eq(Utc::now()),
+        outbox::outcome.eq(outcome),
+    )
+}
+
+/// Closes the open rows of these task ids with `outcome`, in one statement;
+/// returns how many it closed (a row closed already is left as it is).
+pub async fn finish_many<S: AsRef<str>>(
+    conn: &mut AsyncPgConnection,
+    task_ids: &[S],
+    outcome: Outcome,
+) -> Result<usize, diesel::result::Error> {
+    if task_ids.is_empty() {
+        return Ok(0);
+    }
+    let task_ids: Vec<&str> = task_ids.iter().map(AsRef::as_ref).collect();
+    diesel::update(
+        outbox::table
+            .filter(outbox::task_id.eq_any(task_ids))
+            .filter(outbox::finished_at.is_null()),
+    )
+    .set(closing(outcome))
+    .execute(conn)
+    .await
 }
 
 /// Closes the open rows of these runs, each `(task id, when it finished)`,
@@ -174,10 +208,7 @@ pub async fn finish_ids(
             .filter(outbox::id.eq_any(ids))
             .filter(outbox::finished_at.is_null()),
     )
-    .set((
-        outbox::finished_at.eq(Utc::now()),
-        outbox::outcome.eq(outcome),
-    ))
+    .set(closing(outcome))
     .execute(conn)
     .await
 }
