@@ -35,7 +35,6 @@ use std::{
 };
 
 use axum::{Router, extract::ConnectInfo};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -110,10 +109,10 @@ pub async fn run(
                 // The request is in flight until its body has been written
                 // (hyper drops the body then, and the guard with it).
                 Ok::<_, Infallible>(response.map(|body| {
-                    axum::body::Body::new(body.map_frame(move |frame| {
-                        let _in_flight = &serving;
-                        frame
-                    }))
+                    axum::body::Body::new(Guarded {
+                        body,
+                        _serving: serving,
+                    })
                 }))
             }
         });
@@ -260,6 +259,34 @@ impl Drop for Serving {
     fn drop(&mut self) {
         self.0.idle_since.store(self.0.now(), Ordering::Release);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response's body holding its request's [`Serving`] until hyper drops it;
+/// everything else is the body's own (its size hint too, from which hyper
+/// writes `Content-Length`).
+struct Guarded {
+    body: axum::body::Body,
+    _serving: Serving,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        hyper::body::Body::poll_frame(Pin::new(&mut self.get_mut().body), cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        hyper::body::Body::is_end_stream(&self.body)
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::Body::size_hint(&self.body)
     }
 }
 

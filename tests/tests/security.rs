@@ -1424,6 +1424,10 @@ async fn a_kept_alive_connection_waits_for_its_next_request_until_the_idle_timeo
     let mut kept = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let first = exchange(&mut kept, get).await;
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(
+        first.to_ascii_lowercase().contains("content-length:"),
+        "answers keep their length: {first}"
+    );
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     let second = exchange(&mut kept, get).await;
     assert!(
