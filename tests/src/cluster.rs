@@ -38,40 +38,26 @@ impl TestCluster {
         std::fs::create_dir_all(&dir).unwrap();
         let mut nodes = Vec::new();
         for _ in 0..6 {
-            let port = free_port();
-            let node_dir = dir.join(port.to_string());
-            std::fs::create_dir_all(&node_dir).unwrap();
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--cluster-enabled", "yes"])
-                .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
-                .args(["--appendonly", "yes", "--save", ""])
-                .arg("--dir")
-                .arg(&node_dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("start redis-server (apt install redis-server)");
-            nodes.push(Node {
-                port,
-                child: Some(child),
-            });
-        }
-        for n in &nodes {
-            wait_for_port(n.port).await;
+            nodes.push(Node::spawn(&dir).await);
         }
         let addrs: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        let out = Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addrs)
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .output()
-            .await
-            .expect("redis-cli --cluster create");
+        // Bounded: with a node that is not one of these, redis-cli would wait
+        // for the cluster to join for ever.
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            Command::new("redis-cli")
+                .args(["--cluster", "create"])
+                .args(&addrs)
+                .args(["--cluster-replicas", "1", "--cluster-yes"])
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("redis-cli --cluster create finished within 60 s")
+        .expect("redis-cli --cluster create");
         assert!(
             out.status.success(),
             "redis-cli --cluster create: {}",
@@ -200,18 +186,69 @@ impl TestCluster {
     }
 }
 
-async fn wait_for_port(port: u16) {
+impl Node {
+    /// Starts one cluster-enabled redis-server on a free port under `dir`.
+    /// A free port can be taken between its choice and the server's bind
+    /// (by a client socket of another test, say), and then something else,
+    /// or nothing, answers there: the node counts as started only when the
+    /// server on its port is this process; otherwise it is started again on
+    /// another port.
+    async fn spawn(dir: &std::path::Path) -> Self {
+        for _ in 0..10 {
+            let port = free_port();
+            let node_dir = dir.join(port.to_string());
+            std::fs::create_dir_all(&node_dir).unwrap();
+            let mut child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes"])
+                .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
+                .args(["--appendonly", "yes", "--save", ""])
+                .arg("--dir")
+                .arg(&node_dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("start redis-server (apt install redis-server)");
+            if server_pid(port).await == child.id() {
+                return Self {
+                    port,
+                    child: Some(child),
+                };
+            }
+            let _ = child.start_kill();
+        }
+        panic!("no redis-server of the cluster started on a free port in 10 tries");
+    }
+}
+
+/// The process id of the redis-server answering on `port`, once one does
+/// (within 10 s); `None` if none does.
+async fn server_pid(port: u16) -> Option<u32> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "redis-server on {port} did not start"
-        );
+    while Instant::now() < deadline {
+        if let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            && let Ok(Ok(mut c)) = tokio::time::timeout(
+                Duration::from_secs(1),
+                client.get_multiplexed_async_connection(),
+            )
+            .await
+            && let Ok(Ok(info)) = tokio::time::timeout(
+                Duration::from_secs(1),
+                redis::cmd("INFO")
+                    .arg("server")
+                    .query_async::<String>(&mut c),
+            )
+            .await
+        {
+            return info
+                .lines()
+                .find_map(|l| l.strip_prefix("process_id:"))
+                .and_then(|p| p.trim().parse().ok());
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    None
 }
 
 impl Drop for TestCluster {
